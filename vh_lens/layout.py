@@ -1,0 +1,163 @@
+"""Token layout: which position of a (left-padded) sequence holds what.
+
+A :class:`TokenLayout` is made per sample by :meth:`vh_lens.LlavaLens.prepare`. Positions are
+indices into the padded batch sequence, so they index hook tensors directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from vh_lens.data.sample import Box
+
+
+@dataclass(frozen=True, eq=False)
+class ImageGrid:
+    """A grid of image tokens and the part of the original image each one sees.
+
+    Attributes:
+        name: ``"base"`` for LLaVA-1.5's grid or LLaVA-NeXT's base (low resolution) grid,
+            ``"tiles"`` for LLaVA-NeXT's high resolution grid (after unpadding).
+        positions: ``[rows, cols]`` sequence position of each grid cell.
+        cell_boxes: ``[rows, cols, 4]`` region ``(left, top, right, bottom)`` of the original
+            image, in pixels, that the cell's patch covers (clipped to the image; a cell that
+            covers only padding has zero area).
+    """
+
+    name: str
+    positions: Int[Tensor, "rows cols"]
+    cell_boxes: Float[Tensor, "rows cols 4"]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.positions.shape[0]), int(self.positions.shape[1]))
+
+    def cell_mask(self, box: Box, min_overlap: float = 0.0) -> Bool[Tensor, "rows cols"]:
+        """Cells whose patch is covered by ``box``.
+
+        Args:
+            box: ``(left, top, right, bottom)`` in original-image pixels.
+            min_overlap: a cell counts when the box covers more than this fraction of the
+                cell's area (0: any overlap at all; 1.0 would need full coverage, so use
+                values in ``[0, 1)``, or exactly 1.0 to demand full coverage).
+        """
+        return cell_overlap(self.cell_boxes, box) >= _threshold(min_overlap)
+
+
+def _threshold(min_overlap: float) -> float:
+    if not 0.0 <= min_overlap <= 1.0:
+        raise ValueError(f"min_overlap must be in [0, 1], got {min_overlap}")
+    # "covers part of it": strictly positive overlap when min_overlap is 0.
+    return min_overlap if min_overlap > 0 else 1e-9
+
+
+def cell_overlap(cell_boxes: Float[Tensor, "... 4"], box: Box) -> Float[Tensor, "..."]:
+    """Fraction of each cell's area covered by ``box`` (0 for cells of zero area)."""
+    left, top, right, bottom = (float(v) for v in box)
+    ix = (torch.clamp(cell_boxes[..., 2], max=right) - torch.clamp(cell_boxes[..., 0], min=left)).clamp(min=0)
+    iy = (torch.clamp(cell_boxes[..., 3], max=bottom) - torch.clamp(cell_boxes[..., 1], min=top)).clamp(min=0)
+    area = (cell_boxes[..., 2] - cell_boxes[..., 0]) * (cell_boxes[..., 3] - cell_boxes[..., 1])
+    return torch.where(area > 0, ix * iy / area.clamp(min=1e-12), torch.zeros_like(area))
+
+
+@dataclass(frozen=True, eq=False)
+class TokenLayout:
+    """Which position is what, for one sample of a padded batch.
+
+    Attributes:
+        seq_len: length of the padded sequence.
+        n_pad: number of left-padding positions (``0 .. n_pad-1``).
+        image_positions: ``[n_image_tokens]`` positions holding image features (LLaVA-NeXT
+            newline tokens included, as the model sees them as image features).
+        newline_positions: ``[n_newline]`` LLaVA-NeXT image-newline positions (empty otherwise).
+        text_positions: ``[n_text]`` every other non-padding position (BOS included).
+        query_position: the answer query: the last prompt position.
+        grids: the image grids (empty for a text-only sample).
+        image_size: ``(width, height)`` of the original image, or ``None``.
+    """
+
+    seq_len: int
+    n_pad: int
+    image_positions: Int[Tensor, " n_img"]
+    newline_positions: Int[Tensor, " n_newline"]
+    text_positions: Int[Tensor, " n_text"]
+    query_position: int
+    grids: tuple[ImageGrid, ...] = ()
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def n_image_tokens(self) -> int:
+        return int(self.image_positions.numel())
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_size is not None
+
+    def grid(self, name: str = "base") -> ImageGrid:
+        for g in self.grids:
+            if g.name == name:
+                return g
+        raise KeyError(f"no image grid named {name!r}; this layout has {[g.name for g in self.grids]}")
+
+    def _mask(self, positions: Tensor) -> Bool[Tensor, " seq"]:
+        mask = torch.zeros(self.seq_len, dtype=torch.bool)
+        mask[positions] = True
+        return mask
+
+    @property
+    def image_mask(self) -> Bool[Tensor, " seq"]:
+        """``[seq_len]`` True at image-token positions."""
+        return self._mask(self.image_positions)
+
+    @property
+    def text_mask(self) -> Bool[Tensor, " seq"]:
+        """``[seq_len]`` True at text positions (padding excluded)."""
+        return self._mask(self.text_positions)
+
+    def region_mask(self, box: Box, min_overlap: float = 0.0) -> Bool[Tensor, " seq"]:
+        """Image-token positions whose patch is covered by ``box``.
+
+        The box is in original-image pixels; each grid cell's patch was mapped back through
+        the processor's real transform (resize, centre crop or pad to square, anyres tiling), so a
+        cropped-away or padded part of the image maps to no token.
+
+        Args:
+            box: ``(left, top, right, bottom)`` in original-image pixels.
+            min_overlap: minimum fraction of a patch the box must cover (0: any overlap).
+
+        Returns:
+            ``[seq_len]`` boolean mask.
+
+        Raises:
+            ValueError: the sample has no image, or the box lies outside the image.
+
+        Example:
+            >>> mask = batch.layout[0].region_mask((0, 0, 32, 32))   # doctest: +SKIP
+        """
+        if self.image_size is None:
+            raise ValueError("region_mask: this sample has no image")
+        check_box(box, self.image_size)
+        mask = torch.zeros(self.seq_len, dtype=torch.bool)
+        for g in self.grids:
+            mask[g.positions[g.cell_mask(box, min_overlap)]] = True
+        return mask
+
+    def region_positions(self, box: Box, min_overlap: float = 0.0) -> Int[Tensor, " n"]:
+        """Positions of :meth:`region_mask`, sorted."""
+        return self.region_mask(box, min_overlap).nonzero().flatten()
+
+
+def check_box(box: Box, image_size: tuple[int, int]) -> None:
+    """Raise ``ValueError`` unless ``box`` is a non-empty box that lies within the image."""
+    if len(box) != 4:
+        raise ValueError(f"box must be (left, top, right, bottom), got {box!r}")
+    left, top, right, bottom = (float(v) for v in box)
+    width, height = image_size
+    if right <= left or bottom <= top:
+        raise ValueError(f"box {tuple(box)} is empty: right must exceed left and bottom exceed top")
+    if left < 0 or top < 0 or right > width or bottom > height:
+        raise ValueError(f"box {tuple(box)} lies outside the image of size {width}x{height} (width x height)")

@@ -1,5 +1,34 @@
 """Data: the sample type and readers of local benchmark files."""
 
+from vh_lens.data._images import MissingImagesError, SampleSet
+from vh_lens.data.jsonl import load_jsonl
+from vh_lens.data.pointqa import (
+    PAPER_A_SETTINGS,
+    QUESTION_TYPES,
+    RECTANGLE_HINT,
+    load_looktwice,
+    load_vip_pointqa,
+    paper_a_settings,
+    xywh_to_box,
+)
 from vh_lens.data.sample import Box, Sample, load_rgb
+from vh_lens.data.visual_prompt import BoxedImage, draw_box, with_visual_prompt
 
-__all__ = ["Box", "Sample", "load_rgb"]
+__all__ = [
+    "PAPER_A_SETTINGS",
+    "QUESTION_TYPES",
+    "RECTANGLE_HINT",
+    "Box",
+    "BoxedImage",
+    "MissingImagesError",
+    "Sample",
+    "SampleSet",
+    "draw_box",
+    "load_jsonl",
+    "load_looktwice",
+    "load_rgb",
+    "load_vip_pointqa",
+    "paper_a_settings",
+    "with_visual_prompt",
+    "xywh_to_box",
+]

@@ -18,7 +18,8 @@ class Sample:
     """One question about one image (or none).
 
     Attributes:
-        image: A PIL image, a path to one, or ``None`` for a text-only sample.
+        image: A PIL image, a path to one, an object with a ``.load()`` method returning one
+            (e.g. :class:`vh_lens.data.BoxedImage`), or ``None`` for a text-only sample.
         question: The question text, without chat template and without image placeholder.
         answer: The gold answer, if known.
         choices: Candidate answers for multiple choice, in order (option letters A, B, ...).
@@ -60,7 +61,7 @@ class Sample:
 
 
 def load_rgb(image: Image.Image | str | Path | None) -> Image.Image | None:
-    """Open ``image`` (a PIL image or a path) and convert it to RGB; ``None`` stays ``None``.
+    """Open ``image`` (a PIL image, a path, or an object with ``.load()``) and convert it to RGB; ``None`` stays ``None``.
 
     RGBA, palette and grayscale images are converted, not rejected.
     """
@@ -68,6 +69,8 @@ def load_rgb(image: Image.Image | str | Path | None) -> Image.Image | None:
         return None
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
+    if callable(getattr(image, "load", None)):  # a lazily built image, e.g. vh_lens.data.BoxedImage
+        return load_rgb(image.load())
     path = Path(image)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")

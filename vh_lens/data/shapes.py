@@ -1,0 +1,332 @@
+"""Synthetic PointQA-like samples: coloured shapes on a grid, and questions about them.
+
+The images are drawn with PIL: a plain black background divided into a ``grid x grid`` array
+of square cells, at most one shape (circle, square or triangle, in one of a few colours) per
+cell. With the default sizes (96 px image, 8 x 8 cells of 12 px) every cell lines up with one
+patch of the toy model's vision tower (:mod:`vh_lens.toy`, 12 px patches), so a shape is one
+image token.
+
+A shape's *class* is its ``(color, kind)`` pair, e.g. ``("red", "circle")``. Question kinds,
+following paper A's PointQA / LookTwiceQA types (section 3.1) plus POPE-like and
+multiple-choice questions:
+
+``count_object`` (question type ``"object"``)
+    "How many red circles are there?": the class is named; the answer is the number of shapes
+    of that class in the whole image.
+``count_super`` (``"super"``)
+    "How many of these shapes are there?": the box points at one shape (the box is drawn as
+    an outline around its cell) and the question names only the super-category ("shapes");
+    the answer is the number of shapes of the *pointed shape's class* (same colour and same
+    kind) in the whole image, the pointed one included. As in LookTwiceQA, "these" means
+    "objects like the one pointed at".
+``count_general`` (``"general"``)
+    "How many of these are there?": as ``count_super`` with no category word at all.
+``exists`` (``"yes_no"``)
+    "Is there a blue square?": answer ``"yes"`` or ``"no"`` (about half each). For "no" the
+    image still holds shapes of the same colour or of the same kind (POPE's adversarial
+    negatives), never the asked class.
+``choice_color`` / ``choice_shape`` (``"multiple_choice"``)
+    "What color is this shape?" / "What shape is this?" about the pointed shape, with every
+    colour (or every kind) as a choice in shuffled order; the answer is the gold letter
+    (``"A"``, ``"B"``, ...).
+
+Every counting sample carries a box: for ``count_super`` / ``count_general`` the pointed
+shape's cell; for ``count_object`` the cell of one shape of the named class (so region
+metrics are defined for all three types). Count answers are uniform in ``1 .. max_count``.
+With ``draw_box=True`` (default) every sample that carries a box shows it as a 1-pixel
+outline on the border of the pointed cell (paper A's "visual" setting). With
+``draw_box=False`` the pointer is invisible ("plain" setting), so ``count_super``,
+``count_general`` and the ``choice_*`` questions can no longer be answered from the image.
+
+Generation is deterministic: sample ``i`` depends only on ``(seed, i)`` and the options,
+so ``shapes(10, seed) == shapes(20, seed)[:10]`` and images are pixel-identical across runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vh_lens.data.sample import Sample
+
+COLORS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
+    {
+        "red": (230, 40, 40),
+        "green": (40, 190, 60),
+        "blue": (50, 90, 240),
+        "yellow": (240, 220, 40),
+    }
+)
+"""Shape colours (name -> RGB)."""
+
+SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle")
+"""Shape kinds; the plural is the kind plus ``"s"``."""
+
+KINDS: tuple[str, ...] = (
+    "count_object",
+    "count_super",
+    "count_general",
+    "exists",
+    "choice_color",
+    "choice_shape",
+)
+"""Question kinds ``shapes`` can generate."""
+
+COUNT_KINDS: tuple[str, ...] = ("count_object", "count_super", "count_general")
+
+QUESTION_TYPE: Mapping[str, str] = MappingProxyType(
+    {
+        "count_object": "object",
+        "count_super": "super",
+        "count_general": "general",
+        "exists": "yes_no",
+        "choice_color": "multiple_choice",
+        "choice_shape": "multiple_choice",
+    }
+)
+"""``metadata["question_type"]`` of each kind (paper A's names for the counting types)."""
+
+QUESTION_TEMPLATES: Mapping[str, str] = MappingProxyType(
+    {
+        "count_object": "How many {color} {kind}s are there?",
+        "count_super": "How many of these shapes are there?",
+        "count_general": "How many of these are there?",
+        "exists": "Is there a {color} {kind}?",
+        "choice_color": "What color is this shape?",
+        "choice_shape": "What shape is this?",
+    }
+)
+"""Question text of each kind (``{color}`` and ``{kind}`` filled in)."""
+
+BACKGROUND: tuple[int, int, int] = (0, 0, 0)
+BOX_COLOR: tuple[int, int, int] = (255, 255, 255)
+_LETTERS = "ABCDEFGHIJ"
+
+
+def shapes(
+    n: int,
+    seed: int = 0,
+    image_size: int = 96,
+    kinds: Sequence[str] = KINDS,
+    *,
+    grid: int = 8,
+    max_count: int = 7,
+    max_distractors: int = 8,
+    colors: Sequence[str] = tuple(COLORS),
+    shape_kinds: Sequence[str] = SHAPE_KINDS,
+    draw_box: bool = True,
+    box_color: tuple[int, int, int] = BOX_COLOR,
+    start: int = 0,
+) -> list[Sample]:
+    """Generate ``n`` synthetic pointing / counting samples.
+
+    Sample ``i`` (counting from ``start``) has question kind ``kinds[i % len(kinds)]`` (so
+    kinds are balanced) and is drawn from a random generator seeded with ``(seed, i)``; so
+    ``shapes(n, seed, start=k)`` continues ``shapes(k, seed)``.
+
+    Args:
+        n: number of samples.
+        seed: random seed; the same seed gives identical samples and pixel-identical images.
+        image_size: image width and height in pixels; a multiple of ``grid``.
+        kinds: question kinds to cycle through (see :data:`KINDS`).
+        grid: cells per side; each cell holds at most one shape.
+        max_count: counting answers are uniform in ``1 .. max_count`` (at most 9: one digit).
+        max_distractors: counting images also hold ``1 .. max_distractors`` shapes of other
+            classes.
+        colors: colour names, a subset of :data:`COLORS`.
+        shape_kinds: shape kinds, a subset of :data:`SHAPE_KINDS`.
+        draw_box: draw the box (the pointer) as an outline on the image.
+        box_color: RGB colour of the drawn box.
+        start: index of the first sample (to stream a long sequence in batches).
+
+    Returns:
+        ``n`` :class:`~vh_lens.data.sample.Sample` objects. ``metadata`` holds ``id``,
+        ``kind``, ``question_type``, ``target`` (the asked class as ``{"color", "kind"}``),
+        ``count`` (shapes of the target class in the image), ``pointed`` (index of the pointed
+        shape in ``shapes`` or ``None``), ``shapes`` (a tuple of ``{"color", "kind", "row",
+        "col", "box"}`` dicts, ``box`` the cell in pixels), ``answer_text`` (the gold choice
+        for multiple choice, else the answer), ``seed``, ``image_size`` and ``grid``.
+
+    Example:
+        >>> s = shapes(6, seed=0)
+        >>> s[0].question, s[0].answer  # doctest: +SKIP
+        ('How many green squares are there?', '4')
+    """
+    kinds = tuple(kinds)
+    colors = tuple(colors)
+    shape_kinds = tuple(shape_kinds)
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    _check(n, image_size, kinds, grid, max_count, max_distractors, colors, shape_kinds)
+    return [
+        _sample(
+            i,
+            seed,
+            kinds[i % len(kinds)],
+            image_size=image_size,
+            grid=grid,
+            max_count=max_count,
+            max_distractors=max_distractors,
+            colors=colors,
+            shape_kinds=shape_kinds,
+            draw_box=draw_box,
+            box_color=tuple(box_color),
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def _check(
+    n: int,
+    image_size: int,
+    kinds: tuple[str, ...],
+    grid: int,
+    max_count: int,
+    max_distractors: int,
+    colors: tuple[str, ...],
+    shape_kinds: tuple[str, ...],
+) -> None:
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not kinds:
+        raise ValueError("kinds must not be empty")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown question kinds {unknown}; known: {KINDS}")
+    if grid < 2 or image_size % grid or image_size // grid < 6:
+        raise ValueError(f"image_size ({image_size}) must be a multiple of grid ({grid}) with cells >= 6 px")
+    if not 1 <= max_count <= 9:
+        raise ValueError(f"max_count must be in 1..9, got {max_count}")
+    if max_distractors < 1:
+        raise ValueError(f"max_distractors must be >= 1, got {max_distractors}")
+    if max_count + max_distractors > grid * grid:
+        raise ValueError("max_count + max_distractors shapes do not fit on the grid")
+    if len(colors) < 2 or any(c not in COLORS for c in colors) or len(set(colors)) != len(colors):
+        raise ValueError(f"colors must be >= 2 distinct names from {tuple(COLORS)}, got {colors}")
+    if len(shape_kinds) < 2 or any(k not in SHAPE_KINDS for k in shape_kinds) or len(set(shape_kinds)) != len(
+        shape_kinds
+    ):
+        raise ValueError(f"shape_kinds must be >= 2 distinct names from {SHAPE_KINDS}, got {shape_kinds}")
+
+
+def _sample(
+    index: int,
+    seed: int,
+    kind: str,
+    *,
+    image_size: int,
+    grid: int,
+    max_count: int,
+    max_distractors: int,
+    colors: tuple[str, ...],
+    shape_kinds: tuple[str, ...],
+    draw_box: bool,
+    box_color: tuple[int, ...],
+) -> Sample:
+    rng = np.random.default_rng([seed, index])
+    classes = [(c, k) for c in colors for k in shape_kinds]
+    target = classes[int(rng.integers(len(classes)))]
+    others = [cl for cl in classes if cl != target]
+
+    if kind in COUNT_KINDS:
+        count = int(rng.integers(1, max_count + 1))
+        distractors = [others[int(j)] for j in rng.integers(len(others), size=int(rng.integers(1, max_distractors + 1)))]
+        placed = [target] * count + distractors
+    elif kind == "exists":
+        present = bool(rng.random() < 0.5)
+        count = int(rng.integers(1, 4)) if present else 0
+        # Hard negatives: same colour or same kind as the asked class, never the class itself.
+        near = [cl for cl in others if cl[0] == target[0] or cl[1] == target[1]]
+        n_near = int(rng.integers(1, 4))
+        n_far = int(rng.integers(0, max_distractors - n_near + 1)) if max_distractors > n_near else 0
+        distractors = [near[int(j)] for j in rng.integers(len(near), size=n_near)]
+        distractors += [others[int(j)] for j in rng.integers(len(others), size=n_far)]
+        placed = [target] * count + distractors
+    else:  # choice_color / choice_shape: one pointed shape plus distractors of any class.
+        count = 1
+        distractors = [classes[int(j)] for j in rng.integers(len(classes), size=int(rng.integers(1, max_distractors + 1)))]
+        placed = [target, *distractors]
+        count = sum(cl == target for cl in placed)
+
+    cells = rng.choice(grid * grid, size=len(placed), replace=False)
+    order = rng.permutation(len(placed))  # shape list in random order, not targets first
+    cell = image_size // grid
+    shape_list: list[dict[str, Any]] = []
+    for j in order:
+        row, col = divmod(int(cells[j]), grid)
+        box = (col * cell, row * cell, (col + 1) * cell, (row + 1) * cell)
+        shape_list.append({"color": placed[j][0], "kind": placed[j][1], "row": row, "col": col, "box": box})
+
+    pointed: int | None = None
+    if kind != "exists":
+        # The pointed shape is one of the target class (the first target in ``placed``, index 0,
+        # for choice questions; a random one for counting).
+        first = int(rng.integers(count)) if kind in COUNT_KINDS else 0
+        pointed = int(np.flatnonzero(order == first)[0])
+
+    color, shape_kind = target
+    question = QUESTION_TEMPLATES[kind].format(color=color, kind=shape_kind)
+    choices: tuple[str, ...] | None = None
+    if kind in COUNT_KINDS:
+        answer = str(count)
+        answer_text = answer
+    elif kind == "exists":
+        answer = "yes" if count > 0 else "no"
+        answer_text = answer
+    else:
+        options = colors if kind == "choice_color" else shape_kinds
+        gold = color if kind == "choice_color" else shape_kind
+        choices = tuple(options[int(j)] for j in rng.permutation(len(options)))
+        answer = _LETTERS[choices.index(gold)]
+        answer_text = gold
+
+    box = shape_list[pointed]["box"] if pointed is not None else None
+    image = _draw(shape_list, image_size, box if draw_box else None, box_color)
+    metadata = {
+        "id": f"shapes-{seed}-{index}",
+        "kind": kind,
+        "question_type": QUESTION_TYPE[kind],
+        "target": {"color": color, "kind": shape_kind},
+        "count": count,
+        "pointed": pointed,
+        "shapes": tuple(shape_list),
+        "answer_text": answer_text,
+        "seed": seed,
+        "image_size": image_size,
+        "grid": grid,
+    }
+    return Sample(image=image, question=question, answer=answer, choices=choices, box=box, metadata=metadata)
+
+
+def _draw(
+    shape_list: list[dict[str, Any]],
+    image_size: int,
+    box: tuple[int, int, int, int] | None,
+    box_color: tuple[int, ...],
+) -> Image.Image:
+    """Draw the shapes (1 px inside their cell's border) and the box outline (on the border)."""
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for s in shape_list:
+        left, top, right, bottom = s["box"]
+        x0, y0, x1, y1 = left + 1, top + 1, right - 2, bottom - 2  # inclusive pixel bounds
+        fill = COLORS[s["color"]]
+        if s["kind"] == "circle":
+            draw.ellipse((x0, y0, x1, y1), fill=fill)
+        elif s["kind"] == "square":
+            draw.rectangle((x0 + 1, y0 + 1, x1 - 1, y1 - 1), fill=fill)
+        else:
+            draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    if box is not None:
+        left, top, right, bottom = box
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=box_color, width=1)
+    return image
+
+
+def count_class(sample: Sample, color: str, kind: str) -> int:
+    """Number of shapes of class ``(color, kind)`` drawn in a :func:`shapes` sample."""
+    return sum(s["color"] == color and s["kind"] == kind for s in sample.metadata["shapes"])

@@ -6,7 +6,7 @@ indices into the padded batch sequence, so they index hook tensors directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -78,6 +78,8 @@ class TokenLayout:
         query_position: the answer query: the last prompt position.
         grids: the image grids (empty for a text-only sample).
         image_size: ``(width, height)`` of the original image, or ``None``.
+        answer_positions: ``[n_answer]`` positions of tokens appended after the prompt (teacher
+            forcing or an appended answer token); empty for a plain prompt.
     """
 
     seq_len: int
@@ -88,6 +90,7 @@ class TokenLayout:
     query_position: int
     grids: tuple[ImageGrid, ...] = ()
     image_size: tuple[int, int] | None = None
+    answer_positions: Int[Tensor, " n_answer"] = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def n_image_tokens(self) -> int:

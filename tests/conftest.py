@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random LLaVA models from one factory, images made here."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PIP_NO_INDEX", "1")
+
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_pair(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | None = None, **kw):
+    """(Hugging Face model, processor), cached for the session."""
+    from vh_lens.testing import tiny_llava
+
+    return tiny_llava(kind, backbone, n_kv_heads=n_kv_heads, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_lens(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | None = None, processed: bool = True):
+    import vh_lens
+
+    model, processor = tiny_pair(kind, backbone, n_kv_heads)
+    loader = vh_lens.load_llava if processed else vh_lens.load_llava_no_processing
+    return loader(model, processor=processor)
+
+
+def striped_image(size=(70, 40), seed=0) -> Image.Image:
+    """A deterministic RGB image with structure (not flat), so features differ by patch."""
+    g = torch.Generator().manual_seed(seed)
+    w, h = size
+    arr = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+@pytest.fixture
+def images():
+    return [striped_image((70, 40), 0), striped_image((50, 90), 1), striped_image((64, 64), 2)]

@@ -1,0 +1,432 @@
+"""LlavaLens: a LLaVA model whose language backbone is a TransformerLens HookedTransformer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from PIL import Image
+from torch import Tensor, nn
+from transformer_lens import HookedTransformer
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformers import PretrainedConfig, ProcessorMixin
+
+from vh_lens import _geometry
+from vh_lens.data.sample import Sample, load_rgb
+from vh_lens.layout import ImageGrid, TokenLayout
+from vh_lens.prompts import build_prompt, known_format
+
+HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
+
+
+@dataclass(frozen=True, eq=False)
+class _Seq:
+    """One sample, unpadded: ids, spliced embeddings and where the image tokens are."""
+
+    input_ids: Int[Tensor, " n"]
+    embeds: Float[Tensor, "n d_model"]
+    n_prompt: int
+    image_positions: Int[Tensor, " n_img"]
+    newline_positions: Int[Tensor, " n_nl"]
+    grids: tuple[tuple[str, Tensor, Tensor], ...]  # (name, positions [r, c], cell boxes [r, c, 4])
+    image_size: tuple[int, int] | None
+    pixel_values: Tensor | None
+    prompt: str
+
+
+@dataclass(frozen=True, eq=False)
+class LlavaBatch:
+    """A left-padded batch ready for the HookedTransformer.
+
+    Attributes:
+        input_ids: ``[batch, pos]`` token ids, image placeholders expanded, left padded.
+        attention_mask: ``[batch, pos]`` 1 for real tokens, 0 for padding.
+        embeds: ``[batch, pos, d_model]`` token embeddings with the image features spliced in
+            at the image-token positions (the residual stream before layer 0).
+        layout: one :class:`~vh_lens.layout.TokenLayout` per sample.
+        pixel_values: per sample, the processor's pixel values (``None`` for text only).
+        prompts: the prompt text of each sample (chat template applied).
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    embeds: Float[Tensor, "batch pos d_model"]
+    layout: list[TokenLayout]
+    pixel_values: list[Tensor | None]
+    prompts: list[str]
+    _seqs: tuple[_Seq, ...] = field(repr=False, default=())
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def query_positions(self) -> Int[Tensor, " batch"]:
+        """``[batch]`` the answer query (last prompt) position of each sample."""
+        return torch.tensor([lay.query_position for lay in self.layout], dtype=torch.long)
+
+    def to(self, device: torch.device | str) -> LlavaBatch:
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            embeds=self.embeds.to(device),
+        )
+
+
+def _collate(seqs: Sequence[_Seq], pad_id: int, pad_embed: Tensor) -> LlavaBatch:
+    length = max(int(s.input_ids.shape[0]) for s in seqs)
+    d_model = seqs[0].embeds.shape[-1]
+    b = len(seqs)
+    ids = torch.full((b, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, length), dtype=torch.long)
+    embeds = pad_embed.to(seqs[0].embeds).expand(b, length, d_model).clone()
+    layouts = []
+    for i, s in enumerate(seqs):
+        n = int(s.input_ids.shape[0])
+        pad = length - n
+        ids[i, pad:] = s.input_ids
+        mask[i, pad:] = 1
+        embeds[i, pad:] = s.embeds
+        is_image = torch.zeros(n, dtype=torch.bool)
+        is_image[s.image_positions] = True
+        text = (~is_image).nonzero().flatten()
+        layouts.append(
+            TokenLayout(
+                seq_len=length,
+                n_pad=pad,
+                image_positions=s.image_positions + pad,
+                newline_positions=s.newline_positions + pad,
+                text_positions=text[text < s.n_prompt] + pad,
+                query_position=pad + s.n_prompt - 1,
+                grids=tuple(ImageGrid(name, pos + pad, boxes) for name, pos, boxes in s.grids),
+                image_size=s.image_size,
+                answer_positions=torch.arange(s.n_prompt, n) + pad,
+            )
+        )
+    return LlavaBatch(
+        input_ids=ids,
+        attention_mask=mask,
+        embeds=embeds,
+        layout=layouts,
+        pixel_values=[s.pixel_values for s in seqs],
+        prompts=[s.prompt for s in seqs],
+        _seqs=tuple(seqs),
+    )
+
+
+class LlavaLens(nn.Module):
+    """A LLaVA model: Hugging Face vision tower and projector, TransformerLens language backbone.
+
+    Made by :func:`vh_lens.load_llava`. Every forward runs the HookedTransformer from layer 0 on
+    embeddings into which the image features were spliced exactly as Hugging Face does, so all
+    of TransformerLens' hook points (``blocks.{l}.attn.hook_pattern``, ``hook_z``,
+    ``hook_resid_post``, ...) see the multimodal sequence.
+
+    Attributes:
+        lm: the :class:`transformer_lens.HookedTransformer` of the language backbone.
+        vision: the Hugging Face LLaVA model part holding the vision tower and projector (it
+            provides ``get_image_features``).
+        processor: the Hugging Face processor (tokenizer and image processor).
+        config: the LLaVA Hugging Face config.
+    """
+
+    def __init__(self, lm: HookedTransformer, vision: nn.Module, processor: ProcessorMixin, config: PretrainedConfig):
+        super().__init__()
+        self.lm = lm
+        self.vision = vision
+        self.processor = processor
+        self.config = config
+        self.kind = config.model_type
+        self.image_token_id = int(config.image_token_id)
+        tok = processor.tokenizer
+        self.image_token = getattr(processor, "image_token", None) or tok.convert_ids_to_tokens(self.image_token_id)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else getattr(config.text_config, "pad_token_id", None)
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self.prompt_format = known_format(config.text_config.model_type, config.text_config.vocab_size)
+        lm.tokenizer = None  # tokenisation is the processor's; TransformerLens never re-tokenises
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def cfg(self):
+        """The HookedTransformer config (``n_layers``, ``n_heads``, ``d_head``, ...)."""
+        return self.lm.cfg
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm.W_E.dtype
+
+    # ------------------------------------------------------------------ preparing inputs
+
+    def format_question(self, question: str, *, has_image: bool) -> str:
+        """Wrap a question in the checkpoint's chat template (or its known LLaVA format)."""
+        return build_prompt(question, has_image=has_image, chat_template_owner=self.processor, fmt=self.prompt_format)
+
+    @torch.no_grad()
+    def prepare(
+        self,
+        images: Sequence[Image.Image | str | Path | None] | None = None,
+        questions: Sequence[str] | None = None,
+        prompts: Sequence[str] | None = None,
+        answers: Sequence[str | None] | None = None,
+    ) -> LlavaBatch:
+        """Tokenise, process images, splice image features, pad on the left.
+
+        Args:
+            images: one image (PIL image or path) per sample, or ``None`` (for all samples or
+                for one) for text only. RGBA, palette and grayscale images are converted.
+            questions: questions, wrapped in the chat template with the image placeholder.
+            prompts: raw prompt texts holding the image placeholder (``"<image>"``) where the
+                sample has an image. Give ``questions`` or ``prompts``, not both.
+            answers: optional text appended after each prompt (teacher forcing); its positions
+                are ``layout.answer_positions`` and the query position stays the last prompt one.
+
+        Returns:
+            A :class:`LlavaBatch`.
+
+        Example:
+            >>> batch = model.prepare(images=[img], questions=["How many dogs are there?"])  # doctest: +SKIP
+        """
+        if (questions is None) == (prompts is None):
+            raise ValueError("prepare: give either questions= or prompts= (exactly one)")
+        texts = list(questions if questions is not None else prompts)  # type: ignore[arg-type]
+        if not texts:
+            raise ValueError("empty batch: no questions or prompts given")
+        if images is None:
+            images = [None] * len(texts)
+        images = list(images)
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images for {len(texts)} prompts: give one image (or None) per prompt")
+        if answers is not None and len(answers) != len(texts):
+            raise ValueError(f"got {len(answers)} answers for {len(texts)} prompts")
+        seqs = []
+        for i, (image, text) in enumerate(zip(images, texts)):
+            img = load_rgb(image)
+            prompt = self.format_question(text, has_image=img is not None) if questions is not None else text
+            self._check_placeholders(i, prompt, img is not None)
+            answer = answers[i] if answers is not None else None
+            seqs.append(self._encode(prompt, img, answer))
+        return self._collate(seqs)
+
+    def prepare_samples(
+        self,
+        samples: Sequence[Sample],
+        *,
+        with_answers: bool = False,
+        format_question: Callable[[Sample], str] | None = None,
+    ) -> LlavaBatch:
+        """:meth:`prepare` for :class:`~vh_lens.data.Sample` objects.
+
+        Args:
+            samples: the samples; their question is formatted by ``format_question`` (default:
+                :func:`vh_lens.data.benchmarks.format_question`, which lists multiple-choice options).
+            with_answers: append each sample's gold answer (teacher forcing).
+        """
+        if format_question is None:
+            from vh_lens.data.benchmarks import format_question
+        samples = list(samples)
+        return self.prepare(
+            images=[s.load_image() for s in samples],
+            questions=[format_question(s) for s in samples],
+            answers=[s.answer for s in samples] if with_answers else None,
+        )
+
+    def append_tokens(self, batch: LlavaBatch, tokens: Sequence[Sequence[int]] | Tensor) -> LlavaBatch:
+        """A new batch with ``tokens[i]`` appended to sample ``i`` (re-padded on the left).
+
+        The appended positions are the layout's ``answer_positions``; ``query_position`` stays
+        the last prompt position.
+        """
+        if isinstance(tokens, Tensor):
+            tokens = tokens.tolist() if tokens.ndim == 2 else [[int(t)] for t in tokens.tolist()]
+        if len(tokens) != len(batch):
+            raise ValueError(f"append_tokens: got {len(tokens)} token lists for a batch of {len(batch)}")
+        seqs = []
+        for s, extra in zip(batch._seqs, tokens):
+            extra_ids = torch.as_tensor(list(extra), dtype=torch.long)
+            extra_emb = self.lm.embed(extra_ids.to(self.device)[None])[0].to(s.embeds)
+            seqs.append(
+                replace(
+                    s,
+                    input_ids=torch.cat([s.input_ids, extra_ids]),
+                    embeds=torch.cat([s.embeds, extra_emb]),
+                )
+            )
+        return self._collate(seqs)
+
+    def _check_placeholders(self, i: int, prompt: str, has_image: bool) -> None:
+        count = prompt.count(self.image_token)
+        if has_image and count == 0:
+            raise ValueError(f"prompt {i} has an image but no image placeholder {self.image_token!r}: {prompt!r}")
+        if has_image and count > 1:
+            raise ValueError(f"prompt {i} holds {count} image placeholders {self.image_token!r} for one image")
+        if not has_image and count:
+            raise ValueError(f"prompt {i} holds {count} image placeholder(s) {self.image_token!r} but no image was given")
+
+    def _answer_ids(self, prompt: str, answer: str) -> list[int]:
+        tok = self.tokenizer
+        base = tok(prompt, add_special_tokens=False).input_ids
+        full = tok(prompt + " " + answer, add_special_tokens=False).input_ids
+        if full[: len(base)] == base and len(full) > len(base):
+            return full[len(base) :]
+        return tok(answer, add_special_tokens=False).input_ids
+
+    def _encode(self, prompt: str, image: Image.Image | None, answer: str | None) -> _Seq:
+        if image is None:
+            enc = self.processor.tokenizer(prompt, return_tensors="pt")
+            pixel_values = None
+        else:
+            enc = self.processor(images=[image], text=[prompt], return_tensors="pt")
+            pixel_values = enc["pixel_values"]
+        ids = enc["input_ids"][0]
+        n_prompt = int(ids.shape[0])
+        if answer is not None:
+            ids = torch.cat([ids, torch.tensor(self._answer_ids(prompt, answer), dtype=torch.long)])
+        embeds = self.lm.embed(ids.to(self.device)[None])[0]
+        image_positions = (ids == self.image_token_id).nonzero().flatten()
+        grids: tuple = ()
+        newline = torch.zeros(0, dtype=torch.long)
+        if image is not None:
+            image_sizes = enc.get("image_sizes")
+            features = self._image_features(pixel_values, image_sizes)
+            mask = self.vision.get_placeholder_mask(
+                ids[None].to(self.device), inputs_embeds=embeds[None], image_features=features
+            )[0]
+            embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
+            grids, newline = self._grids(image.size, image_positions)
+        return _Seq(
+            input_ids=ids.cpu(),
+            embeds=embeds,
+            n_prompt=n_prompt,
+            image_positions=image_positions,
+            newline_positions=newline,
+            grids=grids,
+            image_size=image.size if image is not None else None,
+            pixel_values=pixel_values,
+            prompt=prompt,
+        )
+
+    def _image_features(self, pixel_values: Tensor, image_sizes: Tensor | None) -> Tensor:
+        pixel_values = pixel_values.to(self.device, self.vision_dtype)
+        if self.kind == "llava_next":
+            out = self.vision.get_image_features(pixel_values=pixel_values, image_sizes=image_sizes)
+        else:
+            out = self.vision.get_image_features(pixel_values=pixel_values)
+        feats = out.pooler_output
+        if isinstance(feats, (list, tuple)):
+            feats = torch.cat(list(feats), dim=0)
+        return feats.reshape(-1, feats.shape[-1])
+
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        return next(self.vision.multi_modal_projector.parameters()).dtype
+
+    def _grids(self, image_size: tuple[int, int], image_positions: Tensor):
+        ip = self.processor.image_processor
+        vc = self.config.vision_config
+        strategy = getattr(self.config, "vision_feature_select_strategy", "default")
+        empty = torch.zeros(0, dtype=torch.long)
+        if self.kind == "llava_next":
+            base, tiles = _geometry.cell_boxes_llava_next(
+                image_size, ip, self.config.image_grid_pinpoints, vc.image_size, vc.patch_size
+            )
+            g = base.shape[0] * base.shape[1]
+            rows, cols = tiles.shape[:2]
+            if _geometry.llava_next_token_count(base, tiles) != image_positions.numel():
+                raise RuntimeError(
+                    f"LLaVA-NeXT layout: {image_positions.numel()} image tokens but the geometry gives "
+                    f"{_geometry.llava_next_token_count(base, tiles)}"
+                )
+            rest = image_positions[g:].view(rows, cols + 1)
+            grids = (("base", image_positions[:g].view(base.shape[:2]), base), ("tiles", rest[:, :cols], tiles))
+            return grids, rest[:, cols].clone()
+        boxes = _geometry.cell_boxes_llava(image_size, ip, vc.patch_size)
+        positions = image_positions[1:] if strategy == "full" else image_positions
+        if positions.numel() != boxes.shape[0] * boxes.shape[1]:
+            raise RuntimeError(f"layout: {positions.numel()} image tokens for a {tuple(boxes.shape[:2])} patch grid")
+        return (("base", positions.view(boxes.shape[:2]), boxes),), empty
+
+    def _collate(self, seqs: Sequence[_Seq]) -> LlavaBatch:
+        pad_embed = self.lm.embed(torch.tensor([[self.pad_token_id]], device=self.device))[0, 0]
+        return _collate(seqs, self.pad_token_id, pad_embed)
+
+    # ------------------------------------------------------------------ running
+
+    def _inputs(self, batch: LlavaBatch) -> tuple[Tensor, dict[str, Any]]:
+        if not isinstance(batch, LlavaBatch):
+            raise TypeError(f"expected a LlavaBatch from model.prepare(...), got {type(batch).__name__}")
+        return batch.embeds.to(self.device), {
+            "start_at_layer": 0,
+            "attention_mask": batch.attention_mask.to(self.device),
+        }
+
+    def forward(self, batch: LlavaBatch, **kwargs: Any) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits ``[batch, pos, d_vocab]``; extra keyword arguments go to the HookedTransformer."""
+        x, kw = self._inputs(batch)
+        return self.lm(x, **kw, **kwargs)
+
+    def run_with_hooks(self, batch: LlavaBatch, fwd_hooks: HookList = (), bwd_hooks: HookList = (), **kwargs: Any):
+        """``HookedTransformer.run_with_hooks`` on the spliced sequence; hooks are removed afterwards, also on error."""
+        x, kw = self._inputs(batch)
+        return self.lm.run_with_hooks(x, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kw, **kwargs)
+
+    def run_with_cache(self, batch: LlavaBatch, **kwargs: Any) -> tuple[Tensor, ActivationCache]:
+        """``HookedTransformer.run_with_cache`` on the spliced sequence (use ``names_filter`` to keep it small)."""
+        x, kw = self._inputs(batch)
+        return self.lm.run_with_cache(x, **kw, **kwargs)
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: HookList = (), bwd_hooks: HookList = (), **kwargs: Any) -> Iterator[LlavaLens]:
+        """Context manager: the hooks are on for every run inside, and removed on exit (also on error)."""
+        with self.lm.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs):
+            yield self
+
+    @torch.no_grad()
+    def generate_tokens(self, batch: LlavaBatch, max_new_tokens: int = 8, *, stop_at_eos: bool = True) -> Int[Tensor, "batch new"]:
+        """Greedy decoding with a key-value cache; ``[batch, max_new_tokens]`` new token ids.
+
+        After a sample emits EOS its remaining tokens are the pad id.
+        """
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        x, kw = self._inputs(batch)
+        b = len(batch)
+        cache = TransformerLensKeyValueCache.init_cache(self.lm.cfg, self.device, b)
+        mask = cache.append_attention_mask(kw["attention_mask"])
+        logits = self.lm(x, start_at_layer=0, attention_mask=mask, past_kv_cache=cache)
+        eos = self.tokenizer.eos_token_id
+        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        out = []
+        for step in range(max_new_tokens):
+            nxt = logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt)
+            out.append(nxt)
+            if stop_at_eos and eos is not None:
+                done |= nxt == eos
+                if bool(done.all()):
+                    break
+            if step == max_new_tokens - 1:
+                break
+            emb = self.lm.embed(nxt[:, None])
+            mask = cache.append_attention_mask(torch.ones((b, 1), dtype=mask.dtype, device=self.device))
+            logits = self.lm(emb, start_at_layer=0, attention_mask=mask, past_kv_cache=cache)
+        return torch.stack(out, dim=1)
+
+    def generate(self, batch: LlavaBatch, max_new_tokens: int = 8, **kwargs: Any) -> list[str]:
+        """Greedy generation; the decoded new text of each sample (special tokens skipped)."""
+        tokens = self.generate_tokens(batch, max_new_tokens, **kwargs)
+        return [t.strip() for t in self.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)]

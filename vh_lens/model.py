@@ -233,11 +233,11 @@ class LlavaLens(nn.Module):
 
         Args:
             samples: the samples; their question is formatted by ``format_question`` (default:
-                :func:`vh_lens.data.benchmarks.format_question`, which lists multiple-choice options).
+                :func:`vh_lens.answers.format_question`, which lists multiple-choice options).
             with_answers: append each sample's gold answer (teacher forcing).
         """
         if format_question is None:
-            from vh_lens.data.benchmarks import format_question
+            from vh_lens.answers import format_question
         samples = list(samples)
         return self.prepare(
             images=[s.load_image() for s in samples],

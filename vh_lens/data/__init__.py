@@ -1,6 +1,7 @@
 """Data: the sample type and readers of local benchmark files."""
 
 from vh_lens.data._images import MissingImagesError, SampleSet
+from vh_lens.data.benchmarks import load_mmbench, load_pointqa_counting, load_pope, load_qbench, load_seed_bench
 from vh_lens.data.jsonl import load_jsonl
 from vh_lens.data.pointqa import (
     PAPER_A_SETTINGS,
@@ -25,6 +26,11 @@ __all__ = [
     "SampleSet",
     "draw_box",
     "load_jsonl",
+    "load_mmbench",
+    "load_pointqa_counting",
+    "load_pope",
+    "load_qbench",
+    "load_seed_bench",
     "load_looktwice",
     "load_rgb",
     "load_vip_pointqa",

@@ -133,7 +133,9 @@ def load_mmbench(path: str | Path, *, limit: int | None = None, on_missing: OnMi
                 if gold not in source_letters:
                     raise ValueError(f"{where}: answer {answer!r} names no non-empty option {source_letters}")
                 answer = chr(ord("A") + source_letters.index(gold))
-            question = _cell(row.get("question")) or ""
+            question = _cell(row.get("question"))
+            if question is None or not question.strip():
+                raise ValueError(f"{where}: empty question")
             hint = _cell(row.get("hint"))
             if hint is not None:
                 question = f"{hint}\n{question}"
@@ -461,7 +463,9 @@ def load_pointqa_counting(
     _check_options(limit, on_missing)
     data = _load_json(path)
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a JSON object mapping image ids to question lists, got {type(data).__name__}")
+        raise ValueError(
+            f"{path}: expected a JSON object mapping image ids to question lists, got {type(data).__name__}"
+        )
 
     def records() -> Iterator[tuple[str, Mapping[str, Any]]]:
         for image_id, entries in data.items():
@@ -501,7 +505,9 @@ def load_pointqa_counting(
             answer = chr(ord("A") + options.index(count))
             metadata["task"] = "multiple_choice"
         box = _xywh_box(record.get("BBox"), where)
-        return _make_sample(where, image=image, question=text, answer=answer, choices=choices, box=box, metadata=metadata)
+        return _make_sample(
+            where, image=image, question=text, answer=answer, choices=choices, box=box, metadata=metadata
+        )
 
     return _collect(
         path, images_dir, records(), build, lambda r, w: images_dir / f"{r['_image_id']}.jpg", limit, on_missing
@@ -619,7 +625,8 @@ def _records_of(data: list[Any], path: Path) -> Iterator[_Record]:
 def _required(record: _Record, key: str, where: str) -> Any:
     value = record.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f"{where}: missing field {key!r} (fields: {sorted(k for k in record if not k.startswith('_'))})")
+        fields = sorted(k for k in record if not k.startswith("_"))
+        raise ValueError(f"{where}: missing field {key!r} (fields: {fields})")
     return value
 
 

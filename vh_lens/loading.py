@@ -277,29 +277,38 @@ def _split_heads(w: torch.Tensor, n: int) -> torch.Tensor:
     return einops.rearrange(w, "(n h) m -> n m h", n=n)
 
 
-def convert_layer(src: TensorSource, layer: int, cfg: HookedTransformerConfig, text_type: str) -> dict[str, torch.Tensor]:
-    """One decoder layer of a Llama / Mistral / Qwen2 / Phi-3 checkpoint in TransformerLens keys.
-
-    Keys come out as ``blocks.0.*`` (the caller renames), tensors in float32.
-    """
+def convert_layer(
+    src: TensorSource, layer: int, cfg: HookedTransformerConfig, text_type: str, part: str
+) -> dict[str, torch.Tensor]:
+    """Half a decoder layer (``part`` ``"attn"`` or ``"mlp"``, each with its norm) of a Llama /
+    Mistral / Qwen2 / Phi-3 checkpoint in TransformerLens keys ``blocks.0.*``, in float32."""
     p = f"lm.layers.{layer}."
-    n_h = cfg.n_heads
-    n_kv = cfg.n_key_value_heads or n_h
-    gqa = "_" if cfg.n_key_value_heads is not None else ""
-    d_head = cfg.d_head
 
     def get(name: str) -> torch.Tensor:
         return src.get(p + name).float()
 
-    sd: dict[str, torch.Tensor] = {}
-    sd["blocks.0.ln1.w"] = get("input_layernorm.weight")
-    sd["blocks.0.ln2.w"] = get("post_attention_layernorm.weight")
+    if part == "mlp":
+        if text_type == "phi3":
+            gate, up = torch.tensor_split(get("mlp.gate_up_proj.weight"), 2, dim=0)
+        else:
+            gate, up = get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")
+        return {
+            "blocks.0.ln2.w": get("post_attention_layernorm.weight"),
+            "blocks.0.mlp.W_in": up.T,
+            "blocks.0.mlp.W_gate": gate.T,
+            "blocks.0.mlp.b_in": torch.zeros(cfg.d_mlp),  # type: ignore[arg-type]
+            "blocks.0.mlp.W_out": get("mlp.down_proj.weight").T,
+            "blocks.0.mlp.b_out": torch.zeros(cfg.d_model),
+        }
+    n_h = cfg.n_heads
+    n_kv = cfg.n_key_value_heads or n_h
+    gqa = "_" if cfg.n_key_value_heads is not None else ""
+    d_head = cfg.d_head
+    sd: dict[str, torch.Tensor] = {"blocks.0.ln1.w": get("input_layernorm.weight")}
     if text_type == "phi3":
         w_q, w_k, w_v = get("self_attn.qkv_proj.weight").split([n_h * d_head, n_kv * d_head, n_kv * d_head], dim=0)
-        gate, up = torch.tensor_split(get("mlp.gate_up_proj.weight"), 2, dim=0)
     else:
         w_q, w_k, w_v = (get(f"self_attn.{x}_proj.weight") for x in "qkv")
-        gate, up = get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")
     sd["blocks.0.attn.W_Q"] = _split_heads(w_q, n_h)
     sd[f"blocks.0.attn.{gqa}W_K"] = _split_heads(w_k, n_kv)
     sd[f"blocks.0.attn.{gqa}W_V"] = _split_heads(w_v, n_kv)
@@ -309,24 +318,19 @@ def convert_layer(src: TensorSource, layer: int, cfg: HookedTransformerConfig, t
         sd[f"blocks.0.attn.{pre}b_{x.upper()}"] = bias
     sd["blocks.0.attn.W_O"] = einops.rearrange(get("self_attn.o_proj.weight"), "m (n h) -> n h m", n=n_h)
     sd["blocks.0.attn.b_O"] = torch.zeros(cfg.d_model)
-    sd["blocks.0.mlp.W_in"] = up.T
-    sd["blocks.0.mlp.W_gate"] = gate.T
-    sd["blocks.0.mlp.b_in"] = torch.zeros(cfg.d_mlp)  # type: ignore[arg-type]
-    sd["blocks.0.mlp.W_out"] = get("mlp.down_proj.weight").T
-    sd["blocks.0.mlp.b_out"] = torch.zeros(cfg.d_model)
     return sd
 
 
-def convert_outer(src: TensorSource, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
-    """Embedding, final norm and unembedding in TransformerLens keys (float32)."""
-    embed = src.get("lm.embed_tokens.weight").float()
-    head = src.get("head.weight").float() if "head.weight" in src else embed  # tied embeddings
-    return {
-        "embed.W_E": embed,
+def _outer_groups(src: TensorSource, cfg: HookedTransformerConfig) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
+    """Embedding, then final norm with unembedding, in TransformerLens keys (float32), one group at
+    a time, each with the processing flags it overrides."""
+    yield {"embed.W_E": src.get("lm.embed_tokens.weight").float()}, {"center_unembed": False}
+    head = src.get("head.weight" if "head.weight" in src else "lm.embed_tokens.weight")  # tied embeddings
+    yield {
         "ln_final.w": src.get("lm.norm.weight").float(),
-        "unembed.W_U": head.T,
+        "unembed.W_U": head.float().T,
         "unembed.b_U": torch.zeros(cfg.d_vocab),
-    }
+    }, {}
 
 
 def _process(sd: dict[str, torch.Tensor], cfg: HookedTransformerConfig, n_layers: int, flags: dict) -> dict:
@@ -347,7 +351,12 @@ def load_backbone(
     center_unembed: bool,
     fold_value_biases: bool = True,
 ) -> HookedTransformer:
-    """Build the HookedTransformer and fill it one layer at a time from ``src``."""
+    """Build the HookedTransformer and fill it group by group from ``src``.
+
+    Each decoder layer is converted and processed as two groups (norm + attention, norm + MLP),
+    then the embedding, then final norm + unembedding, so at most one group is held in float32
+    beside the model: host memory peaks near the size of what stays loaded.
+    """
     flags = dict(
         fold_ln=fold_ln,
         center_writing_weights=center_writing_weights,
@@ -358,15 +367,14 @@ def load_backbone(
     text_type = config.text_config.model_type
     target = lm.state_dict()
     for layer in range(cfg.n_layers):
-        sd = convert_layer(src, layer, cfg, text_type)
-        if fold_ln or fold_value_biases or center_writing_weights:
-            sd = _process(sd, cfg, 1, {**flags, "center_unembed": False})
-        _copy_into(target, {k.replace("blocks.0.", f"blocks.{layer}.", 1): v for k, v in sd.items()})
-        del sd
-    sd = convert_outer(src, cfg)
-    sd = _process(sd, cfg, 0, {**flags, "fold_value_biases": False})
-    _copy_into(target, sd)
-    del sd
+        for part in ("attn", "mlp"):
+            group = _process(convert_layer(src, layer, cfg, text_type, part), cfg, 1, {**flags, "center_unembed": False})
+            _copy_into(target, {k.replace("blocks.0.", f"blocks.{layer}.", 1): v for k, v in group.items()})
+            del group
+    for group, overrides in _outer_groups(src, cfg):
+        group = _process(group, cfg, 0, {**flags, "fold_value_biases": False, **overrides})
+        _copy_into(target, group)
+        del group
     gc.collect()
     return lm
 

@@ -321,16 +321,26 @@ def convert_layer(
     return sd
 
 
-def _outer_groups(src: TensorSource, cfg: HookedTransformerConfig) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
+def _outer_groups(
+    src: TensorSource, cfg: HookedTransformerConfig, rows: int = 256
+) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
     """Embedding, then final norm with unembedding, in TransformerLens keys (float32), one group at
-    a time, each with the processing flags it overrides."""
+    a time, each with the processing flags it overrides.
+
+    The unembedding is processed in blocks of ``rows`` rows of ``W_U`` (d_model rows): folding the
+    final norm scales each row and centring subtracts each row's mean over the vocabulary, so
+    blocks give exactly the whole-matrix result with a fraction of the memory.
+    """
     yield {"embed.W_E": src.get("lm.embed_tokens.weight").float()}, {"center_unembed": False}
     head = src.get("head.weight" if "head.weight" in src else "lm.embed_tokens.weight")  # tied embeddings
-    yield {
-        "ln_final.w": src.get("lm.norm.weight").float(),
-        "unembed.W_U": head.float().T,
-        "unembed.b_U": torch.zeros(cfg.d_vocab),
-    }, {}
+    norm = src.get("lm.norm.weight").float()
+    for start in range(0, cfg.d_model, rows):
+        block = slice(start, start + rows)
+        yield {
+            "ln_final.w": norm[block],
+            "unembed.W_U": head[:, block].T.float(),
+            "unembed.b_U": torch.zeros(cfg.d_vocab),
+        }, {"rows": block}
 
 
 def _process(sd: dict[str, torch.Tensor], cfg: HookedTransformerConfig, n_layers: int, flags: dict) -> dict:
@@ -371,12 +381,31 @@ def load_backbone(
             group = _process(convert_layer(src, layer, cfg, text_type, part), cfg, 1, {**flags, "center_unembed": False})
             _copy_into(target, {k.replace("blocks.0.", f"blocks.{layer}.", 1): v for k, v in group.items()})
             del group
+            _release_freed_memory()
     for group, overrides in _outer_groups(src, cfg):
+        block = overrides.pop("rows", None)
         group = _process(group, cfg, 0, {**flags, "fold_value_biases": False, **overrides})
+        if block is not None:  # one block of unembedding rows
+            with torch.no_grad():
+                target["unembed.W_U"][block].copy_(group.pop("unembed.W_U"))
+                if block.start == 0:
+                    target["unembed.b_U"].copy_(group.pop("unembed.b_U"))
+            group = {}
         _copy_into(target, group)
         del group
+        _release_freed_memory()
     gc.collect()
     return lm
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps freed blocks under 32 MB)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _copy_into(target: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> None:

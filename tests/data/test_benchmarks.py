@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from vh_lens.answers import candidate_strings, format_question, gold_index, is_correct
+from vh_lens.data._images import MissingImagesError, SampleSet
 from vh_lens.data.benchmarks import (
     load_mmbench,
     load_pointqa_counting,
@@ -22,6 +23,7 @@ from vh_lens.data.benchmarks import (
     load_qbench,
     load_seed_bench,
 )
+from vh_lens.data.pointqa import load_looktwice
 from vh_lens.data.sample import Sample
 
 # ------------------------------------------------------------------------------ fixtures
@@ -154,7 +156,7 @@ def test_mmbench_limit_stops_early(tmp_path: Path) -> None:
     rows[2]["image"] = ""  # would be a missing image, but is never read
     samples = load_mmbench(_write_tsv(tmp_path / "m.tsv", rows), limit=2)
     assert [s.metadata["index"] for s in samples] == [0, 1]
-    assert load_mmbench(_write_tsv(tmp_path / "m.tsv", rows), limit=0) == []
+    assert list(load_mmbench(_write_tsv(tmp_path / "m.tsv", rows), limit=0)) == []
 
 
 def test_mmbench_option_gap_is_relettered(tmp_path: Path) -> None:
@@ -411,7 +413,7 @@ def test_seed_bench_errors(tmp_path: Path) -> None:
     missing = _write_seed(tmp_path / "m.json", [_seed_question("9", "zz.jpg"), _seed_question("10", "yy")])
     with pytest.raises(FileNotFoundError, match="2 image files missing under .*: zz.jpg, yy"):
         load_seed_bench(missing, images)
-    assert load_seed_bench(missing, images, on_missing="skip") == []
+    assert list(load_seed_bench(missing, images, on_missing="skip")) == []
     not_json = tmp_path / "n.json"
     not_json.write_text("{", encoding="utf-8")
     with pytest.raises(ValueError, match=r"n\.json: not valid JSON"):
@@ -542,7 +544,7 @@ def test_pointqa_question_types(tmp_path: Path, question: str, text: str) -> Non
     assert sample.metadata["question_type"] == question
 
 
-def _mc_signature(samples: list[Sample]) -> list[tuple[tuple[str, ...] | None, str | None]]:
+def _mc_signature(samples: Sequence[Sample]) -> list[tuple[tuple[str, ...] | None, str | None]]:
     return [(s.choices, s.answer) for s in samples]
 
 
@@ -610,3 +612,62 @@ def test_pointqa_errors(tmp_path: Path) -> None:
     not_map.write_text("[]", encoding="utf-8")
     with pytest.raises(ValueError, match="expected a JSON object mapping image ids"):
         load_pointqa_counting(not_map, images)
+
+
+# ------------------------------------------------------------------------------ shared image handling
+
+
+def test_readers_return_sample_sets_and_raise_missing_images_error(tmp_path: Path) -> None:
+    images = _save_images(tmp_path / "img", ["COCO_val2014_000000000002.jpg"])
+    path = _write_jsonl(tmp_path / "coco_pope_random.json", POPE_RECORDS)
+    with pytest.raises(MissingImagesError) as info:
+        load_pope(path, images)
+    assert [p for p, _ in info.value.problems] == [str(images / "COCO_val2014_000000000001.jpg")] * 2
+    assert info.value.n_checked == 3
+    skipped = load_pope(path, images, on_missing="skip")
+    assert isinstance(skipped, SampleSet)
+    assert skipped.n_skipped == 2 and skipped.source == str(path) and len(skipped) == 1
+    rows = _mmbench_rows()
+    rows[1]["image"] = ""
+    tsv = _write_tsv(tmp_path / "m.tsv", rows)
+    with pytest.raises(MissingImagesError) as mm_info:
+        load_mmbench(tsv)
+    assert mm_info.value.problems == (("index 1", "empty or undecodable"),)
+    mm = load_mmbench(tsv, on_missing="skip")
+    assert isinstance(mm, SampleSet) and mm.n_skipped == 1 and [s.metadata["index"] for s in mm] == [0, 2]
+
+
+def test_limit_counts_kept_samples_with_error_too(tmp_path: Path) -> None:
+    # Records: 1 (image missing), 2 (present), 3 (image missing). With limit=1 reading goes on past
+    # record 1 until record 2 is kept, and stops there: record 3 is never read.
+    images = _save_images(tmp_path / "img", ["COCO_val2014_000000000002.jpg"])
+    path = _write_jsonl(tmp_path / "coco_pope_random.json", POPE_RECORDS)
+    with pytest.raises(FileNotFoundError, match=r"1 image files missing under .*: COCO_val2014_000000000001\.jpg \("):
+        load_pope(path, images, limit=1)
+    limited = load_pope(path, images, limit=1, on_missing="skip")
+    assert [s.metadata["question_id"] for s in limited] == [2] and limited.n_skipped == 1
+
+
+def test_pointqa_counting_reads_what_load_looktwice_reads(tmp_path: Path) -> None:
+    data = _looktwice()
+    data["100"][0]["Ans"] = "3.0"
+    path, images = _write_looktwice(tmp_path, data)
+    (images / "VG_100K").mkdir()
+    (images / "200.jpg").rename(images / "VG_100K" / "200.jpg")  # found in the VG subfolder, as by load_looktwice
+    counting = load_pointqa_counting(path, images)
+    looktwice = load_looktwice(path, images, question="object")
+    assert len(counting) == len(looktwice) == 15
+    for c, lt in zip(counting, looktwice):
+        assert (c.question, c.answer, c.box, c.image) == (lt.question, lt.answer.split(".")[0], lt.box, lt.image)
+        assert c.metadata["sample_id"] == lt.metadata["sample_id"]
+    assert counting[0].metadata["count"] == 3
+    assert counting[2].image == images / "VG_100K" / "200.jpg"
+
+
+def test_pointqa_counting_limit_stops_before_the_next_record(tmp_path: Path) -> None:
+    data = _looktwice()
+    del data["100"][1]["Obj_question"]  # a bad record right after the limit is never parsed
+    path, images = _write_looktwice(tmp_path, data)
+    assert [s.metadata["id"] for s in load_pointqa_counting(path, images, limit=1)] == ["100_0"]
+    with pytest.raises(ValueError, match="image 100 entry 1: missing field 'Obj_question'"):
+        load_pointqa_counting(path, images, limit=2)

@@ -286,3 +286,29 @@ def test_paper_a_settings_rejects_bad_arguments(looktwice):
         paper_a_settings(path, vg, format="pointqa")
     with pytest.raises(ValueError, match="question"):
         paper_a_settings(path, vg, question="object")
+
+
+def test_limit_stops_before_parsing_the_next_record(looktwice):
+    path, vg, data = looktwice
+    del data["1"][1]["Super_question"]
+    path.write_text(json.dumps(data))
+    assert [s.metadata["sample_id"] for s in load_looktwice(path, vg, question="super", limit=1)] == ["1/0"]
+    with pytest.raises(ValueError, match="image 1 QA 1: no super question field"):
+        load_looktwice(path, vg, question="super", limit=2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("BBox", {"x": 1, "y": 2}, r"image 2 QA 0: BBox \{'x': 1, 'y': 2\} is not \{x, y, w, h\}"),
+        ("BBox", [1, 2, 0, 5], r"image 2 QA 0: Sample\.box .* is empty"),
+        ("General_question", None, r"image 2 QA 0: no general question field"),
+        ("Point", "here", r"image 2 QA 0: Point 'here' is not"),
+    ],
+)
+def test_bad_fields_name_the_record(looktwice, field, value, match):
+    path, vg, data = looktwice
+    data["2"][0][field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=match):
+        load_looktwice(path, vg)

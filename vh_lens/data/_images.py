@@ -1,20 +1,27 @@
-"""Shared by the data readers: the loaded-sample container and the image-file checks.
+"""Shared by the data readers: the loaded-sample container, the image-file checks, JSON reading.
 
 Readers build their samples lazily (one generator per file) and hand them to
 :func:`collect_samples`, which checks that each image file exists (and, on request, that
 it opens), either raises one :class:`MissingImagesError` listing the bad files or drops
-those samples, and returns a :class:`SampleSet` recording how many were dropped. No image
-is decoded here beyond PIL's header check with ``verify_images=True``, so loading a
+those samples, and returns a :class:`SampleSet` recording how many were dropped. A reader
+whose images are not files (MMBench keeps them inline, base64) finds the bad ones itself
+and hands them to :func:`finish_samples`, which :func:`collect_samples` ends with too. No
+image is decoded here beyond PIL's header check with ``verify_images=True``, so loading a
 benchmark of thousands of samples keeps memory bounded.
+
+Messages come in two wordings: by default a detailed one (a count of the samples checked,
+then one line per bad file with the reason); with a :class:`OneLineMessage`, one line naming
+the first few bad images (the benchmark readers' wording).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 from PIL import Image
 
@@ -29,24 +36,80 @@ _N_LISTED = 5
 """How many bad paths an error message lists."""
 
 
+@dataclass(frozen=True)
+class OneLineMessage:
+    """Word a reader's missing-image messages on one line, naming the first few bad images.
+
+    The error reads ``"{source}: {n} {what}: a, b, c, d, e, ... (pass on_missing='skip' to
+    drop those samples)"`` and the warning logged with ``on_missing="skip"`` ``"skipped
+    {source}: {n} {what}: a, b, ..."``.
+
+    Attributes:
+        what: What the count counts, e.g. ``"image files missing under coco/val2014"``.
+        relative_to: Bad image paths are named relative to this folder (those inside it).
+
+    Example:
+        >>> OneLineMessage("image files missing under vg", relative_to=Path("vg")).describe(
+        ...     [("vg/1.jpg", "missing")], source="qa.json")
+        'qa.json: 1 image files missing under vg: 1.jpg'
+    """
+
+    what: str
+    relative_to: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.what, str) or not self.what.strip():
+            raise ValueError(f"OneLineMessage.what must be a non-empty string, got {self.what!r}")
+        if self.relative_to is not None:
+            object.__setattr__(self, "relative_to", Path(self.relative_to))
+
+    def describe(self, problems: Sequence[tuple[str, str]], source: str) -> str:
+        """``"{source}: {n} {what}: a, b, ..."`` for ``problems`` (``(path or label, reason)`` pairs)."""
+        names = [self._name(path) for path, _ in problems[:_N_LISTED]]
+        shown = ", ".join(names) + (", ..." if len(problems) > _N_LISTED else "")
+        return f"{source}: {len(problems)} {self.what}: {shown}"
+
+    def _name(self, path: str) -> str:
+        if self.relative_to is None:
+            return path
+        try:
+            return str(Path(path).relative_to(self.relative_to))
+        except ValueError:
+            return path
+
+
 class MissingImagesError(FileNotFoundError):
     """Some samples' image files are missing or unreadable.
 
     Attributes:
-        problems: ``(path, reason)`` for every bad file found, in reading order.
+        problems: ``(path, reason)`` for every bad image found, in reading order; ``path`` is
+            the file, or a label such as ``"index 3"`` for an image kept inside the data file.
         n_checked: How many samples were checked.
+        source: Where the samples came from.
     """
 
-    def __init__(self, problems: Sequence[tuple[str, str]], n_checked: int, source: str) -> None:
+    def __init__(
+        self,
+        problems: Sequence[tuple[str, str]],
+        n_checked: int,
+        source: str,
+        *,
+        one_line: OneLineMessage | None = None,
+    ) -> None:
         self.problems = tuple(problems)
         self.n_checked = n_checked
-        listed = "\n".join(f"  {path} ({reason})" for path, reason in self.problems[:_N_LISTED])
-        more = len(self.problems) - _N_LISTED
-        tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(
-            f"{len(self.problems)} of {n_checked} samples from {source} have a missing or unreadable "
-            f"image:\n{listed}{tail}\nPass on_missing='skip' to drop those samples."
-        )
+        self.source = source
+        if one_line is not None:
+            message = f"{one_line.describe(self.problems, source)} (pass on_missing='skip' to drop those samples)"
+        else:
+            listed = "\n".join(f"  {path} ({reason})" for path, reason in self.problems[:_N_LISTED])
+            more = len(self.problems) - _N_LISTED
+            tail = f"\n  ... and {more} more" if more > 0 else ""
+            message = (
+                f"{len(self.problems)} of {n_checked} samples from {source} have a missing or unreadable "
+                f"image:\n{listed}{tail}\nPass on_missing='skip' to drop those samples."
+            )
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -133,6 +196,33 @@ def image_problem(path: Path, verify: bool) -> str | None:
     return None
 
 
+def make_sample(where: str, **fields: Any) -> Sample:
+    """``Sample(**fields)``, a ``ValueError`` from it prefixed with ``where`` (the record's location).
+
+    Example:
+        >>> make_sample("qa.json line 3", image=None, question="2+2?", answer="4").answer
+        '4'
+    """
+    try:
+        return Sample(**fields)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in the file at ``path`` (UTF-8, a byte-order mark allowed).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not valid JSON (the message names the file).
+    """
+    try:
+        with Path(path).open(encoding="utf-8-sig") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
 def collect_samples(
     candidates: Iterable[tuple[Sample, Path | None]],
     *,
@@ -140,12 +230,15 @@ def collect_samples(
     on_missing: str,
     verify_images: bool = False,
     limit: int | None = None,
+    limit_counts_kept: bool = False,
+    one_line: OneLineMessage | None = None,
 ) -> SampleSet:
     """Check each candidate's image file and build the :class:`SampleSet`.
 
     Args:
         candidates: ``(sample, image_path)`` pairs, ``image_path`` ``None`` for text-only
-            samples (not checked). Consumed lazily: reading stops once ``limit`` is reached.
+            samples (not checked). Consumed lazily: no candidate is drawn once ``limit`` is
+            reached.
         source: Recorded in the result and in messages.
         on_missing: ``"error"``: raise one :class:`MissingImagesError` listing every bad file
             among the samples read; ``"skip"``: drop those samples, log their count at WARNING
@@ -153,7 +246,11 @@ def collect_samples(
         verify_images: Also check that each file opens with PIL (slower).
         limit: Keep at most this many samples. With ``"skip"``, reading continues past dropped
             samples until ``limit`` samples are kept; with ``"error"``, exactly the first
-            ``limit`` samples are read and checked.
+            ``limit`` samples are read and checked (see ``limit_counts_kept``).
+        limit_counts_kept: With ``"error"`` too, read on past bad samples until ``limit``
+            samples are kept (the error then lists every bad one read on the way).
+        one_line: Word the error and the warning on one line (:class:`OneLineMessage`)
+            instead of the detailed default.
 
     Returns:
         The kept samples.
@@ -163,13 +260,16 @@ def collect_samples(
     """
     check_on_missing(on_missing)
     check_limit(limit)
+    count_kept_only = limit_counts_kept or on_missing == "skip"
     kept: list[Sample] = []
     problems: list[tuple[str, str]] = []
     verdicts: dict[Path, str | None] = {}  # many samples share one image: check each file once
-    for sample, path in candidates:
-        n_read = len(kept) if on_missing == "skip" else len(kept) + len(problems)
-        if limit is not None and n_read >= limit:
+    remaining = iter(candidates)
+    while limit is None or (len(kept) if count_kept_only else len(kept) + len(problems)) < limit:
+        candidate = next(remaining, None)
+        if candidate is None:
             break
+        sample, path = candidate
         if path is not None:
             if path not in verdicts:
                 verdicts[path] = image_problem(path, verify_images)
@@ -178,14 +278,46 @@ def collect_samples(
                 problems.append((str(path), reason))
                 continue
         kept.append(sample)
+    return finish_samples(kept, problems, source=source, on_missing=on_missing, one_line=one_line)
+
+
+def finish_samples(
+    kept: Iterable[Sample],
+    problems: Sequence[tuple[str, str]],
+    *,
+    source: str,
+    on_missing: str,
+    one_line: OneLineMessage | None = None,
+) -> SampleSet:
+    """Act on the bad images a reader found, as ``on_missing`` says, and build the :class:`SampleSet`.
+
+    Args:
+        kept: The samples whose image is usable, in file order.
+        problems: ``(path or label, reason)`` for each dropped sample, in file order.
+        source: Recorded in the result and in messages.
+        on_missing: ``"error"`` raises; ``"skip"`` logs the count at WARNING and records it
+            in ``SampleSet.n_skipped``.
+        one_line: The one-line wording (:class:`OneLineMessage`), or ``None`` for the detailed one.
+
+    Returns:
+        The kept samples.
+
+    Raises:
+        MissingImagesError: ``on_missing="error"`` and ``problems`` is not empty.
+    """
+    check_on_missing(on_missing)
+    kept = tuple(kept)
+    n_checked = len(kept) + len(problems)
     if problems and on_missing == "error":
-        raise MissingImagesError(problems, n_checked=len(kept) + len(problems), source=source)
-    if problems:
+        raise MissingImagesError(problems, n_checked=n_checked, source=source, one_line=one_line)
+    if problems and one_line is not None:
+        logger.warning("skipped %s", one_line.describe(problems, source))
+    elif problems:
         logger.warning(
             "skipped %d of %d samples from %s: missing or unreadable image (first: %s)",
             len(problems),
-            len(kept) + len(problems),
+            n_checked,
             source,
             problems[0][0],
         )
-    return SampleSet(tuple(kept), n_skipped=len(problems), source=source)
+    return SampleSet(kept, n_skipped=len(problems), source=source)

@@ -1,10 +1,14 @@
-"""Readers of benchmark files in their published formats, into :class:`Sample` lists.
+"""Readers of benchmark files in their published formats, into sample sets.
 
 Nothing is downloaded: each reader takes a local annotation file (and an image folder where
-the format keeps images apart) and returns ``list[Sample]``. Every reader takes
-``limit=`` (the most samples to return, counted after filtering) and
-``on_missing="error" | "skip"`` (what to do with a sample whose image is absent or
-unreadable: raise one error listing the first few, or drop them and log how many).
+the format keeps images apart) and returns a :class:`~vh_lens.data.SampleSet` (a read-only
+sequence of :class:`Sample`; ``list(...)`` gives a list). Every reader takes ``limit=`` (the
+most samples to return, counted after filtering and after dropping samples whose image is
+bad) and ``on_missing="error" | "skip"`` (what to do with a sample whose image is absent or
+unreadable: raise one :class:`~vh_lens.data.MissingImagesError`, a ``FileNotFoundError``,
+naming the first few, or drop them, log how many and count them in ``n_skipped``). The image
+checks are those of every reader (``vh_lens.data._images``); PointQA counting reads the file
+with the LookTwice-QA parser of :mod:`vh_lens.data.pointqa`.
 
 Conventions shared by all readers, relied on by :mod:`vh_lens.answers`:
 
@@ -25,21 +29,32 @@ import binascii
 import csv
 import io
 import json
-import logging
 import math
 import random
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from vh_lens.data.sample import Box, Sample
+from vh_lens.data._images import (
+    OneLineMessage,
+    OnMissing,
+    SampleSet,
+    check_limit,
+    check_on_missing,
+    collect_samples,
+    finish_samples,
+    make_sample,
+    read_json,
+)
+from vh_lens.data.pointqa import QuestionType, RecordWording, check_question_type, looktwice_candidates
+from vh_lens.data.sample import Sample
 
-OnMissing = Literal["error", "skip"]
-PointQAQuestion = Literal["object", "super", "general"]
+PointQAQuestion = QuestionType
 
 __all__ = [
     "OnMissing",
@@ -51,19 +66,18 @@ __all__ = [
     "load_seed_bench",
 ]
 
-logger = logging.getLogger(__name__)
-
 _SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-_POINTQA_KEYS: dict[str, str] = {"object": "Obj_question", "super": "Super_question", "general": "General_question"}
 _POINTQA_COUNTS = range(1, 8)
+_POINTQA_WORDING = RecordWording(
+    where="{path} image {image_id} entry {k}", missing="{where}: missing field {key!r} (fields: {found})"
+)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_SHOW_MISSING = 5
 
 
 # --------------------------------------------------------------------------------- MMBench
 
 
-def load_mmbench(path: str | Path, *, limit: int | None = None, on_missing: OnMissing = "error") -> list[Sample]:
+def load_mmbench(path: str | Path, *, limit: int | None = None, on_missing: OnMissing = "error") -> SampleSet:
     """Read an MMBench TSV (``mmbench_dev_20230712.tsv`` and its kin, including MMBench-CN).
 
     Columns used: ``index``, ``question``, ``image`` (base64), the option columns ``A``,
@@ -86,23 +100,27 @@ def load_mmbench(path: str | Path, *, limit: int | None = None, on_missing: OnMi
         path: The ``.tsv`` file.
         limit: Return at most this many samples (the rest of the file is not read).
         on_missing: ``"error"`` raises for rows whose image is empty or undecodable (after
-            reading all rows up to ``limit``, listing the first few); ``"skip"`` drops them.
+            reading rows until ``limit`` samples are kept, listing the first few);
+            ``"skip"`` drops them.
 
     Returns:
         One sample per row, ``metadata["benchmark"] == "mmbench"``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a required column is missing, a row has fewer than two options or a gold
-            letter naming no option, or (``on_missing="error"``) images are missing.
+        MissingImagesError: ``on_missing="error"`` and some images are empty or undecodable
+            (its ``problems`` name the rows as ``"index N"``).
+        ValueError: a required column is missing, or a row has fewer than two options or a
+            gold letter naming no option.
 
     Example:
         >>> samples = load_mmbench("mmbench_dev_20230712.tsv", limit=100)  # doctest: +SKIP
     """
     path = _check_file(path, "MMBench TSV")
-    _check_options(limit, on_missing)
+    check_limit(limit)
+    check_on_missing(on_missing)
     samples: list[Sample] = []
-    missing: list[str] = []
+    problems: list[tuple[str, str]] = []
     image_by_index: dict[str, Image.Image] = {}
     with _csv_field_limit(), path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter="\t")
@@ -119,7 +137,7 @@ def load_mmbench(path: str | Path, *, limit: int | None = None, on_missing: OnMi
             where = f"{path} line {row_number} (index {index})"
             image = _mmbench_image(row.get("image"), image_by_index)
             if image is None:
-                missing.append(f"index {index}")
+                problems.append((f"index {index}", "empty or undecodable"))
                 continue
             if index is not None:
                 image_by_index[index] = image
@@ -149,7 +167,7 @@ def load_mmbench(path: str | Path, *, limit: int | None = None, on_missing: OnMi
             }
             metadata |= {k: _cell(v) for k, v in row.items() if k is not None and k not in used}
             samples.append(
-                _make_sample(
+                make_sample(
                     where,
                     image=image,
                     question=question,
@@ -158,8 +176,13 @@ def load_mmbench(path: str | Path, *, limit: int | None = None, on_missing: OnMi
                     metadata=metadata,
                 )
             )
-    _report_missing(missing, path, "images empty or undecodable", on_missing)
-    return samples
+    return finish_samples(
+        samples,
+        problems,
+        source=str(path),
+        on_missing=on_missing,
+        one_line=OneLineMessage("images empty or undecodable"),
+    )
 
 
 def _mmbench_image(cell: str | None, image_by_index: Mapping[str, Image.Image]) -> Image.Image | None:
@@ -196,7 +219,7 @@ def load_pope(
     category: str | None = None,
     limit: int | None = None,
     on_missing: OnMissing = "error",
-) -> list[Sample]:
+) -> SampleSet:
     """Read a POPE file (``coco_pope_random.json`` and the like: one JSON object a line).
 
     Each line has ``question_id``, ``image`` (a file name in ``images_dir``, e.g. COCO
@@ -219,9 +242,7 @@ def load_pope(
     Example:
         >>> samples = load_pope("coco_pope_random.json", "coco/val2014")  # doctest: +SKIP
     """
-    path = _check_file(path, "POPE annotation")
-    images_dir = _check_dir(images_dir)
-    _check_options(limit, on_missing)
+    path, images_dir = _check_inputs(path, "POPE annotation", images_dir, limit, on_missing)
     if category is None and (match := re.search(r"pope_([A-Za-z]+)", path.stem)) is not None:
         file_category: str | None = match.group(1)
     else:
@@ -246,7 +267,7 @@ def load_pope(
             "category": category or record.get("category") or file_category,
             "image_file": str(record["image"]),
         }
-        return _make_sample(where, image=image, question=question, answer=answer, metadata=metadata)
+        return make_sample(where, image=image, question=question, answer=answer, metadata=metadata)
 
     records = _iter_json_records(path)
     return _collect(
@@ -264,7 +285,7 @@ def load_seed_bench(
     question_type_ids: Collection[int] | None = None,
     limit: int | None = None,
     on_missing: OnMissing = "error",
-) -> list[Sample]:
+) -> SampleSet:
     """Read SEED-Bench(-1) ``SEED-Bench.json``, image questions only.
 
     The file is ``{"questions": [...], "question_type": {name: id}}`` (a bare list of
@@ -287,10 +308,8 @@ def load_seed_bench(
     Example:
         >>> samples = load_seed_bench("SEED-Bench.json", "SEED-Bench-image")  # doctest: +SKIP
     """
-    path = _check_file(path, "SEED-Bench JSON")
-    images_dir = _check_dir(images_dir)
-    _check_options(limit, on_missing)
-    data = _load_json(path)
+    path, images_dir = _check_inputs(path, "SEED-Bench JSON", images_dir, limit, on_missing)
+    data = read_json(path)
     type_names: dict[int, str] = {}
     if isinstance(data, Mapping):
         if "questions" not in data:
@@ -323,7 +342,7 @@ def load_seed_bench(
             "question_type": type_names.get(type_id) if type_id is not None else None,
             "data_id": record.get("data_id"),
         }
-        return _make_sample(
+        return make_sample(
             where,
             image=image,
             question=_required(record, "question", where),
@@ -344,7 +363,7 @@ def load_seed_bench(
 
 def load_qbench(
     path: str | Path, images_dir: str | Path, *, limit: int | None = None, on_missing: OnMissing = "error"
-) -> list[Sample]:
+) -> SampleSet:
     """Read Q-Bench A1 (LLVisionQA: ``llvisionqa_dev.json`` / ``llvisionqa_test.json``).
 
     The file is a list of ``{img_path, question, candidates, correct_ans, type, concern}``;
@@ -364,10 +383,8 @@ def load_qbench(
     Example:
         >>> samples = load_qbench("llvisionqa_dev.json", "images_llvisionqa")  # doctest: +SKIP
     """
-    path = _check_file(path, "Q-Bench JSON")
-    images_dir = _check_dir(images_dir)
-    _check_options(limit, on_missing)
-    data = _load_json(path)
+    path, images_dir = _check_inputs(path, "Q-Bench JSON", images_dir, limit, on_missing)
+    data = read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
 
@@ -391,7 +408,7 @@ def load_qbench(
             "img_path": record.get("img_path"),
             "correct_ans": record.get("correct_ans"),
         } | extra
-        return _make_sample(
+        return make_sample(
             where,
             image=image,
             question=_required(record, "question", where),
@@ -419,14 +436,17 @@ def load_pointqa_counting(
     seed: int = 0,
     limit: int | None = None,
     on_missing: OnMissing = "error",
-) -> list[Sample]:
+) -> SampleSet:
     """Read LookTwiceQA (PointQA) counting questions as a benchmark.
 
     The file maps image ids to lists of questions:
     ``{image_id: [{Obj_question, Super_question, General_question, Ans, BBox, Point}, ...]}``;
     ``BBox`` is ``{x, y, w, h}`` or ``[x, y, w, h]`` in pixels and becomes the box
     ``(x, y, x + w, y + h)``; the image is ``{images_dir}/{image_id}.jpg``. ``Ans`` is the
-    count, 1 to 7.
+    count, 1 to 7. The file is parsed by :func:`vh_lens.data.pointqa.looktwice_candidates`,
+    as :func:`vh_lens.data.load_looktwice` reads it (so other image extensions and the
+    ``VG_100K``/``VG_100K_2`` subfolders are found as there); this reader adds the count
+    and, on request, the options.
 
     With ``as_choices=True`` each question becomes multiple choice as in paper A's benchmark
     use of PointQA: the gold count plus ``n_choices - 1`` different distractor counts drawn
@@ -448,83 +468,67 @@ def load_pointqa_counting(
 
     Returns:
         Samples with ``metadata["benchmark"] == "pointqa"``, ``metadata["count"]`` (int),
-        ``metadata["answer_range"] == (1, 7)``, ``image_id``, ``question_type``, all three
-        wordings in ``metadata["questions"]`` and the ``point``.
+        ``metadata["answer_range"] == (1, 7)``, ``id`` (``"{image_id}_{entry}"``),
+        ``image_id``, ``entry`` (the question's position in its image's list),
+        ``question_type``, the wordings present in ``metadata["questions"]`` and the
+        ``point`` as ``[x, y]`` (or ``None``), besides the rest of
+        :func:`vh_lens.data.load_looktwice`'s metadata (``sample_id``, ``qa_index``, ...).
+
+    Raises:
+        FileNotFoundError: no such file or image folder.
+        MissingImagesError: ``on_missing="error"`` and some image files are missing.
+        ValueError: bad argument, a question lacks a field or has a bad one, ``Ans`` is not
+            an integer, or (``as_choices``) a count is outside 1..7.
 
     Example:
         >>> samples = load_pointqa_counting("lookTwiceQA_test.json", "vg/images", as_choices=True)  # doctest: +SKIP
     """
-    if question not in _POINTQA_KEYS:
-        raise ValueError(f"question must be one of {list(_POINTQA_KEYS)}, got {question!r}")
+    check_question_type(question)
     if as_choices and not (isinstance(n_choices, int) and 2 <= n_choices <= len(_POINTQA_COUNTS)):
         raise ValueError(f"n_choices must be an int in 2..{len(_POINTQA_COUNTS)}, got {n_choices!r}")
-    path = _check_file(path, "LookTwiceQA JSON")
-    images_dir = _check_dir(images_dir)
-    _check_options(limit, on_missing)
-    data = _load_json(path)
-    if not isinstance(data, Mapping):
-        raise ValueError(
-            f"{path}: expected a JSON object mapping image ids to question lists, got {type(data).__name__}"
-        )
-
-    def records() -> Iterator[tuple[str, Mapping[str, Any]]]:
-        for image_id, entries in data.items():
-            if not isinstance(entries, list):
-                raise ValueError(f"{path}: image {image_id!r} maps to {type(entries).__name__}, expected a list")
-            for k, entry in enumerate(entries):
-                if not isinstance(entry, Mapping):
-                    raise ValueError(f"{path}: image {image_id!r} entry {k} is not an object")
-                yield f"{path} image {image_id} entry {k}", {**entry, "_image_id": str(image_id), "_k": k}
-
-    def build(where: str, record: Mapping[str, Any], image: Path) -> Sample:
-        image_id, k = record["_image_id"], record["_k"]
-        count = _as_int(_required(record, "Ans", where))
-        if count is None:
-            raise ValueError(f"{where}: Ans {record['Ans']!r} is not an integer count")
-        text = str(_required(record, _POINTQA_KEYS[question], where))
-        metadata: dict[str, Any] = {
-            "benchmark": "pointqa",
-            "task": "count",
-            "id": f"{image_id}_{k}",
-            "image_id": image_id,
-            "entry": k,
-            "question_type": question,
-            "questions": {name: record.get(key) for name, key in _POINTQA_KEYS.items()},
-            "count": count,
-            "answer_range": (_POINTQA_COUNTS[0], _POINTQA_COUNTS[-1]),
-            "point": record.get("Point"),
-        }
-        answer, choices = str(count), None
-        if as_choices:
-            if count not in _POINTQA_COUNTS:
-                raise ValueError(f"{where}: count {count} is outside 1..7, cannot draw distractors")
-            rng = random.Random(f"{seed}:{image_id}:{k}")
-            options = [count, *rng.sample([c for c in _POINTQA_COUNTS if c != count], n_choices - 1)]
-            rng.shuffle(options)
-            choices = tuple(str(c) for c in options)
-            answer = chr(ord("A") + options.index(count))
-            metadata["task"] = "multiple_choice"
-        box = _xywh_box(record.get("BBox"), where)
-        return _make_sample(
-            where, image=image, question=text, answer=answer, choices=choices, box=box, metadata=metadata
-        )
-
-    return _collect(
-        path, images_dir, records(), build, lambda r, w: images_dir / f"{r['_image_id']}.jpg", limit, on_missing
+    path, images_dir = _check_inputs(path, "LookTwiceQA JSON", images_dir, limit, on_missing)
+    looktwice = looktwice_candidates(path, images_dir, question, wording=_POINTQA_WORDING)
+    options = n_choices if as_choices else None
+    candidates = ((_as_counting(sample, path, options, seed), image) for sample, image in looktwice)
+    return collect_samples(
+        candidates,
+        source=str(path),
+        on_missing=on_missing,
+        limit=limit,
+        limit_counts_kept=True,
+        one_line=_files_missing_under(images_dir),
     )
 
 
-def _xywh_box(raw: Any, where: str) -> Box | None:
-    if raw is None:
-        return None
-    try:
-        if isinstance(raw, Mapping):
-            x, y, w, h = (float(raw[key]) for key in ("x", "y", "w", "h"))
-        else:
-            x, y, w, h = (float(v) for v in raw)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{where}: BBox {raw!r} is not {{x, y, w, h}} or [x, y, w, h]") from err
-    return (x, y, x + w, y + h)
+def _as_counting(sample: Sample, path: Path, n_choices: int | None, seed: int) -> Sample:
+    """A LookTwice-QA sample as a counting question; multiple choice when ``n_choices`` is given."""
+    image_id, k = sample.metadata["image_id"], sample.metadata["qa_index"]
+    where = _POINTQA_WORDING.where.format(path=path, image_id=image_id, k=k)
+    count = _as_int(sample.answer)
+    if count is None:
+        raise ValueError(f"{where}: Ans {sample.answer!r} is not an integer count")
+    point = sample.metadata["point"]
+    metadata: dict[str, Any] = {
+        **sample.metadata,
+        "benchmark": "pointqa",
+        "task": "count",
+        "id": f"{image_id}_{k}",
+        "entry": k,
+        "count": count,
+        "answer_range": (_POINTQA_COUNTS[0], _POINTQA_COUNTS[-1]),
+        "point": None if point is None else list(point),
+    }
+    answer, choices = str(count), None
+    if n_choices is not None:
+        if count not in _POINTQA_COUNTS:
+            raise ValueError(f"{where}: count {count} is outside 1..7, cannot draw distractors")
+        rng = random.Random(f"{seed}:{image_id}:{k}")
+        options = [count, *rng.sample([c for c in _POINTQA_COUNTS if c != count], n_choices - 1)]
+        rng.shuffle(options)
+        choices = tuple(str(c) for c in options)
+        answer = chr(ord("A") + options.index(count))
+        metadata["task"] = "multiple_choice"
+    return replace(sample, answer=answer, choices=choices, metadata=metadata)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -540,30 +544,36 @@ def _collect(
     image_path: Callable[[_Record, str], Path],
     limit: int | None,
     on_missing: OnMissing,
-) -> list[Sample]:
-    """Build samples from ``(where, record)`` pairs, checking each image file exists."""
-    samples: list[Sample] = []
-    missing: list[str] = []
-    for where, record in records:
-        if limit is not None and len(samples) >= limit:
-            break
-        image = image_path(record, where)
-        if not image.is_file():
-            missing.append(_relative(image, images_dir))
-            continue
-        samples.append(build(where, record, image))
-    _report_missing(missing, path, f"image files missing under {images_dir}", on_missing)
-    return samples
+) -> SampleSet:
+    """Build samples from ``(where, record)`` pairs and check each image file exists."""
+
+    def candidates() -> Iterator[tuple[Sample, Path]]:
+        for where, record in records:
+            image = image_path(record, where)
+            yield build(where, record, image), image
+
+    return collect_samples(
+        candidates(),
+        source=str(path),
+        on_missing=on_missing,
+        limit=limit,
+        limit_counts_kept=True,
+        one_line=_files_missing_under(images_dir),
+    )
 
 
-def _report_missing(missing: list[str], path: Path, what: str, on_missing: OnMissing) -> None:
-    if not missing:
-        return
-    shown = ", ".join(missing[:_SHOW_MISSING]) + (", ..." if len(missing) > _SHOW_MISSING else "")
-    message = f"{path}: {len(missing)} {what}: {shown}"
-    if on_missing == "error":
-        raise FileNotFoundError(f"{message} (pass on_missing='skip' to drop those samples)")
-    logger.warning("skipped %s", message)
+def _files_missing_under(images_dir: Path) -> OneLineMessage:
+    return OneLineMessage(f"image files missing under {images_dir}", relative_to=images_dir)
+
+
+def _check_inputs(
+    path: str | Path, what: str, images_dir: str | Path, limit: int | None, on_missing: str
+) -> tuple[Path, Path]:
+    """The annotation file and the image folder, once both exist and ``limit``/``on_missing`` are valid."""
+    path, images_dir = _check_file(path, what), _check_dir(images_dir)
+    check_limit(limit)
+    check_on_missing(on_missing)
+    return path, images_dir
 
 
 def _check_file(path: str | Path, what: str) -> Path:
@@ -580,27 +590,12 @@ def _check_dir(path: str | Path) -> Path:
     return path
 
 
-def _check_options(limit: int | None, on_missing: str) -> None:
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
-    if on_missing not in ("error", "skip"):
-        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-
-
 def _iter_json_records(path: Path) -> Iterator[tuple[str, _Record]]:
     """Objects of a JSON-lines file, or of a JSON array, with a location for messages."""
     with path.open(encoding="utf-8-sig") as f:
         head = f.read(1024).lstrip()
     if head.startswith("["):
-        yield from ((f"{path} item {i}", r) for i, r in enumerate(_records_of(_load_json(path), path)))
+        yield from ((f"{path} item {i}", r) for i, r in enumerate(_records_of(read_json(path), path)))
         return
     with path.open(encoding="utf-8-sig") as f:
         for line_number, line in enumerate(f, start=1):
@@ -628,13 +623,6 @@ def _required(record: _Record, key: str, where: str) -> Any:
         fields = sorted(k for k in record if not k.startswith("_"))
         raise ValueError(f"{where}: missing field {key!r} (fields: {fields})")
     return value
-
-
-def _make_sample(where: str, **fields: Any) -> Sample:
-    try:
-        return Sample(**fields)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from err
 
 
 def _cell(value: str | None) -> str | None:
@@ -678,22 +666,16 @@ def _find_image(images_dir: Path, name: str) -> Path:
     return path
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
 def _as_int(value: Any) -> int | None:
+    """``value`` as an int if it is one (``3``, ``3.0``, ``"3"``, ``"3.0"``), else ``None``."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
+    if isinstance(value, str) and (match := re.fullmatch(r"\s*([+-]?\d+)(?:\.0*)?\s*", value)):
+        return int(match.group(1))
     return None
 
 

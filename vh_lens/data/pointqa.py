@@ -23,16 +23,26 @@ Prompt text: ``Sample.question`` is the dataset's question alone. Paper A's code
 ``question + " The exemplary object is within the rectangle."`` followed by LLaVA's
 ``"\\nAnswer the question using a single word or phrase."``; pass
 ``question_suffix=RECTANGLE_HINT`` to add the first part.
+
+:func:`looktwice_candidates` is the LookTwice-QA parsing itself, for readers that build other
+samples from the same file (:func:`vh_lens.data.load_pointqa_counting`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vh_lens.data._images import SampleSet, check_limit, check_on_missing, collect_samples
+from vh_lens.data._images import (
+    SampleSet,
+    check_limit,
+    check_on_missing,
+    collect_samples,
+    make_sample,
+    read_json,
+)
 from vh_lens.data.sample import Box, Sample
 from vh_lens.data.visual_prompt import with_visual_prompt
 
@@ -51,13 +61,15 @@ FORMATS: tuple[str, ...] = ("looktwice", "vip-pointqa")
 RECTANGLE_HINT = "The exemplary object is within the rectangle."
 """The sentence paper A's code appended to every PointQA question (plain and visual)."""
 
-# Accepted field names per question type, compared case-insensitively.
+# Accepted field names, compared case-insensitively; the first is LookTwice-QA's spelling.
 _QUESTION_KEYS: dict[str, tuple[str, ...]] = {
-    "general": ("general_question",),
-    "object": ("obj_question", "object_question"),
-    "super": ("super_question",),
+    "general": ("General_question",),
+    "object": ("Obj_question", "object_question"),
+    "super": ("Super_question",),
 }
-_ANSWER_KEYS = ("ans", "answer")
+_ANSWER_KEYS = ("Ans", "answer")
+_BBOX_KEYS = ("BBox",)
+_MISSING_FIELD = "{where}: no {what} field (accepted: {accepted}; found: {found})"
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 _VG_SUBDIRS = ("", "VG_100K", "VG_100K_2")
 
@@ -66,6 +78,37 @@ def check_question_type(question: str) -> None:
     """Raise ``ValueError`` unless ``question`` is one of :data:`QUESTION_TYPES`."""
     if question not in QUESTION_TYPES:
         raise ValueError(f"question must be one of {QUESTION_TYPES}, got {question!r}")
+
+
+@dataclass(frozen=True)
+class RecordWording:
+    """How messages about one LookTwice-QA record read (see :func:`looktwice_candidates`).
+
+    Attributes:
+        where: Names the record; a format string with ``{path}``, ``{image_id}`` and ``{k}``
+            (the record's position in its image's list).
+        missing: Says a required field is absent; a format string with ``{where}``, ``{key}``
+            (the field's LookTwice-QA name, e.g. ``Obj_question``), ``{what}`` (e.g. ``object
+            question``), ``{accepted}`` (the names tried) and ``{found}`` (the record's keys).
+
+    Example:
+        >>> RecordWording().where.format(path="qa.json", image_id="7", k=0)
+        'qa.json: image 7 QA 0'
+    """
+
+    where: str = "{path}: image {image_id} QA {k}"
+    missing: str = _MISSING_FIELD
+
+    def __post_init__(self) -> None:
+        try:
+            self.where.format(path="p", image_id="i", k=0)
+            self.missing.format(where="w", key="k", what="w", accepted="a", found=[])
+        except (AttributeError, IndexError, KeyError, ValueError) as err:
+            raise ValueError(f"RecordWording: bad format string ({type(err).__name__}: {err})") from err
+
+
+LOOKTWICE_WORDING = RecordWording()
+""":func:`load_looktwice`'s wording: ``"qa.json: image 7 QA 0: no object question field (accepted: ...)"``."""
 
 
 def xywh_to_box(bbox: Mapping[str, Any] | Iterable[float]) -> Box:
@@ -99,13 +142,30 @@ def _point(point: Any) -> tuple[float, float] | None:
     return (float(x), float(y))
 
 
-def _field(record: Mapping[str, Any], names: tuple[str, ...], what: str, where: str) -> Any:
-    """The value of the first of ``names`` present in ``record`` (keys compared case-insensitively)."""
+def _field(
+    record: Mapping[str, Any],
+    names: tuple[str, ...],
+    what: str,
+    where: str,
+    missing: str = _MISSING_FIELD,
+    *,
+    allow_null: bool = True,
+) -> Any:
+    """The value of the first of ``names`` present in ``record`` (keys compared case-insensitively).
+
+    Without ``allow_null``, a ``null`` or blank value counts as absent. The error is
+    ``missing`` formatted as :class:`RecordWording` describes.
+    """
     lowered = {str(k).lower(): k for k in record}
     for name in names:
-        if name in lowered:
-            return record[lowered[name]]
-    raise ValueError(f"{where}: no {what} field (accepted: {', '.join(names)}; found: {sorted(record)})")
+        if name.lower() in lowered:
+            value = record[lowered[name.lower()]]
+            if allow_null or not (value is None or (isinstance(value, str) and not value.strip())):
+                return value
+            break
+    accepted = ", ".join(name.lower() for name in names)
+    found = sorted(str(k) for k in record)
+    raise ValueError(missing.format(where=where, key=names[0], what=what, accepted=accepted, found=found))
 
 
 def _questions(record: Mapping[str, Any]) -> dict[str, str]:
@@ -114,8 +174,8 @@ def _questions(record: Mapping[str, Any]) -> dict[str, str]:
     found = {}
     for qtype, names in _QUESTION_KEYS.items():
         for name in names:
-            if name in lowered:
-                found[qtype] = str(record[lowered[name]])
+            if name.lower() in lowered:
+                found[qtype] = str(record[lowered[name.lower()]])
                 break
     return found
 
@@ -133,19 +193,11 @@ def _vg_image_path(images_dir: Path, image_id: str) -> Path:
     return default
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-
-
 def _read_image_ids(image_ids: Iterable[str | int] | str | Path | None) -> set[str] | None:
     if image_ids is None:
         return None
     if isinstance(image_ids, (str, Path)):
-        ids = _read_json(Path(image_ids))
+        ids = read_json(Path(image_ids))
         if not isinstance(ids, list):
             raise ValueError(f"{image_ids} must hold a JSON list of image ids, got {type(ids).__name__}")
         image_ids = ids
@@ -189,7 +241,8 @@ def load_looktwice(
         ``visual_prompt``, ``dataset`` (``"looktwiceqa"``) and ``source`` (the JSON path).
 
     Raises:
-        ValueError: bad argument, or a record lacks a required field (the message names it).
+        ValueError: bad argument, or a record lacks a required field or has a bad one (the
+            message names the record and the field).
         MissingImagesError: ``on_missing="error"`` and some image is missing.
 
     Example:
@@ -200,16 +253,58 @@ def load_looktwice(
     check_question_type(question)
     check_on_missing(on_missing)
     check_limit(limit)
+    candidates = looktwice_candidates(path, images_dir, question, image_ids=image_ids, question_suffix=question_suffix)
+    return _collect(candidates, path, on_missing, limit, verify_images, visual_prompt)
+
+
+def looktwice_candidates(
+    path: str | Path,
+    images_dir: str | Path,
+    question: QuestionType = "general",
+    *,
+    image_ids: Iterable[str | int] | str | Path | None = None,
+    question_suffix: str = "",
+    wording: RecordWording = LOOKTWICE_WORDING,
+) -> Iterator[tuple[Sample, Path]]:
+    """LookTwice-QA's records as ``(sample, image_path)`` pairs, before any image is checked.
+
+    The parsing behind :func:`load_looktwice`, for readers that turn the same records into
+    other samples (:func:`vh_lens.data.load_pointqa_counting`) and then hand the pairs to
+    :func:`vh_lens.data._images.collect_samples`. The file is read, and its top level checked,
+    when this is called; records are parsed one by one as the iterator is consumed.
+
+    Args:
+        path: The JSON file ``{image_id: [qa, ...]}``.
+        images_dir: The Visual Genome image folder (see :func:`load_looktwice`).
+        question: ``"general"``, ``"object"`` or ``"super"``.
+        image_ids: Keep only these images (ids, or the path of a JSON list of ids).
+        question_suffix: Appended to each question after a space.
+        wording: How messages name a record and an absent field.
+
+    Returns:
+        The samples as :func:`load_looktwice` describes them (``visual_prompt`` ``False``),
+        each with the path of its image file (which may not exist).
+
+    Raises:
+        ValueError: bad argument, the file is not LookTwice-QA's format, or (while iterating)
+            a record lacks a required field or has a bad one.
+
+    Example:
+        >>> pairs = looktwice_candidates("looktwiceqa_dataset.json", "VG/images", "object")  # doctest: +SKIP
+        >>> sample, image_path = next(pairs)  # doctest: +SKIP
+    """
+    check_question_type(question)
     path, images_dir = Path(path), Path(images_dir)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, Mapping):
         raise ValueError(
-            f"{path}: LookTwice-QA JSON must be an object {{image_id: [qa, ...]}}, got {type(data).__name__}"
+            f"{path}: expected a JSON object mapping image ids to QA lists ({{image_id: [qa, ...]}}, "
+            f"LookTwice-QA's format), got {type(data).__name__}"
             + (" (a list: is this ViP-LLaVA's pointQA_twice file? use load_vip_pointqa)" if isinstance(data, list) else "")
         )
     keep_ids = _read_image_ids(image_ids)
 
-    def candidates() -> Iterator[tuple[Sample, Path]]:
+    def pairs() -> Iterator[tuple[Sample, Path]]:
         for image_id, qas in data.items():
             image_id = str(image_id)
             if keep_ids is not None and image_id not in keep_ids:
@@ -218,14 +313,25 @@ def load_looktwice(
                 raise ValueError(f"{path}: entry {image_id!r} must be a list of QA records, got {type(qas).__name__}")
             image_path = _vg_image_path(images_dir, image_id)
             for k, qa in enumerate(qas):
-                where = f"{path}: image {image_id} QA {k}"
+                where = wording.where.format(path=path, image_id=image_id, k=k)
                 if not isinstance(qa, Mapping):
                     raise ValueError(f"{where}: expected an object, got {type(qa).__name__}")
-                text = _field(qa, _QUESTION_KEYS[question], f"{question} question", where)
-                answer = _field(qa, _ANSWER_KEYS, "answer", where)
-                box = xywh_to_box(_field(qa, ("bbox",), "bbox", where))
-                point = _point(next((qa[k2] for k2 in qa if str(k2).lower() == "point"), None))
-                sample = Sample(
+                text = _field(
+                    qa, _QUESTION_KEYS[question], f"{question} question", where, wording.missing, allow_null=False
+                )
+                answer = _field(qa, _ANSWER_KEYS, "answer", where, wording.missing)
+                bbox = _field(qa, _BBOX_KEYS, "bbox", where, wording.missing)
+                try:
+                    box = xywh_to_box(bbox)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{where}: BBox {bbox!r} is not {{x, y, w, h}} or [x, y, w, h] ({err})") from err
+                raw_point = next((qa[key] for key in qa if str(key).lower() == "point"), None)
+                try:
+                    point = _point(raw_point)
+                except (KeyError, TypeError, ValueError) as err:
+                    raise ValueError(f"{where}: Point {raw_point!r} is not {{x, y}} or [x, y]") from err
+                sample = make_sample(
+                    where,
                     image=image_path,
                     question=_with_suffix(str(text), question_suffix),
                     answer=None if answer is None else str(answer),
@@ -244,10 +350,7 @@ def load_looktwice(
                 )
                 yield sample, image_path
 
-    samples = collect_samples(
-        candidates(), source=str(path), on_missing=on_missing, verify_images=verify_images, limit=limit
-    )
-    return with_visual_prompt(samples) if visual_prompt else samples
+    return pairs()
 
 
 def load_vip_pointqa(
@@ -293,7 +396,7 @@ def load_vip_pointqa(
     check_on_missing(on_missing)
     check_limit(limit)
     path, images_dir = Path(path), Path(images_dir)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise ValueError(
             f"{path}: ViP-LLaVA pointQA_twice JSON must be a list of records, got {type(data).__name__}"
@@ -306,9 +409,9 @@ def load_vip_pointqa(
                 raise ValueError(f"{path}: record {i} must be an object, got {type(record).__name__}")
             record_id = str(next((record[k] for k in record if str(k).lower() == "id"), i))
             where = f"{path}: record {i} (id {record_id})"
-            text = _field(record, _QUESTION_KEYS[question], f"{question} question", where)
+            text = _field(record, _QUESTION_KEYS[question], f"{question} question", where, allow_null=False)
             answer = _field(record, _ANSWER_KEYS, "answer", where)
-            image = Path(str(_field(record, ("image",), "image", where)))
+            image = Path(str(_field(record, ("image",), "image", where, allow_null=False)))
             bboxes = _field(record, ("bboxes", "bbox"), "bboxes", where)
             if isinstance(bboxes, list) and bboxes and isinstance(bboxes[0], (list, tuple)):
                 first = bboxes[0]
@@ -318,11 +421,12 @@ def load_vip_pointqa(
             if not isinstance(first, (list, tuple)) or len(first) != 4:
                 raise ValueError(f"{where}: bboxes must be a list of [left, top, right, bottom], got {bboxes!r}")
             image_path = image if image.is_absolute() else images_dir / image
-            sample = Sample(
+            sample = make_sample(
+                where,
                 image=image_path,
                 question=_with_suffix(str(text), question_suffix),
                 answer=None if answer is None else str(answer),
-                box=tuple(float(v) for v in first),  # type: ignore[arg-type]
+                box=tuple(float(v) for v in first),
                 metadata={
                     "dataset": "vip-pointqa",
                     "source": str(path),
@@ -337,8 +441,20 @@ def load_vip_pointqa(
             )
             yield sample, image_path
 
+    return _collect(candidates(), path, on_missing, limit, verify_images, visual_prompt)
+
+
+def _collect(
+    candidates: Iterable[tuple[Sample, Path]],
+    path: Path | str,
+    on_missing: str,
+    limit: int | None,
+    verify_images: bool,
+    visual_prompt: bool,
+) -> SampleSet:
+    """Check the images (:func:`~vh_lens.data._images.collect_samples`), then draw the boxes if asked."""
     samples = collect_samples(
-        candidates(), source=str(path), on_missing=on_missing, verify_images=verify_images, limit=limit
+        candidates, source=str(path), on_missing=on_missing, verify_images=verify_images, limit=limit
     )
     return with_visual_prompt(samples) if visual_prompt else samples
 

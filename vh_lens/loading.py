@@ -200,8 +200,14 @@ def _normalise_key(key: str) -> str | None:
 class TensorSource:
     """Read tensors by normalised name from a checkpoint folder (lazily) or a module."""
 
-    def __init__(self, getter: Callable[[str], torch.Tensor], names: dict[str, str]):
+    def __init__(
+        self,
+        getter: Callable[[str], torch.Tensor],
+        names: dict[str, str],
+        reader: Callable[[str, torch.Tensor], bool] | None = None,
+    ):
         self._get = getter
+        self._read_into = reader
         self.names = names  # normalised -> original
 
     def __contains__(self, key: str) -> bool:
@@ -211,6 +217,14 @@ class TensorSource:
         if key not in self.names:
             raise KeyError(f"checkpoint has no tensor for {key!r}")
         return self._get(self.names[key])
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Fill ``out`` with the tensor ``key``: straight from the file when dtype and shape match."""
+        if key not in self.names:
+            raise KeyError(f"checkpoint has no tensor for {key!r}")
+        if self._read_into is None or not self._read_into(self.names[key], out):
+            with torch.no_grad():
+                out.copy_(self._get(self.names[key]))
 
     def prefixed(self, prefix: str) -> Iterator[str]:
         return (k for k in self.names if k.startswith(prefix))
@@ -242,8 +256,16 @@ class TensorSource:
             path, info, start = entries[key]
             return _read_tensor(path, info, start)
 
+        def reader(key: str, out: torch.Tensor) -> bool:
+            path, info, start = entries[key]
+            fits = _ST_DTYPES[info["dtype"]] == out.dtype and list(out.shape) == info["shape"]
+            if fits and out.is_contiguous() and out.device.type == "cpu":
+                _read_tensor(path, info, start, out=out)
+                return True
+            return False
+
         names = {n: k for k in entries if (n := _normalise_key(k)) is not None}
-        return cls(getter, names)
+        return cls(getter, names, reader)
 
 
 _ST_DTYPES = {
@@ -259,10 +281,11 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
         return json.loads(f.read(n)), 8 + n
 
 
-def _read_tensor(path: Path, info: dict, start: int) -> torch.Tensor:
-    """Read one tensor with plain file reads (no memory map, so nothing lingers in memory)."""
+def _read_tensor(path: Path, info: dict, start: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one tensor with plain file reads (no memory map, so nothing lingers in memory),
+    into ``out`` when given (same dtype and shape, contiguous, on the CPU)."""
     begin, end = info["data_offsets"]
-    buf = torch.empty(end - begin, dtype=torch.uint8)
+    buf = torch.empty(end - begin, dtype=torch.uint8) if out is None else out.detach().view(-1).view(torch.uint8)
     with open(path, "rb") as f:
         f.seek(start + begin)
         if f.readinto(buf.numpy()) != end - begin:
@@ -329,9 +352,10 @@ def _outer_groups(
 
     The unembedding is processed in blocks of ``rows`` rows of ``W_U`` (d_model rows): folding the
     final norm scales each row and centring subtracts each row's mean over the vocabulary, so
-    blocks give exactly the whole-matrix result with a fraction of the memory.
+    blocks give exactly the whole-matrix result with a fraction of the memory. The embedding is
+    not here: TransformerLens' processing leaves it unchanged for RMS-normed models, so it is read
+    straight into the model.
     """
-    yield {"embed.W_E": src.get("lm.embed_tokens.weight").float()}, {"center_unembed": False}
     head = src.get("head.weight" if "head.weight" in src else "lm.embed_tokens.weight")  # tied embeddings
     norm = src.get("lm.norm.weight").float()
     for start in range(0, cfg.d_model, rows):
@@ -382,6 +406,7 @@ def load_backbone(
             _copy_into(target, {k.replace("blocks.0.", f"blocks.{layer}.", 1): v for k, v in group.items()})
             del group
             _release_freed_memory()
+    src.read_into("lm.embed_tokens.weight", target["embed.W_E"])  # RMS norm: processing leaves W_E alone
     for group, overrides in _outer_groups(src, cfg):
         block = overrides.pop("rows", None)
         group = _process(group, cfg, 0, {**flags, "fold_value_biases": False, **overrides})

@@ -399,7 +399,7 @@ def load_backbone(
     )
     lm = HookedTransformer(cfg, move_to_device=True)
     text_type = config.text_config.model_type
-    target = lm.state_dict()
+    target = _Filled(lm.state_dict())
     for layer in range(cfg.n_layers):
         for part in ("attn", "mlp"):
             group = _process(convert_layer(src, layer, cfg, text_type, part), cfg, 1, {**flags, "center_unembed": False})
@@ -410,17 +410,34 @@ def load_backbone(
     for group, overrides in _outer_groups(src, cfg):
         block = overrides.pop("rows", None)
         group = _process(group, cfg, 0, {**flags, "fold_value_biases": False, **overrides})
-        if block is not None:  # one block of unembedding rows
+        if block is not None:  # one block of unembedding rows (and of the final norm, when kept)
             with torch.no_grad():
                 target["unembed.W_U"][block].copy_(group.pop("unembed.W_U"))
+                if "ln_final.w" in target:
+                    target["ln_final.w"][block].copy_(group.pop("ln_final.w"))
                 if block.start == 0:
                     target["unembed.b_U"].copy_(group.pop("unembed.b_U"))
             group = {}
         _copy_into(target, group)
         del group
         _release_freed_memory()
+    unfilled = [name for name, _ in lm.named_parameters() if name not in target.read]
+    if unfilled:  # parameters were allocated uninitialised: every one must come from the checkpoint
+        raise RuntimeError(f"loading left HookedTransformer parameters unset: {unfilled[:5]}")
     gc.collect()
     return lm
+
+
+class _Filled(dict):
+    """The model's state dict, remembering which entries were looked up to be written."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__(state)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        self.read.add(key)
+        return super().__getitem__(key)
 
 
 def _release_freed_memory() -> None:

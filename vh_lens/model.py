@@ -321,7 +321,8 @@ class LlavaLens(nn.Module):
         )
 
     def _image_features(self, pixel_values: Tensor, image_sizes: Tensor | None) -> Tensor:
-        pixel_values = pixel_values.to(self.device, self.vision_dtype)
+        projector = next(self.vision.multi_modal_projector.parameters())
+        pixel_values = pixel_values.to(projector.device, projector.dtype)
         if self.kind == "llava_next":
             out = self.vision.get_image_features(pixel_values=pixel_values, image_sizes=image_sizes)
         else:
@@ -329,11 +330,7 @@ class LlavaLens(nn.Module):
         feats = out.pooler_output
         if isinstance(feats, (list, tuple)):
             feats = torch.cat(list(feats), dim=0)
-        return feats.reshape(-1, feats.shape[-1])
-
-    @property
-    def vision_dtype(self) -> torch.dtype:
-        return next(self.vision.multi_modal_projector.parameters()).dtype
+        return feats.reshape(-1, feats.shape[-1]).to(self.device)
 
     def _grids(self, image_size: tuple[int, int], image_positions: Tensor):
         ip = self.processor.image_processor

@@ -278,9 +278,11 @@ class LlavaLens(nn.Module):
             raise ValueError(f"prompt {i} holds {count} image placeholder(s) {self.image_token!r} but no image was given")
 
     def _answer_ids(self, prompt: str, answer: str) -> list[int]:
+        """The answer's tokens as they follow the prompt (a space between, unless the prompt ends in one)."""
         tok = self.tokenizer
         base = tok(prompt, add_special_tokens=False).input_ids
-        full = tok(prompt + " " + answer, add_special_tokens=False).input_ids
+        sep = "" if prompt[-1:].isspace() else " "
+        full = tok(prompt + sep + answer, add_special_tokens=False).input_ids
         if full[: len(base)] == base and len(full) > len(base):
             return full[len(base) :]
         return tok(answer, add_special_tokens=False).input_ids

@@ -358,6 +358,8 @@ class VisualHeadScores:
         tensors |= {f"variance.{m}": self.variance[m] for m in METRICS}
         if self.per_sample is not None:
             tensors |= {f"per_sample.{m}": self.per_sample[m] for m in METRICS}
+        # clone: safetensors refuses tensors that share memory (e.g. one tensor given for two metrics)
+        tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
         _atomic_save_tensors(directory / _TENSORS_FILE, tensors, {"format": _FORMAT})
         buf = io.StringIO()
         rows = self.to_rows()

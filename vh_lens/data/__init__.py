@@ -2,6 +2,15 @@
 
 from vh_lens.data._images import MissingImagesError, SampleSet
 from vh_lens.data.benchmarks import load_mmbench, load_pointqa_counting, load_pope, load_qbench, load_seed_bench
+from vh_lens.data.cogvision import (
+    COGQA_FUNCTIONS,
+    CogItem,
+    SubQuestion,
+    format_chain_prompt,
+    load_cogvision,
+    main_question_samples,
+    subquestion_samples,
+)
 from vh_lens.data.jsonl import load_jsonl
 from vh_lens.data.pointqa import (
     PAPER_A_SETTINGS,
@@ -16,6 +25,13 @@ from vh_lens.data.sample import Box, Sample, load_rgb
 from vh_lens.data.visual_prompt import BoxedImage, draw_box, with_visual_prompt
 
 __all__ = [
+    "COGQA_FUNCTIONS",
+    "CogItem",
+    "SubQuestion",
+    "format_chain_prompt",
+    "load_cogvision",
+    "main_question_samples",
+    "subquestion_samples",
     "PAPER_A_SETTINGS",
     "QUESTION_TYPES",
     "RECTANGLE_HINT",

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vh_lens.data._images import MissingImagesError, check_on_missing, image_problem, read_json
 from vh_lens.data.sample import Sample
 
 __all__ = [
@@ -142,6 +143,7 @@ def load_cogvision(
     path: str | Path,
     images_dir: str | Path | None = None,
     on_missing: Literal["error", "skip"] = "error",
+    verify_images: bool = False,
 ) -> list[CogItem]:
     """Read a CogVision-style (or CogQA) file into :class:`CogItem` objects.
 
@@ -149,15 +151,18 @@ def load_cogvision(
         path: The ``.json`` (list, or object with a ``"data"`` list) or ``.jsonl`` file.
         images_dir: Folder that relative image paths are relative to (default: the file's
             folder). Ignored for items without an image.
-        on_missing: What to do with an item whose image file does not exist: ``"error"``
-            raises, ``"skip"`` drops the item (and logs how many were dropped).
+        on_missing: What to do with an item whose image file is missing (or unreadable):
+            ``"error"`` raises one :class:`~vh_lens.data.MissingImagesError` listing them all,
+            ``"skip"`` drops those items and logs how many at WARNING.
+        verify_images: Also check that each image opens with PIL (header check; slower).
 
     Returns:
         The items, in file order.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist, or an image is missing and
-            ``on_missing="error"``.
+        FileNotFoundError: ``path`` does not exist.
+        MissingImagesError: an image is missing or unreadable and ``on_missing="error"``
+            (a ``FileNotFoundError``).
         ValueError: an entry lacks a main question, subquestions, a subquestion's text,
             answer or function label; or ``on_missing`` is not a known option.
 
@@ -166,8 +171,7 @@ def load_cogvision(
         >>> len(items), sum(len(it.subquestions) for it in items)                   # doctest: +SKIP
         (148, 713)
     """
-    if on_missing not in ("error", "skip"):
-        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+    check_on_missing(on_missing)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CogVision file not found: {path}")
@@ -175,30 +179,32 @@ def load_cogvision(
     records = _read_records(path)
 
     items: list[CogItem] = []
-    missing: list[str] = []
+    problems: list[tuple[str, str]] = []
+    verdicts: dict[Path, str | None] = {}  # items may share an image: check each file once
     for index, record in enumerate(records):
         item = _parse_item(record, index=index, stem=path.stem, root=root, where=f"{path}[{index}]")
-        if item.image is not None and not Path(item.image).is_file():
-            missing.append(str(item.image))
-            continue
+        if item.image is not None:
+            image = Path(item.image)
+            if image not in verdicts:
+                verdicts[image] = image_problem(image, verify_images)
+            if verdicts[image] is not None:
+                problems.append((str(image), str(verdicts[image])))
+                continue
         items.append(item)
-    if missing:
-        if on_missing == "error":
-            shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-            raise FileNotFoundError(
-                f"{len(missing)} image(s) of {path} not found under {root}: {shown} "
-                "(pass images_dir=..., or on_missing='skip' to drop those items)"
-            )
-        logger.info("load_cogvision: skipped %d item(s) of %s whose image is missing", len(missing), path)
+    if problems and on_missing == "error":
+        raise MissingImagesError(problems, n_checked=len(records), source=f"{path} (images under {root})")
+    if problems:
+        logger.warning("skipped %d of %d items from %s: missing or unreadable image (first: %s)",
+                       len(problems), len(records), path, problems[0][0])
     return items
 
 
 def _read_records(path: Path) -> list[Mapping[str, Any]]:
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        records: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        records: Any = [json.loads(line) for line in lines if line.strip()]
     else:
-        records = json.loads(text)
+        records = read_json(path)
         if isinstance(records, Mapping) and "data" in records:
             records = records["data"]
     if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):

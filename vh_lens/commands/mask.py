@@ -1,0 +1,247 @@
+"""``vh-lens mask``: paper A's head-masking table for a model, a benchmark and saved head scores.
+
+Writes into ``--out``: ``masking.csv``, ``masking.md`` (the table), ``masking.json`` (the full
+result, :meth:`vh_lens.masking.MaskingResult.load` reads it) and ``masking.html`` (the curves).
+The folder appears only when the run succeeds: everything is written into a temporary sibling
+folder first and renamed at the end.
+
+The data and model options (``add_data_arguments``, ``load_samples``, ``add_model_arguments``,
+``load_model``, ``staged_output``) are shared with ``vh-lens lens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("mmbench", "pope", "seed", "qbench", "pointqa", "jsonl")
+QUESTION_FORMATS = ("llava", "toy")
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared options
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data``, ``--format``, ``--images``, ``--limit``, ``--question-format``."""
+    parser.add_argument("--data", required=True, type=Path, help="the benchmark's annotation file")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="the file's format")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of the images (needed by pope, seed, qbench and pointqa; jsonl: relative paths start here, "
+        "default the data file's folder; mmbench keeps its images in the TSV)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many samples")
+    parser.add_argument(
+        "--question-format",
+        choices=QUESTION_FORMATS,
+        default="llava",
+        help="how questions are written: LLaVA's evaluation prompts (default) or the shipped toy model's",
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device``, ``--dtype``, ``--batch-size``."""
+    parser.add_argument("--model", required=True, type=Path, help="a local Hugging Face LLaVA checkpoint folder")
+    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    parser.add_argument("--dtype", choices=_DTYPES, default=None, help="parameter dtype (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default 8)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--out``, ``--overwrite``, ``--no-progress``."""
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created; must not hold files)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail fast, before loading anything, on missing files and bad option values.
+
+    Raises:
+        FileNotFoundError: the data file, image folder or model folder is missing.
+        ValueError: an option is out of range, or ``--out`` is in the way.
+    """
+    if not args.data.is_file():
+        raise FileNotFoundError(f"data file {args.data} does not exist")
+    needs_images = args.format in ("pope", "seed", "qbench", "pointqa")
+    if needs_images and args.images is None:
+        raise ValueError(f"--format {args.format} needs --images DIR (the folder of the benchmark's images)")
+    if args.images is not None and not args.images.is_dir():
+        raise FileNotFoundError(f"image folder {args.images} does not exist")
+    if not args.model.is_dir():
+        raise FileNotFoundError(f"model folder {args.model} does not exist")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _check_out(args.out, args.overwrite)
+
+
+def load_samples(args: argparse.Namespace) -> list[Any]:
+    """The samples of ``--data`` read with the reader of ``--format``."""
+    from vh_lens.data import (
+        load_jsonl,
+        load_mmbench,
+        load_pointqa_counting,
+        load_pope,
+        load_qbench,
+        load_seed_bench,
+    )
+
+    fmt, path, images, limit = args.format, args.data, args.images, args.limit
+    readers: dict[str, Callable[[], Any]] = {
+        "mmbench": lambda: load_mmbench(path, limit=limit),
+        "pope": lambda: load_pope(path, images, limit=limit),
+        "seed": lambda: load_seed_bench(path, images, limit=limit),
+        "qbench": lambda: load_qbench(path, images, limit=limit),
+        "pointqa": lambda: load_pointqa_counting(path, images, limit=limit),
+        "jsonl": lambda: load_jsonl(path, images_dir=images, limit=limit),
+    }
+    samples = list(readers[fmt]())
+    if not samples:
+        raise ValueError(f"{path} holds no samples")
+    return samples
+
+
+def question_formatter(args: argparse.Namespace) -> Callable[[Any], str] | None:
+    """The ``format_question`` function of ``--question-format`` (``None``: the default)."""
+    if args.question_format == "toy":
+        from vh_lens.toy import format_question
+
+        return format_question
+    return None
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """The :class:`~vh_lens.LlavaLens` of ``--model`` on ``--device`` in ``--dtype``."""
+    import torch
+
+    import vh_lens
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return vh_lens.load_llava(args.model, device=args.device, dtype=dtype)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it becomes ``out``, on error it is removed.
+
+    An existing ``out`` is replaced only with ``overwrite`` and only once the new output is
+    complete. Parent folders created here are removed again when the run fails.
+    """
+    out = Path(out).absolute()
+    _check_out(out, overwrite)
+    created = next((p for p in reversed([out.parent, *out.parent.parents]) if not p.exists()), None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield tmp
+        if out.is_dir() and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+
+def register(subparsers: Any) -> None:
+    """Add ``mask`` to the ``vh-lens`` subcommands."""
+    parser = subparsers.add_parser(
+        "mask",
+        help="accuracy with each stage's top-k visual heads (or k random heads) removed",
+        description=(
+            "Paper A's head masking: remove the top-k heads of each stage (early/mid/late layers) by a saved "
+            "head score, or k random heads of the stage, and measure benchmark accuracy."
+        ),
+    )
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--scores", required=True, type=Path, help="folder of saved VisualHeadScores (vh-lens scan)")
+    parser.add_argument(
+        "--ks", type=int, nargs="+", default=[10, 20, 30, 50], help="numbers of heads to remove (default 10 20 30 50)"
+    )
+    parser.add_argument(
+        "--stages", nargs="+", choices=("early", "mid", "late"), default=["early", "mid", "late"], help="stages"
+    )
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the random controls")
+    parser.add_argument("--method", choices=("zero", "mean", "uniform"), default="zero", help="ablation (default zero)")
+    parser.add_argument(
+        "--metric",
+        default="detection",
+        help="score that ranks the heads: image_weight, region_weight, text_weight, concentration or detection "
+        "(default)",
+    )
+    parser.add_argument(
+        "--eval-method", choices=("score", "generate"), default="score",
+        help="read answers by first-token logits (default) or by greedy generation",
+    )  # fmt: skip
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="generation length for --eval-method generate")
+    add_output_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``vh-lens mask``; returns the exit code."""
+    check_inputs(args)
+    if not (args.scores / "metadata.json").is_file():
+        raise FileNotFoundError(f"no saved VisualHeadScores in {args.scores} (run vh-lens scan first)")
+    from vh_lens.masking import masking_experiment
+    from vh_lens.plotting.masking import plot_masking_curves
+    from vh_lens.scores import METRICS, VisualHeadScores
+
+    if args.metric not in METRICS:
+        raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {args.metric!r}")
+    if any(k < 1 for k in args.ks):
+        raise ValueError(f"--ks must be positive, got {args.ks}")
+    scores = VisualHeadScores.load(args.scores)
+    samples = load_samples(args)
+    with staged_output(args.out, args.overwrite) as tmp:
+        model = load_model(args)
+        result = masking_experiment(
+            model,
+            samples,
+            scores,
+            ks=args.ks,
+            stages=args.stages,
+            control_seeds=args.seeds,
+            method=args.method,
+            metric=args.metric,
+            eval_method=args.eval_method,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            format_question=question_formatter(args),
+            progress=not args.no_progress,
+        )
+        result.save(tmp)
+        plot_masking_curves(result).write_html(tmp / "masking.html", include_plotlyjs=True)
+    print(result.to_markdown(), end="")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0

@@ -142,3 +142,24 @@ def test_hooks_are_removed_when_a_run_raises():
     with pytest.raises(RuntimeError, match="boom"):
         model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_z", boom)])
     assert all(not hp._forward_hooks for hp in model.lm.hook_dict.values())
+
+
+def test_llama3_rope_scaling_matches_hugging_face():
+    """Llama-3 backbones (grouped-query, "llama3" rope scaling) as in llava-llama-3-8b."""
+    import vh_lens
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    from vh_lens.testing import tiny_llava
+
+    hf, processor = tiny_llava("llava", "llama", n_kv_heads=2, rope_parameters=rope)
+    model = vh_lens.load_llava(hf, processor=processor)
+    assert model.cfg.use_NTK_by_parts_rope and model.cfg.rotary_base == 500000.0
+    images = _images()
+    batch = model.prepare(images=images, questions=QUESTIONS)
+    with torch.no_grad():
+        logits = model(batch)
+    for i in range(3):
+        ref, enc = _hf_single(hf, processor, batch.prompts[i], images[i])
+        n = enc.input_ids.shape[1]
+        assert (logits[i, -n:].log_softmax(-1) - ref.logits[0].log_softmax(-1)).abs().max() <= 1e-4

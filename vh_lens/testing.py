@@ -16,6 +16,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
@@ -165,27 +166,16 @@ def _tiny_processor(kind, tokenizer, image_size, patch_size, config, *, image_pa
     common_ip = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     if kind == "llava_next":
         image_processor = LlavaNextImageProcessorPil(image_grid_pinpoints=config.image_grid_pinpoints, **common_ip)
-        return LlavaNextProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=patch_size,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=LLAVA_15_CHAT_TEMPLATE,
-            image_token=IMAGE_TOKEN,
-        )
-    if image_pad:
-        from transformers import LlavaImageProcessorPil
-
-        image_processor = LlavaImageProcessorPil(do_pad=True, **common_ip)
+        processor_cls = LlavaNextProcessor
     else:
-        image_processor = CLIPImageProcessorPil(**common_ip)
-    return LlavaProcessor(
+        image_processor = LlavaImageProcessorPil(do_pad=True, **common_ip) if image_pad else CLIPImageProcessorPil(**common_ip)
+        processor_cls = LlavaProcessor
+    return processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
         vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
         chat_template=LLAVA_15_CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,
     )

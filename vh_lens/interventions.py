@@ -23,7 +23,6 @@ Where the hooks act (``z`` is a head's output before ``W_O``, TransformerLens ``
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,11 +33,11 @@ from typing import Any, Literal
 import einops
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
+from vh_lens._io import load_tensors, read_json, save_tensors, write_json
 from vh_lens.data.sample import Sample
 
 __all__ = [
@@ -440,12 +439,16 @@ class HeadMeans:
         object.__setattr__(self, "count", int(self.count))
 
     def save(self, directory: str | Path) -> Path:
-        """Save to ``directory``: ``means.safetensors`` and ``metadata.json``. Returns the directory."""
+        """Save to ``directory``: ``means.safetensors``, then ``metadata.json`` (each atomically).
+
+        Returns:
+            The directory.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({"mean": self.mean.detach().cpu().contiguous()}, str(directory / _MEANS_FILE), metadata={"format": _MEANS_FORMAT})
+        save_tensors(directory / _MEANS_FILE, {"mean": self.mean}, {"format": _MEANS_FORMAT})
         info = {"format": _MEANS_FORMAT, "version": 1, "count": self.count, "positions": self.positions}
-        (directory / _METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        write_json(directory / _METADATA_FILE, info, indent=2)
         return directory
 
     @classmethod
@@ -457,10 +460,8 @@ class HeadMeans:
             ValueError: the directory holds something else.
         """
         directory = Path(directory)
-        info = json.loads((directory / _METADATA_FILE).read_text(encoding="utf-8"))
-        if info.get("format") != _MEANS_FORMAT:
-            raise ValueError(f"{directory} holds no saved HeadMeans (format={info.get('format')!r})")
-        mean = load_file(str(directory / _MEANS_FILE))["mean"]
+        info = read_json(directory / _METADATA_FILE, expected_format=_MEANS_FORMAT, what="HeadMeans")
+        mean = load_tensors(directory / _MEANS_FILE)["mean"]
         return cls(mean=mean, count=info["count"], positions=info["positions"])
 
 

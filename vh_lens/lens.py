@@ -11,9 +11,6 @@ Ranks are 1-based: rank 1 is the lens's top token.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -23,10 +20,11 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import apply_softcap, get_act_name
+
+from vh_lens._io import load_tensors, read_json, save_tensors, write_csv, write_json
 
 __all__ = ["LogitLensResult", "answer_token_ids", "logit_lens"]
 
@@ -169,20 +167,16 @@ class LogitLensResult:
         """Save to ``directory``: ``lens.safetensors`` (tensors), ``metadata.json`` (token
         strings) and ``layers.csv`` (the per-layer summary of :meth:`to_rows`).
 
+        Each file is written atomically (temporary file, then ``os.replace``), the JSON last.
+
         Returns:
             The directory.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         names = _TENSORS + (_ANSWER_TENSORS if self.has_answers else ())
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in names}
-        save_file(tensors, str(directory / _TENSORS_FILE), metadata={"format": _FORMAT})
-        rows = self.to_rows()
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        (directory / _CSV_FILE).write_text(buf.getvalue(), encoding="utf-8")
+        save_tensors(directory / _TENSORS_FILE, {name: getattr(self, name) for name in names}, {"format": _FORMAT})
+        write_csv(directory / _CSV_FILE, self.to_rows())
         info = {
             "format": _FORMAT,
             "version": 1,
@@ -194,7 +188,7 @@ class LogitLensResult:
             "final_tokens": self.final_tokens,
             "answer_tokens": self.answer_tokens,
         }
-        (directory / _METADATA_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
+        write_json(directory / _METADATA_FILE, info)
         return directory
 
     @classmethod
@@ -206,10 +200,8 @@ class LogitLensResult:
             ValueError: the directory holds something else.
         """
         directory = Path(directory)
-        info = json.loads((directory / _METADATA_FILE).read_text(encoding="utf-8"))
-        if info.get("format") != _FORMAT:
-            raise ValueError(f"{directory} holds no saved LogitLensResult (format={info.get('format')!r})")
-        tensors = load_file(str(directory / _TENSORS_FILE))
+        info = read_json(directory / _METADATA_FILE, expected_format=_FORMAT, what="LogitLensResult")
+        tensors = load_tensors(directory / _TENSORS_FILE)
         answer_tokens = info["answer_tokens"]
         return cls(
             **tensors,

@@ -24,13 +24,10 @@ The samples are prepared (tokenised, images encoded) once and reused by every ev
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +36,7 @@ from typing import Any
 from torch import Tensor
 from tqdm import tqdm
 
+from vh_lens._io import csv_text, nan_to_none, read_json, write_json, write_text
 from vh_lens.data.sample import Sample
 from vh_lens.evaluation import EvalMethod, _check_options, _chunks, _evaluate_prepared, _offload, prepare_answer_batch
 from vh_lens.interventions import HeadMeans, ablate_heads, head_means
@@ -289,16 +287,14 @@ class MaskingResult:
         Returns:
             The CSV text.
         """
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-        writer.writeheader()
+        rows = []
         for r in self.to_rows():
             r["random_accs"] = ";".join(repr(a) for a in r["random_accs"])
             r["top_heads"] = ";".join(f"{layer}.{head}" for layer, head in r["top_heads"])
-            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
-        text = buf.getvalue()
+            rows.append({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
+        text = csv_text(rows, CSV_COLUMNS)
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            write_text(path, text)
         return text
 
     def to_markdown(self, digits: int = 1) -> str:
@@ -411,8 +407,8 @@ class MaskingResult:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.to_csv(directory / _CSV_FILE)
-        _atomic_write_text(directory / _MD_FILE, self.to_markdown())
-        _atomic_write_text(directory / _JSON_FILE, json.dumps(_nan_to_none(self.to_json()), indent=2) + "\n")
+        write_text(directory / _MD_FILE, self.to_markdown())
+        write_json(directory / _JSON_FILE, nan_to_none(self.to_json()), indent=2)
         return directory
 
     @classmethod
@@ -426,30 +422,7 @@ class MaskingResult:
         path = Path(directory) / _JSON_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no saved MaskingResult at {directory}: {_JSON_FILE} missing")
-        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return cls.from_json(read_json(path))
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,8 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,10 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens.utils import get_act_name
 
+from vh_lens._io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from vh_lens.data.sample import Sample
 
 __all__ = [
@@ -63,12 +61,6 @@ _ACTS_FILE = "acts.npy"
 _ACTS_META = "head_activations.json"
 _PROBE_TENSORS = "probe.safetensors"
 _PROBE_META = "probe.json"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- activations --------------------------------------------------------------------------
@@ -137,17 +129,15 @@ class HeadActivations:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         array = self.acts.detach().cpu().numpy() if isinstance(self.acts, Tensor) else self.acts
-        tmp = directory / f".{_ACTS_FILE}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_path(directory / _ACTS_FILE) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
-        os.replace(tmp, directory / _ACTS_FILE)
         self._write_meta(directory)
         return directory
 
     def _write_meta(self, directory: Path) -> None:
         meta = {"labels": list(self.labels), "groups": list(self.groups), "metadata": dict(self.metadata),
                 "shape": list(self.acts.shape), "format": 1}
-        _atomic_write_text(directory / _ACTS_META, json.dumps(meta))
+        write_json(directory / _ACTS_META, meta)
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True) -> HeadActivations:
@@ -158,7 +148,7 @@ class HeadActivations:
             mmap: Keep the activations on disk as a read-only numpy memmap (else a tensor).
         """
         directory = Path(directory)
-        meta = json.loads((directory / _ACTS_META).read_text(encoding="utf-8"))
+        meta = read_json(directory / _ACTS_META)
         array = np.load(directory / _ACTS_FILE, mmap_mode="r" if mmap else None)
         if list(array.shape) != meta["shape"]:
             raise ValueError(f"{directory}: acts shape {array.shape} does not match its metadata {meta['shape']}")
@@ -265,21 +255,13 @@ def collect_head_activations(
     groups = tuple(s.metadata.get("group", i) for i, s in enumerate(samples))
     metadata = {"position": position, "hook": "attn.hook_z", "n_samples": len(samples)}
 
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        partial_path = out_dir / f".{_ACTS_FILE}.{os.getpid()}.partial"
-        np_dtype = np.float16 if dtype == torch.float16 else np.float32
-        store: Any = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np_dtype, shape=shape)
-    else:
-        store = torch.empty(shape, dtype=dtype)
-
     starts = range(0, len(samples), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="head activations", unit="batch")
-    try:
+
+    def fill(store: Tensor | np.ndarray) -> None:
         with torch.no_grad():
             for start in starts:
                 chunk = samples[start : start + batch_size]
@@ -296,17 +278,22 @@ def collect_head_activations(
                     store[start : start + len(chunk)] = out.to(dtype)
                 else:
                     store[start : start + len(chunk)] = out.numpy().astype(store.dtype)
-    except BaseException:
-        if out_dir is not None:
-            del store
-            partial_path.unlink(missing_ok=True)
-        raise
 
-    if isinstance(store, Tensor):
-        return HeadActivations(acts=store, labels=labels, groups=groups, metadata=metadata)
-    store.flush()
-    del store
-    os.replace(partial_path, out_dir / _ACTS_FILE)
+    if out_dir is None:
+        acts = torch.empty(shape, dtype=dtype)
+        fill(acts)
+        return HeadActivations(acts=acts, labels=labels, groups=groups, metadata=metadata)
+
+    out_dir = Path(out_dir)
+    np_dtype = np.float16 if dtype == torch.float16 else np.float32
+    # streamed into a temporary file beside acts.npy, renamed over it once complete
+    with atomic_path(out_dir / _ACTS_FILE) as partial_path:
+        store = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np_dtype, shape=shape)
+        try:
+            fill(store)
+            store.flush()
+        finally:
+            del store  # drop the memmap before its file is renamed (or removed on error)
     result = HeadActivations(acts=np.load(out_dir / _ACTS_FILE, mmap_mode="r"), labels=labels, groups=groups, metadata=metadata)
     result._write_meta(out_dir)
     return result
@@ -859,19 +846,16 @@ class ProbeResult:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name).contiguous() for name in _RESULT_TENSORS if getattr(self, name) is not None}
         tensors |= {"train_index": self.train_index.contiguous(), "test_index": self.test_index.contiguous()}
-        tmp = directory / f".{_PROBE_TENSORS}.{os.getpid()}.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, directory / _PROBE_TENSORS)
-        _atomic_write_text(directory / _PROBE_META, json.dumps({"functions": list(self.functions),
-                                                                "config": dict(self.config), "format": 1}))
+        save_tensors(directory / _PROBE_TENSORS, tensors)
+        write_json(directory / _PROBE_META, {"functions": list(self.functions), "config": dict(self.config), "format": 1})
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> ProbeResult:
         """Read what :meth:`save` wrote."""
         directory = Path(directory)
-        meta = json.loads((directory / _PROBE_META).read_text(encoding="utf-8"))
-        tensors = load_file(str(directory / _PROBE_TENSORS))
+        meta = read_json(directory / _PROBE_META)
+        tensors = load_tensors(directory / _PROBE_TENSORS)
         return cls(functions=tuple(meta["functions"]), config=meta["config"], **tensors)
 
 

@@ -10,12 +10,9 @@ plus a CSV row per head, and compared with :func:`pearson` and :func:`emd_layers
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +20,9 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 from torch import Tensor
+
+from vh_lens._io import load_tensors, save_tensors, write_csv, write_json, write_text
 
 METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "concentration", "detection")
 """The per-head metrics every :class:`VisualHeadScores` carries, in a fixed order."""
@@ -40,6 +37,8 @@ _VERSION = 1
 _TENSORS_FILE = "scores.safetensors"
 _METADATA_FILE = "metadata.json"
 _CSV_FILE = "heads.csv"
+
+_atomic_write_text = write_text  # old name, still imported by vh_lens.commands.scan
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,45 +82,6 @@ def stage_of(layer: int, n_layers: int) -> Stage:
         if layer in stage_layers(stage, n_layers):  # type: ignore[arg-type]
             return stage  # type: ignore[return-value]
     raise ValueError(f"layer {layer} is outside 0..{n_layers - 1}")
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic file writes (shared by the checkpointing runner and the HTML report)
-
-
-def _atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A reader sees either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _atomic_save_tensors(
-    path: str | os.PathLike[str], tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
-) -> None:
-    data = _st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {}))
-    _atomic_write_bytes(path, data)
-
-
-def _load_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    return _st_load(Path(path).read_bytes())
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,13 +320,8 @@ class VisualHeadScores:
             tensors |= {f"per_sample.{m}": self.per_sample[m] for m in METRICS}
         # clone: safetensors refuses tensors that share memory (e.g. one tensor given for two metrics)
         tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-        _atomic_save_tensors(directory / _TENSORS_FILE, tensors, {"format": _FORMAT})
-        buf = io.StringIO()
-        rows = self.to_rows()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        _atomic_write_text(directory / _CSV_FILE, buf.getvalue())
+        save_tensors(directory / _TENSORS_FILE, tensors, {"format": _FORMAT})
+        write_csv(directory / _CSV_FILE, self.to_rows())
         info = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -378,7 +333,7 @@ class VisualHeadScores:
             "variance": "population (ddof=0)",
             "metadata": self.metadata,
         }
-        _atomic_write_text(directory / _METADATA_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_json(directory / _METADATA_FILE, info, indent=2, sort_keys=True)
         return directory
 
     @classmethod
@@ -397,7 +352,7 @@ class VisualHeadScores:
         info = json.loads(meta_path.read_text(encoding="utf-8"))
         if info.get("format") != _FORMAT:
             raise ValueError(f"{meta_path} is not a {_FORMAT} file (format={info.get('format')!r})")
-        tensors = _load_tensors(tensor_path)
+        tensors = load_tensors(tensor_path)
         per_sample = {m: tensors[f"per_sample.{m}"] for m in METRICS} if info.get("has_per_sample") else None
         scores = cls(
             mean={m: tensors[f"mean.{m}"] for m in METRICS},

@@ -37,7 +37,8 @@ from transformer_lens.utils import get_act_name
 
 from vh_lens.data.sample import Box, Sample
 from vh_lens.layout import TokenLayout
-from vh_lens.scores import METRICS, VisualHeadScores, _atomic_save_tensors, _atomic_write_text, _load_tensors
+from vh_lens._io import load_tensors, save_tensors, write_json
+from vh_lens.scores import METRICS, VisualHeadScores
 
 HEAD_METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "concentration")
 """The metrics :func:`head_metrics` returns (``detection`` is added by the accumulator)."""
@@ -445,12 +446,12 @@ def _write_checkpoint(directory: Path, acc: ScoreAccumulator, config: Mapping[st
     """Tensors to a fresh file, then the JSON that names it (the commit point), then clean up."""
     count = acc.count
     name = f"state-{count:010d}.safetensors"
-    _atomic_save_tensors(directory / name, acc.state_dict(), {"count": str(count)})
+    save_tensors(directory / name, acc.state_dict(), {"count": str(count)})
     info = {
         "format": _CKPT_FORMAT, "count": count, "state_file": name, "config": dict(config),
         "fingerprint": fingerprint,
     }
-    _atomic_write_text(directory / _CKPT_JSON, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_json(directory / _CKPT_JSON, info, indent=2, sort_keys=True)
     for old in directory.glob("state-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -467,7 +468,7 @@ def _read_checkpoint(directory: Path, acc: ScoreAccumulator, config: Mapping[str
     if info["config"] != saved:
         diff = {k: (info["config"].get(k), v) for k, v in saved.items() if info["config"].get(k) != v}
         raise ValueError(f"checkpoint in {directory} was written with other settings (saved, now): {diff}")
-    acc.load_state_dict(_load_tensors(directory / info["state_file"]))
+    acc.load_state_dict(load_tensors(directory / info["state_file"]))
     if acc.count != info["count"]:
         raise ValueError(f"checkpoint {path} is inconsistent: count {info['count']} vs tensors {acc.count}")
     return int(info["count"]), str(info["fingerprint"])

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from vh_lens.data.sample import load_rgb
 from vh_lens.layout import ImageGrid, TokenLayout
-from vh_lens.scores import METRICS, STAGES, VisualHeadScores, _atomic_write_text, _check_metric, stage_layers
+from vh_lens._io import write_text
+from vh_lens.scores import METRICS, STAGES, VisualHeadScores, _check_metric, stage_layers
 
 _LABELS = {
     "image_weight": "image weight",
@@ -359,5 +360,5 @@ def scores_report_html(
         parts.append(fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs if i == 0 else False))
     parts.append("</body></html>")
     path = Path(path)
-    _atomic_write_text(path, "\n".join(parts))
+    write_text(path, "\n".join(parts))
     return path

@@ -1,0 +1,190 @@
+"""Atomic file writes (private): a reader sees the old file or the complete new one, never a part.
+
+Every writer goes through :func:`atomic_path`: the new content goes to a temporary file beside
+the target (same folder, so the same file system), is flushed to disk, and is renamed over the
+target with ``os.replace``. On any error, ``KeyboardInterrupt`` included, the temporary file is
+removed and the target is left as it was. Temporary files are named ``.{name}.{random}.tmp``
+and get the permissions a plain ``open(path, "w")`` would (the umask's), not ``mkstemp``'s
+owner-only ``0o600``.
+
+Example:
+    >>> from vh_lens import _io  # doctest: +SKIP
+    >>> _io.write_json("run/metadata.json", {"format": "x"}, indent=2)  # doctest: +SKIP
+    >>> _io.save_tensors("run/t.safetensors", {"mean": torch.zeros(3)}, {"format": "x"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load as _st_load
+from safetensors.torch import save_file as _st_save_file
+from torch import Tensor
+
+PathLike = str | os.PathLike[str]
+
+
+def _reserve(path: Path) -> Path:
+    """Create an empty, unused ``.{name}.{random}.tmp`` beside ``path`` (mode ``0o666 & ~umask``)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {path}")  # pragma: no cover
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on error it is removed.
+
+    For writers that open the file themselves (``np.save``, ``numpy`` memmaps, ``save_file``).
+    The parent folders of ``path`` are created. The temporary file exists (empty) when yielded.
+
+    Example:
+        >>> with atomic_path("out/acts.npy") as tmp:  # doctest: +SKIP
+        ...     np.save(tmp, array)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _reserve(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # cleaning up must not hide the original error
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, UTF-8 encoded, newlines as given."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: PathLike, obj: Any, **dumps_kwargs: Any) -> None:
+    """Write ``json.dumps(obj, **dumps_kwargs)`` and a final newline to ``path`` atomically.
+
+    Args:
+        path: the file.
+        obj: a JSON-serialisable object.
+        **dumps_kwargs: passed to :func:`json.dumps` (``indent``, ``sort_keys``, ...).
+
+    Raises:
+        TypeError: ``obj`` is not JSON-serialisable (nothing is written).
+    """
+    write_text(path, json.dumps(obj, **dumps_kwargs) + "\n")
+
+
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every float NaN, at any depth of dicts, lists and tuples, as ``None``.
+
+    ``json.dumps`` writes NaN as the bare word ``NaN``, which is not JSON; ``None`` becomes
+    ``null``. Tuples become lists (as JSON has them anyway).
+
+    Example:
+        >>> nan_to_none({"a": [1.0, float("nan")], "b": (2, float("nan"))})
+        {'a': [1.0, None], 'b': [2, None]}
+    """
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(v) for v in value]
+    return value
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> str:
+    """``rows`` as CSV text: a header, then one line per row, ``"\\n"`` line ends.
+
+    Args:
+        rows: the rows (dicts).
+        fieldnames: the columns, in order (default: the first row's keys).
+
+    Raises:
+        ValueError: no rows and no ``fieldnames``, or a row with a key outside ``fieldnames``.
+    """
+    if fieldnames is None:
+        if not rows:
+            raise ValueError("csv_text: no rows and no fieldnames")
+        fieldnames = list(rows[0])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> str:
+    """Write :func:`csv_text` of ``rows`` to ``path`` atomically; returns the text."""
+    text = csv_text(rows, fieldnames)
+    write_text(path, text)
+    return text
+
+
+def save_tensors(path: PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Save ``tensors`` (detached, moved to CPU, made contiguous) as safetensors, atomically.
+
+    Args:
+        path: the ``.safetensors`` file.
+        tensors: name -> tensor. Tensors must not share memory (safetensors refuses that;
+            ``clone()`` them first).
+        metadata: string -> string header metadata (e.g. ``{"format": ...}``).
+    """
+    cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        _st_save_file(cpu, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def load_tensors(path: PathLike) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, read whole into memory (the file is not kept open)."""
+    return _st_load(Path(path).read_bytes())
+
+
+def read_json(path: PathLike, *, expected_format: str | None = None, what: str | None = None) -> Any:
+    """The JSON value in ``path``; with ``expected_format``, check its ``"format"`` field.
+
+    Args:
+        path: the file.
+        expected_format: the value the object's ``"format"`` field must have, or ``None``.
+        what: the saved type's name for the error message (default ``expected_format``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the ``"format"`` field is not ``expected_format``.
+    """
+    path = Path(path)
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if expected_format is not None:
+        found = info.get("format") if isinstance(info, dict) else None
+        if found != expected_format:
+            raise ValueError(f"{path.parent} holds no saved {what or expected_format} (format={found!r})")
+    return info

@@ -1,0 +1,457 @@
+"""``vh-lens scan``: paper A's visual-head scan of a model over a data set, with an HTML report.
+
+Two ways to run it:
+
+``vh-lens scan --model DIR --data FILE --format looktwice|vip-pointqa|jsonl --out DIR ...``
+    Scan a local LLaVA checkpoint over a PointQA / LookTwice-QA file (one question type,
+    ``--question``, plain or with the box drawn, ``--visual-prompt``) or a JSON-lines file.
+
+``vh-lens scan`` (and ``vh-lens`` alone): the main job
+    Scan the toy LLaVA shipped with the package (``vh_lens/assets/toy_llava``) on generated
+    shape-counting samples (:func:`vh_lens.data.shapes.shapes`, paper A's three counting
+    question types, box drawn as the toy was trained) and write the report to
+    ``./vh_lens_report`` (or ``--out``). When the toy checkpoint is not installed it falls back
+    to a random-weight tiny LLaVA and says so, in the output and in the report: such a demo
+    shows the pipeline, not findings.
+
+Output folder ``--out``:
+
+- ``scores/``: the :class:`~vh_lens.scores.VisualHeadScores` (``scores.safetensors``,
+  ``metadata.json``, ``heads.csv`` with one row per head);
+- ``report.html``: :func:`vh_lens.report.write_scan_report` (heatmaps of every metric, weight
+  against concentration, per-layer totals, the top heads' attention over one sample's image,
+  top-heads tables per stage);
+- ``checkpoint/``: the running statistics, saved every ``--checkpoint-every`` samples.
+  Rerunning the same command after an interruption continues from there and ends with the
+  result of an uninterrupted run; a larger ``--limit`` (or ``--n-samples``) extends a finished
+  run. The checkpoint remembers the run's settings and refuses another model, data set or
+  option (``--overwrite`` starts afresh).
+
+``scores/`` and ``report.html`` appear only at the end, complete (written in a temporary
+folder and renamed). Bad input (a missing data file, model folder or image, a malformed file)
+is found before anything is written: the command then exits with status 1 and a one-line
+message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("looktwice", "vip-pointqa", "jsonl")
+QUESTIONS = ("general", "object", "super")
+QUERIES = ("last_prompt", "answer_token")
+DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_OUT = Path("vh_lens_report")
+DEFAULT_N_SAMPLES = 240
+"""Generated samples of the no-argument main job (80 per counting question type)."""
+RANDOM_MODEL_NOTE = "demo on a random-weight model: no findings"
+
+_RUN_FILE = "run.json"
+_SCORES = "scores"
+_REPORT = "report.html"
+_CHECKPOINT = "checkpoint"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``scan`` to the ``vh-lens`` subcommands."""
+    parser = subparsers.add_parser(
+        "scan",
+        help="score every attention head as a visual head (paper A); with no arguments, scan the shipped toy model",
+        description=(
+            "Paper A's visual-head scan: each head's attention weight on the image, on the question's box and on "
+            "the text, its concentration over the image tokens and the detection score, averaged over a data set; "
+            "writes the scores and an HTML report. With no --model/--data: scan the toy LLaVA shipped with the "
+            "package on generated shape-counting samples (a random-weight demo model if the toy is not installed)."
+        ),
+    )
+    data = parser.add_argument_group("model and data (leave both out for the toy-model demo)")
+    data.add_argument("--model", type=Path, default=None, help="a local Hugging Face LLaVA checkpoint folder")
+    data.add_argument("--data", type=Path, default=None, help="the data file")
+    data.add_argument("--format", choices=FORMATS, default=None, help="the data file's format")
+    data.add_argument(
+        "--images", type=Path, default=None,
+        help="image folder (needed by looktwice and vip-pointqa; jsonl: relative paths start here, default the "
+        "data file's folder)",
+    )  # fmt: skip
+    data.add_argument(
+        "--question", choices=QUESTIONS, default=None,
+        help="PointQA question type (looktwice, vip-pointqa; default general). Demo: only this counting type "
+        "(default all three)",
+    )  # fmt: skip
+    data.add_argument(
+        "--visual-prompt", action="store_true",
+        help="draw each question's box on its image in red (the demo always shows the box, as the toy was trained)",
+    )  # fmt: skip
+    data.add_argument("--limit", type=int, default=None, help="use at most this many samples of the data file")
+
+    demo = parser.add_argument_group("the demo (no --model/--data)")
+    demo.add_argument(
+        "--n-samples", type=int, default=DEFAULT_N_SAMPLES,
+        help=f"generated samples (default {DEFAULT_N_SAMPLES})",
+    )  # fmt: skip
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default 0)")
+
+    scan = parser.add_argument_group("scan")
+    scan.add_argument(
+        "--query", choices=QUERIES, default="last_prompt",
+        help="attention row read: the last prompt position (default) or the greedy first answer token "
+        "(the authors' code)",
+    )  # fmt: skip
+    scan.add_argument(
+        "--detection-weight", choices=("image", "region"), default="image",
+        help="weight W in the detection score f(l) * W * C (default image)",
+    )  # fmt: skip
+    scan.add_argument(
+        "--min-overlap", type=float, default=0.0,
+        help="fraction of a patch the box must cover to count in the region (default 0: any overlap)",
+    )  # fmt: skip
+    scan.add_argument("--keep-per-sample", action="store_true", help="also save [samples, layers, heads] arrays")
+    scan.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default 8)")
+    scan.add_argument("--device", default=None, help="torch device (default cpu)")
+    scan.add_argument("--dtype", choices=DTYPES, default=None, help="parameter dtype (default: the checkpoint's)")
+    scan.add_argument(
+        "--checkpoint-every", type=int, default=64,
+        help="save the running statistics to OUT/checkpoint every N samples (default 64)",
+    )  # fmt: skip
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=None, help=f"output folder (default for the demo: ./{DEFAULT_OUT})")
+    out.add_argument("--top-k", type=int, default=10, help="heads per top-heads table (default 10)")
+    out.add_argument(
+        "--overwrite", action="store_true",
+        help="discard a checkpoint of a run with other settings in --out and start afresh",
+    )  # fmt: skip
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------------------------
+# Checking the arguments (before anything is loaded or written)
+
+
+def _is_demo(args: argparse.Namespace) -> bool:
+    if args.model is None and args.data is None:
+        for name in ("format", "images", "limit"):
+            if getattr(args, name) is not None:
+                raise ValueError(f"--{name} needs --model and --data (leave all three out for the toy-model demo)")
+        return True
+    if args.model is None or args.data is None:
+        raise ValueError("give both --model and --data (or neither, for the toy-model demo)")
+    return False
+
+
+def check_arguments(args: argparse.Namespace, demo: bool) -> None:
+    """Fail fast on bad option values and missing files.
+
+    Raises:
+        FileNotFoundError: the data file, image folder or model folder is missing.
+        ValueError: an option is out of range or does not fit the others.
+    """
+    positive = {"--batch-size": args.batch_size, "--checkpoint-every": args.checkpoint_every, "--top-k": args.top_k}
+    positive |= {"--n-samples": args.n_samples} if demo else {"--limit": args.limit}
+    for name, value in positive.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if not 0.0 <= args.min_overlap <= 1.0:
+        raise ValueError(f"--min-overlap must be in [0, 1], got {args.min_overlap}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
+    if demo:
+        return
+    if args.format is None:
+        raise ValueError(f"--data needs --format ({' | '.join(FORMATS)})")
+    if args.out is None:
+        raise ValueError("--data needs --out DIR (where the scores and the report go)")
+    if not args.data.is_file():
+        raise FileNotFoundError(f"data file {args.data} does not exist")
+    if args.format == "jsonl" and args.question is not None:
+        raise ValueError("--question selects a PointQA question type; a jsonl file carries its own questions")
+    if args.format != "jsonl" and args.images is None:
+        raise ValueError(f"--format {args.format} needs --images DIR (the folder of the images)")
+    if args.images is not None and not args.images.is_dir():
+        raise FileNotFoundError(f"image folder {args.images} does not exist")
+    if not args.model.is_dir():
+        raise FileNotFoundError(f"model folder {args.model} does not exist")
+
+
+# --------------------------------------------------------------------------------------------
+# Samples and model
+
+
+def load_data_samples(args: argparse.Namespace) -> Any:
+    """The samples of ``--data`` (a :class:`~vh_lens.data.SampleSet`).
+
+    Raises:
+        FileNotFoundError: images listed in the file are missing (one line naming the first ones).
+        ValueError: the file is malformed (the reader's message names the record).
+    """
+    from vh_lens.data import MissingImagesError, load_jsonl, load_looktwice, load_vip_pointqa, with_visual_prompt
+
+    question = args.question or "general"
+    try:
+        if args.format == "looktwice":
+            samples = load_looktwice(args.data, args.images, question, args.visual_prompt, limit=args.limit)
+        elif args.format == "vip-pointqa":
+            samples = load_vip_pointqa(args.data, args.images, question, args.visual_prompt, limit=args.limit)
+        else:
+            samples = load_jsonl(args.data, images_dir=args.images, limit=args.limit)
+            if args.visual_prompt:
+                samples = with_visual_prompt(samples)
+    except MissingImagesError as err:
+        shown = ", ".join(path for path, _ in err.problems[:3]) + (", ..." if len(err.problems) > 3 else "")
+        raise FileNotFoundError(
+            f"{len(err.problems)} of the {err.n_checked} images listed in {args.data} are missing or unreadable: "
+            + shown
+        ) from None
+    if not len(samples):
+        raise ValueError(f"{args.data} holds no samples")
+    return samples
+
+
+def toy_path() -> Path:
+    """Where the shipped toy checkpoint lives (:data:`vh_lens.toy.TOY_PATH`)."""
+    from vh_lens.toy import TOY_PATH
+
+    return Path(TOY_PATH)
+
+
+def toy_available(path: Path | None = None) -> bool:
+    """Whether the toy checkpoint (``config.json`` and ``model.safetensors``) is installed."""
+    path = toy_path() if path is None else path
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def demo_samples(args: argparse.Namespace) -> list[Any]:
+    """``--n-samples`` generated counting samples (:func:`vh_lens.data.shapes.shapes`, box drawn)."""
+    from vh_lens.data.shapes import COUNT_KINDS, shapes
+
+    kinds = COUNT_KINDS if args.question is None else (f"count_{args.question}",)
+    return shapes(args.n_samples, seed=args.seed, kinds=kinds)
+
+
+def _dtype(args: argparse.Namespace) -> Any:
+    import torch
+
+    return getattr(torch, args.dtype) if args.dtype else None
+
+
+def load_demo_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+    """``(model, name, note)``: the toy LLaVA, or a random tiny LLaVA with ``note`` saying so."""
+    import vh_lens
+
+    path = toy_path()
+    if toy_available(path):
+        from vh_lens.toy import load_toy
+
+        return load_toy(path, device=args.device, dtype=_dtype(args)), f"toy LLaVA ({path})", None
+    from vh_lens.data.shapes import shapes
+    from vh_lens.testing import tiny_llava
+
+    meta = shapes(1)[0].metadata
+    size, grid = int(meta["image_size"]), int(meta["grid"])  # one patch per shape cell, as in the toy model
+    hf, processor = tiny_llava(
+        "llava", "llama", seed=0, n_layers=6, d_model=128, n_heads=8, d_mlp=256,
+        image_size=size, patch_size=size // grid,
+    )  # fmt: skip
+    model = vh_lens.load_llava(hf, processor=processor, device=args.device, dtype=_dtype(args))
+    return model, "random-weight tiny LLaVA (vh_lens.testing.tiny_llava, seed 0)", RANDOM_MODEL_NOTE
+
+
+# --------------------------------------------------------------------------------------------
+# Output folder
+
+
+def _run_settings(args: argparse.Namespace, demo: bool, model_name: str) -> dict[str, Any]:
+    """What a checkpoint must share with the run that continues it (not batch size, limit, device)."""
+    settings: dict[str, Any] = {
+        "query": args.query, "detection_weight": args.detection_weight, "min_overlap": args.min_overlap,
+        "keep_per_sample": args.keep_per_sample, "dtype": args.dtype,
+    }  # fmt: skip
+    if demo:
+        return settings | {"model": model_name, "data": "shapes", "seed": args.seed, "question": args.question}
+    return settings | {
+        "model": str(args.model.resolve()), "data": str(args.data.resolve()), "format": args.format,
+        "images": None if args.images is None else str(args.images.resolve()), "question": args.question,
+        "visual_prompt": args.visual_prompt,
+    }  # fmt: skip
+
+
+def prepare_checkpoint(out: Path, settings: Mapping[str, Any], *, overwrite: bool, demo: bool, n_samples: int) -> Path:
+    """Create ``out/checkpoint`` for this run, or check that the one there belongs to it.
+
+    Raises:
+        ValueError: the checkpoint there was written by a run with other settings, or has
+            already seen more samples than this run has (not for the demo, whose checkpoint
+            is simply replaced).
+    """
+    ckpt = out / _CHECKPOINT
+    run_file = ckpt / _RUN_FILE
+    saved = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+    wanted = json.loads(json.dumps(dict(settings)))
+    problem = None
+    if ckpt.exists() and saved is None and any(ckpt.iterdir()):
+        problem = f"{ckpt} holds files of an unknown run"
+    elif saved is not None and saved != wanted:
+        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+        diff |= {k: (v, None) for k, v in saved.items() if k not in wanted}
+        problem = f"{ckpt} is a checkpoint of a run with other settings (then, now): {diff}"
+    else:
+        seen = _checkpoint_count(ckpt)
+        if seen is not None and seen > n_samples:
+            problem = f"{ckpt} has already seen {seen} samples but this run has only {n_samples} (a smaller --limit?)"
+    if problem is not None and (overwrite or demo):
+        print(f"vh-lens scan: starting afresh: {problem}", file=sys.stderr)
+        shutil.rmtree(ckpt)
+        problem = None
+    if problem is not None:
+        raise ValueError(f"{problem}; pass --overwrite to start afresh, or choose another --out")
+    if overwrite and ckpt.exists():
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    from vh_lens._io import write_json
+
+    write_json(run_file, wanted, indent=2, sort_keys=True)
+    return ckpt
+
+
+def _checkpoint_count(ckpt: Path) -> int | None:
+    info = ckpt / "checkpoint.json"
+    if not info.is_file():
+        return None
+    try:
+        return int(json.loads(info.read_text(encoding="utf-8"))["count"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{info} is unreadable ({err}); pass --overwrite to start afresh") from err
+
+
+def _publish(out: Path, write: Any) -> None:
+    """Write the final files into a temporary folder inside ``out``, then rename them into place.
+
+    ``write(tmp)`` creates ``tmp/scores/`` and ``tmp/report.html``; existing ones in ``out``
+    are replaced only once both are complete.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".scan-", suffix=".partial", dir=out))
+    trash: Path | None = None
+    try:
+        write(tmp)
+        if (out / _SCORES).exists():
+            trash = Path(tempfile.mkdtemp(prefix=".scan-", suffix=".old", dir=out))
+            os.replace(out / _SCORES, trash / _SCORES)
+        try:
+            os.replace(tmp / _SCORES, out / _SCORES)
+        except BaseException:
+            if trash is not None:  # put the previous result back
+                os.replace(trash / _SCORES, out / _SCORES)
+            raise
+        os.replace(tmp / _REPORT, out / _REPORT)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+
+def _figure_sample(samples: Sequence[Any]) -> Any:
+    """The first sample with an image and a box (else with an image), for the attention figure."""
+    first_image = None
+    for sample in samples:
+        if sample.image is not None:
+            if sample.box is not None:
+                return sample
+            first_image = first_image or sample
+    return first_image
+
+
+def _summary(scores: Any, k: int) -> str:
+    from vh_lens.scores import STAGES, stage_layers
+
+    lines = [f"top heads by detection score over {scores.count} samples (layer.head score):"]
+    for stage in STAGES:
+        span = stage_layers(stage, scores.n_layers)
+        if not len(span):
+            continue
+        heads = scores.top_heads(min(k, len(span) * scores.n_heads), stage)
+        cells = " ".join(f"L{layer}.H{head} {float(scores.detection[layer, head]):.3f}" for layer, head in heads)
+        lines.append(f"  {stage:>5} (layers {span.start}-{span.stop - 1}): {cells}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``vh-lens scan``; returns the exit code."""
+    demo = _is_demo(args)
+    check_arguments(args, demo)
+    if not demo:
+        return _run(args, demo)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the demo models are tiny: thread start-up costs more than it saves
+    try:
+        return _run(args, demo)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, demo: bool) -> int:
+    out = (args.out if args.out is not None else DEFAULT_OUT).absolute()
+
+    if demo:
+        samples = demo_samples(args)
+        model, model_name, note = load_demo_model(args)
+        source = f"vh_lens.data.shapes.shapes(n={args.n_samples}, seed={args.seed}), box drawn"
+    else:
+        samples = load_data_samples(args)
+        model, model_name, note = _load_model(args), str(args.model), None
+        details = [args.format] + ([] if args.format == "jsonl" else [f"{args.question or 'general'} questions"])
+        details += ["visual prompt"] if args.visual_prompt else []
+        source = f"{args.data} ({', '.join(details)})"
+    if note is not None:
+        print(f"NOTE: the toy checkpoint is not installed at {toy_path()}; {note}.", file=sys.stderr)
+    print(f"vh-lens scan: {model_name} on {len(samples)} samples of {source}", file=sys.stderr)
+
+    from vh_lens.report import write_scan_report
+    from vh_lens.visual_heads import scan_visual_heads
+
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _run_settings(args, demo, model_name)
+    ckpt = prepare_checkpoint(out, settings, overwrite=args.overwrite, demo=demo, n_samples=len(samples))
+    metadata = {"command": "vh-lens scan", "model": model_name, "data": source}
+    if note is not None:
+        metadata["note"] = note
+    try:
+        scores = scan_visual_heads(
+            model, samples, batch_size=args.batch_size, query=args.query, detection_weight=args.detection_weight,
+            min_overlap=args.min_overlap, keep_per_sample=args.keep_per_sample, progress=not args.no_progress,
+            checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, metadata=metadata,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"\nvh-lens scan: interrupted; rerun the same command to continue from {ckpt}", file=sys.stderr)
+        return 130
+
+    def write(tmp: Path) -> None:
+        scores.save(tmp / _SCORES)
+        write_scan_report(scores, tmp / _REPORT, model=model, sample=_figure_sample(samples), k=args.top_k, note=note)
+
+    _publish(out, write)
+    print(_summary(scores, min(args.top_k, 5)))
+    if note is not None:
+        print(f"NOTE: {note} (the toy checkpoint is not installed).")
+    print(f"wrote {out / _SCORES} and {out / _REPORT}", file=sys.stderr)
+    return 0
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    import vh_lens
+
+    return vh_lens.load_llava(args.model, device=args.device, dtype=_dtype(args))

@@ -66,6 +66,10 @@ _EXPORTS = {
     "mean_difference_directions": "vh_lens.probing",
     "split_by_group": "vh_lens.probing",
     "elbow_index": "vh_lens.probing",
+    "intervene_on_functions": "vh_lens.functional",
+    "FunctionInterventionReport": "vh_lens.functional",
+    "function_hooks": "vh_lens.functional",
+    "plot_function_interventions": "vh_lens.functional",
 }
 
 __all__ = sorted(_EXPORTS) + ["data", "plotting", "testing"]

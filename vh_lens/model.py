@@ -368,9 +368,17 @@ class LlavaLens(nn.Module):
     def _inputs(self, batch: LlavaBatch) -> tuple[Tensor, dict[str, Any]]:
         if not isinstance(batch, LlavaBatch):
             raise TypeError(f"expected a LlavaBatch from model.prepare(...), got {type(batch).__name__}")
+        if batch.input_ids.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"the batch holds {batch.input_ids.shape[1]} positions, more than the model's context of "
+                f"{self.cfg.n_ctx}: load with vh_lens.load_llava(..., n_ctx=...) for longer prompts"
+            )
+        mask = batch.attention_mask.to(self.device)
+        # Without padding the mask changes nothing: leave it out, and TransformerLens takes its
+        # faster path (plain causal mask, positions 0..n-1).
         return batch.embeds.to(self.device), {
             "start_at_layer": 0,
-            "attention_mask": batch.attention_mask.to(self.device),
+            "attention_mask": None if bool(mask.all()) else mask,
         }
 
     def forward(self, batch: LlavaBatch, **kwargs: Any) -> Float[Tensor, "batch pos d_vocab"]:
@@ -405,7 +413,7 @@ class LlavaLens(nn.Module):
         x, kw = self._inputs(batch)
         b = len(batch)
         cache = TransformerLensKeyValueCache.init_cache(self.lm.cfg, self.device, b)
-        mask = cache.append_attention_mask(kw["attention_mask"])
+        mask = cache.append_attention_mask(batch.attention_mask.to(self.device))
         logits = self.lm(x, start_at_layer=0, attention_mask=mask, past_kv_cache=cache)
         eos = self.tokenizer.eos_token_id
         done = torch.zeros(b, dtype=torch.bool, device=self.device)

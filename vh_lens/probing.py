@@ -117,7 +117,7 @@ class HeadActivations:
     def layers(self, start: int, stop: int, device: torch.device | str | None = None) -> Float[Tensor, "n layer head d_head"]:
         """Layers ``start:stop`` of every sample as a float32 tensor (read from disk if a memmap)."""
         chunk = self.acts[:, start:stop]
-        tensor = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
+        tensor = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))  # a writable copy
         return tensor.to(device=device, dtype=torch.float32)
 
     def save(self, directory: str | Path) -> Path:

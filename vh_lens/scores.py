@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vh_lens._io import load_tensors, save_tensors, write_csv, write_json, write_text
+from vh_lens._io import load_tensors, save_tensors, write_csv, write_json
 
 METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "concentration", "detection")
 """The per-head metrics every :class:`VisualHeadScores` carries, in a fixed order."""
@@ -38,7 +38,6 @@ _TENSORS_FILE = "scores.safetensors"
 _METADATA_FILE = "metadata.json"
 _CSV_FILE = "heads.csv"
 
-_atomic_write_text = write_text  # old name, still imported by vh_lens.commands.scan
 
 
 # --------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def tiny_llava(
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=2048,
         rms_norm_eps=1e-5,
         tie_word_embeddings=tie_word_embeddings,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,0 +1,308 @@
+"""``vh-lens probe``: paper B's functional heads for a model and a CogVision/CogQA file.
+
+Collects every head's output before ``W_O`` at one position per subquestion
+(:func:`vh_lens.probing.collect_head_activations`), trains per-head probes for the function
+labels with train and test split by main question (:func:`vh_lens.probing.probe_heads`), picks
+each function's heads (top ``--k`` or the elbow) and, with ``--intervene``, removes or emphasises
+them against random heads (:func:`vh_lens.functional.intervene_on_functions`).
+
+Writes into ``--out`` (the folder appears only when the run succeeds):
+
+- ``probe/``: the :class:`~vh_lens.probing.ProbeResult` (``ProbeResult.load`` reads it);
+- ``head_scores.csv``: every head's held-out scores per function (``ProbeResult.to_rows``);
+- ``functional_heads.csv``: each function's selected heads, best first;
+- ``sparsity.csv``: per function the held-out scores (best head, mean over heads), the number
+  and fraction of selected heads and how many fall in each layer;
+- ``overlap.csv``: Jaccard overlap of the functions' head sets;
+- ``summary.md``: these tables (also printed); ``report.html``: the tables and the figures
+  (per-function layer x head maps, heads per layer, overlap, sorted score curves, and the
+  intervention bars);
+- ``run.json``: the options, counts and timings;
+- ``activations/``: the activations (float16 ``.npy``), with ``--save-activations`` or when
+  they would take more than ``--stream-mb`` MiB (then streamed there instead of kept in memory);
+- ``interventions/``: the :class:`~vh_lens.functional.FunctionInterventionReport`, with
+  ``--intervene remove|emphasise``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vh_lens._io import write_csv
+from vh_lens.commands.mask import add_model_arguments, add_output_arguments, load_model, staged_output
+
+_SUMMARY_FILE = "summary.md"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``probe`` to the ``vh-lens`` subcommands."""
+    parser = subparsers.add_parser(
+        "probe",
+        help="functional heads: per-head probes for cognitive-function labels, and interventions",
+        description=(
+            "Paper B's functional heads: train a linear probe on every head's output (hook_z) to predict the "
+            "cognitive function of CogVision/CogQA subquestions, select each function's heads, and optionally "
+            "remove or emphasise them against random heads."
+        ),
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--data", required=True, type=Path, help="CogVision/CogQA file (.json or .jsonl)")
+    parser.add_argument("--images", type=Path, default=None, help="folder of the items' images (default: the file's)")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N items (main questions)")
+    parser.add_argument("--functions", nargs="+", default=None,
+                        help="labels to probe (default: every label with subquestions on both sides of the split)")
+    parser.add_argument("--context", choices=("chain", "none"), default="chain",
+                        help="subquestion prompt: with the earlier steps and answers (default) or bare")
+    parser.add_argument("--position", choices=("last_prompt", "answer_mean"), default="last_prompt",
+                        help="where hook_z is read: the last prompt token (default) or the mean over the positions "
+                             "predicting the gold answer")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split by main question")
+    parser.add_argument("--test-fraction", type=float, default=0.3, help="fraction of main questions held out")
+    parser.add_argument("--mode", choices=("ovr", "multiclass", "both"), default="both",
+                        help="probes: function-vs-rest, multiclass, or both (default)")
+    selection = parser.add_mutually_exclusive_group()
+    selection.add_argument("--k", type=int, default=None, help="functional heads per function: the top K")
+    selection.add_argument("--elbow", action="store_true", help="functional heads at the elbow of the sorted scores "
+                                                                "(the default)")
+    parser.add_argument("--intervene", choices=("remove", "emphasise", "none"), default="none",
+                        help="intervene on each function's heads vs random heads (default none)")
+    parser.add_argument("--removal", choices=("zero", "mean", "scale"), default="zero", help="how heads are removed")
+    parser.add_argument("--emphasis", choices=("scale", "shift"), default="shift", help="how heads are emphasised")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="factor (scale) or strength in sigmas (shift); defaults 1e-5 / 2 / 5")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the random controls")
+    parser.add_argument("--eval-method", choices=("generate", "score"), default="generate",
+                        help="read answers by greedy generation (default; open answers) or first-token logits")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="generation length (default 16)")
+    parser.add_argument("--main-answer", choices=("final_step", "item"), default="final_step",
+                        help="gold answer of a main question: its chain's last subquestion answer (default) or the "
+                             "item's answer field")
+    parser.add_argument("--save-activations", action="store_true", help="keep the activations in OUT/activations")
+    parser.add_argument("--stream-mb", type=float, default=512.0,
+                        help="stream the activations to OUT/activations when larger than this (MiB, default 512)")
+    add_output_arguments(parser)
+    parser.set_defaults(func=run)  # fmt: skip
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    if not args.data.is_file():
+        raise FileNotFoundError(f"data file {args.data} does not exist")
+    if args.images is not None and not args.images.is_dir():
+        raise FileNotFoundError(f"image folder {args.images} does not exist")
+    if not args.model.is_dir():
+        raise FileNotFoundError(f"model folder {args.model} does not exist")
+    for name in ("limit", "k"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise ValueError("--batch-size and --max-new-tokens must be at least 1")
+    if not 0.0 < args.test_fraction < 1.0:
+        raise ValueError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[repr(v) if isinstance(v, float) else v for v in row] for row in rows])
+    return buf.getvalue()
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _tables(result: Any, selection: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """The summary tables: name -> (header, rows)."""
+    source = "ovr" if result.ovr_balanced_accuracy is not None else "multiclass"
+    score = "balanced_accuracy" if source == "ovr" else "multiclass_recall"
+    train_counts = result.config.get("train_counts", [None] * len(result.functions))
+    test_counts = result.config.get("test_counts", [None] * len(result.functions))
+    sparsity = result.sparsity(**selection)
+    n_layers = result.n_layers
+
+    per_function, top, layers = [], [], []
+    for i, f in enumerate(result.functions):
+        table = result.scores(f)
+        flat = table.flatten()
+        best = int(flat.argmax())
+        heads = result.functional_heads(f, **selection)
+        chance = 0.5 if source == "ovr" else 1.0 / len(result.functions)
+        per_function.append([f, train_counts[i], test_counts[i], f"{best // result.n_heads}.{best % result.n_heads}",
+                             float(flat.max()), float(flat.mean()), float(statistics.median(flat.tolist())), chance,
+                             len(heads), sparsity[f]])  # fmt: skip
+        acc = result.scores(f, "accuracy") if source == "ovr" else table
+        top += [[f, rank, layer, head, float(table[layer, head]), float(acc[layer, head])]
+                for rank, (layer, head) in enumerate(heads, start=1)]  # fmt: skip
+        layers.append([f, *result.layer_distribution(f, **selection).tolist()])
+    overlap = result.overlap(**selection)
+    tables = {
+        "sparsity": (["function", "n_train", "n_test", "best_head", f"best_{score}", f"mean_{score}",
+                      f"median_{score}", "chance", "n_selected", "fraction_selected"], per_function),
+        "functional_heads": (["function", "rank", "layer", "head", score, "accuracy" if source == "ovr" else score],
+                             top),
+        "heads_per_layer": (["function", *[f"layer_{layer}" for layer in range(n_layers)]], layers),
+        "overlap": (["function", *result.functions],
+                    [[f, *overlap[i].tolist()] for i, f in enumerate(result.functions)]),
+    }  # fmt: skip
+    if result.multiclass_accuracy is not None:
+        mc, mc_bal = result.multiclass_accuracy.flatten(), result.multiclass_balanced_accuracy.flatten()
+        best = int(mc_bal.argmax())
+        tables["multiclass"] = (
+            ["best_head", "best_balanced_accuracy", "its_accuracy", "mean_balanced_accuracy", "mean_accuracy",
+             "chance"],
+            [[f"{best // result.n_heads}.{best % result.n_heads}", float(mc_bal[best]), float(mc[best]),
+              float(mc_bal.mean()), float(mc.mean()), 1.0 / len(result.functions)]],
+        )  # fmt: skip
+    return tables
+
+
+_TITLES = {
+    "sparsity": "Held-out probe scores and selected heads per function",
+    "multiclass": "Multiclass probe (all functions at once)",
+    "functional_heads": "Functional heads (best first)",
+    "heads_per_layer": "Functional heads per layer",
+    "overlap": "Overlap of the functions' head sets (Jaccard)",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``vh-lens probe``; returns the exit code."""
+    _check_inputs(args)
+    import torch
+
+    from vh_lens.data.cogvision import load_cogvision, subquestion_samples
+    from vh_lens.functional import intervene_on_functions, plot_function_interventions
+    from vh_lens.plotting.functional import (
+        plot_function_head_maps,
+        plot_function_overlap,
+        plot_heads_per_layer,
+        plot_sorted_scores,
+    )
+    from vh_lens.probing import collect_head_activations, probe_heads
+
+    progress = not args.no_progress
+    selection: dict[str, Any] = {} if args.k is None else {"k": args.k}
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    items = load_cogvision(args.data, images_dir=args.images)
+    if args.limit is not None:
+        items = items[: args.limit]
+    if not items:
+        raise ValueError(f"{args.data} holds no items")
+    samples = subquestion_samples(items, context=args.context, functions=args.functions)
+    if not samples:
+        raise ValueError(f"no subquestion of {args.data} has one of the labels {args.functions}")
+
+    with staged_output(args.out, args.overwrite) as tmp:
+        t0 = time.perf_counter()
+        model = load_model(args)
+        timings["load_model_s"] = time.perf_counter() - t0
+        cfg = model.cfg
+        size_mb = len(samples) * cfg.n_layers * cfg.n_heads * cfg.d_head * 2 / 2**20
+        stream = args.save_activations or size_mb > args.stream_mb
+        t0 = time.perf_counter()
+        acts = collect_head_activations(model, samples, position=args.position, batch_size=args.batch_size,
+                                        out_dir=tmp / "activations" if stream else None, progress=progress)  # fmt: skip
+        timings["collect_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = probe_heads(acts, functions=args.functions, seed=args.split_seed, test_fraction=args.test_fraction,
+                             mode=args.mode)  # fmt: skip
+        timings["probe_s"] = time.perf_counter() - t0
+        result.save(tmp / "probe")
+        write_csv(tmp / "head_scores.csv", result.to_rows())
+
+        tables = _tables(result, selection)
+        for name in ("sparsity", "functional_heads", "heads_per_layer", "overlap"):
+            (tmp / f"{name}.csv").write_text(_csv(*tables[name]), encoding="utf-8")
+
+        report = None
+        if args.intervene != "none":
+            t0 = time.perf_counter()
+            report = intervene_on_functions(
+                model, samples, result, mode=args.intervene, removal=args.removal, emphasis=args.emphasis,
+                alpha=args.alpha, k=args.k, control_seeds=args.seeds, acts=acts, eval_method=args.eval_method,
+                main_answer=args.main_answer, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                progress=progress,
+            )  # fmt: skip
+            timings["intervene_s"] = time.perf_counter() - t0
+            report.save(tmp / "interventions")
+
+        heads = "the elbow of the sorted scores" if args.k is None else f"the top {args.k}"
+        summary = [f"# Functional heads: {args.data.name}", "",
+                   f"{len(items)} items, {len(samples)} subquestions, {len(result.functions)} functions; "
+                   f"train {result.config['n_train']} / test {result.config['n_test']} subquestions (split by main "
+                   f"question, seed {args.split_seed}); hook_z at {args.position}; context {args.context}; heads per "
+                   f"function: {heads}. Scores are held-out; chance is 0.5 for function-vs-rest balanced accuracy.",
+                   ""]  # fmt: skip
+        for name, (header, rows) in tables.items():
+            summary += [f"## {_TITLES[name]}", "", _markdown(header, rows)]
+        if report is not None:
+            summary += ["## Interventions", "", report.to_markdown()]
+        summary_text = "\n".join(summary)
+        (tmp / _SUMMARY_FILE).write_text(summary_text, encoding="utf-8")
+
+        figures = [plot_function_head_maps(result, **selection), plot_heads_per_layer(result, **selection),
+                   plot_function_overlap(result, **selection),
+                   *[plot_sorted_scores(result, f) for f in result.functions]]  # fmt: skip
+        if report is not None:
+            figures.append(plot_function_interventions(report))
+        _write_html(tmp / "report.html", f"Functional heads: {args.data.name}", tables, report, figures)
+        timings["total_s"] = time.perf_counter() - start
+        info = {"argv": sys.argv[1:], "data": str(args.data), "model": str(args.model), "n_items": len(items),
+                "n_subquestions": len(samples), "functions": list(result.functions), "activations_streamed": stream,
+                "activations_mb": size_mb, "timings": timings, "torch_threads": torch.get_num_threads()}  # fmt: skip
+        (tmp / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    print(summary_text, end="")
+    print(f"wrote {args.out} in {timings['total_s']:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _write_html(path: Path, title: str, tables: dict[str, Any], report: Any, figures: Sequence[Any]) -> None:
+    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>", "</head><body>",
+             f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
+    for name, (header, rows) in tables.items():
+        parts += [f"<h2>{html.escape(_TITLES[name])}</h2>", _html_table(header, rows)]
+    if report is not None:
+        rows = report.to_rows()
+        header = ["function", "n_heads", "baseline_own", "functional_own", "random_own_mean", "baseline_other",
+                  "functional_other", "random_other_mean", "baseline_main", "functional_main", "random_main_mean"]
+        parts += ["<h2>Interventions</h2>", f"<p>{html.escape(report.to_markdown().splitlines()[0])}</p>",
+                  _html_table(header, [[r[h] for h in header] for r in rows])]  # fmt: skip
+    parts.append("<h2>Figures</h2>")
+    parts += [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")

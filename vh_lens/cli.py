@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv:
-        argv = ["scan"]  # the main job: scan the bundled model
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["scan", *argv]  # the main job: scan the bundled model (``vh-lens --out DIR`` too)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

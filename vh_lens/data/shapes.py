@@ -6,7 +6,11 @@ cell. With the default sizes (96 px image, 8 x 8 cells of 12 px) every cell line
 patch of the toy model's vision tower (:mod:`vh_lens.toy`, 12 px patches), so a shape is one
 image token.
 
-A shape's *class* is its ``(color, kind)`` pair, e.g. ``("red", "circle")``. Question kinds,
+A shape's *class* is its ``(color, kind)`` pair, e.g. ``("red", "circle")``. Every image holds
+the asked (target) class, ``1 .. max_count`` shapes of it (none for the "no" half of the
+yes/no questions), and ``1 .. max_groups`` other classes with ``1 .. max_count`` shapes each,
+so the answer is not the count of the most frequent class: the question (or the pointer)
+must be read. Question kinds,
 following paper A's PointQA / LookTwiceQA types (section 3.1) plus POPE-like and
 multiple-choice questions:
 
@@ -22,7 +26,7 @@ multiple-choice questions:
 ``count_general`` (``"general"``)
     "How many of these are there?": as ``count_super`` with no category word at all.
 ``exists`` (``"yes_no"``)
-    "Is there a blue square?": answer ``"yes"`` or ``"no"`` (about half each). For "no" the
+    "Are there any blue squares?": answer ``"yes"`` or ``"no"`` (about half each). For "no" the
     image still holds shapes of the same colour or of the same kind (POPE's adversarial
     negatives), never the asked class.
 ``choice_color`` / ``choice_shape`` (``"multiple_choice"``)
@@ -95,7 +99,7 @@ QUESTION_TEMPLATES: Mapping[str, str] = MappingProxyType(
         "count_object": "How many {color} {kind}s are there?",
         "count_super": "How many of these shapes are there?",
         "count_general": "How many of these are there?",
-        "exists": "Is there a {color} {kind}?",
+        "exists": "Are there any {color} {kind}s?",
         "choice_color": "What color is this shape?",
         "choice_shape": "What shape is this?",
     }
@@ -115,7 +119,8 @@ def shapes(
     *,
     grid: int = 8,
     max_count: int = 7,
-    max_distractors: int = 8,
+    max_groups: int = 2,
+    min_groups: int = 1,
     colors: Sequence[str] = tuple(COLORS),
     shape_kinds: Sequence[str] = SHAPE_KINDS,
     draw_box: bool = True,
@@ -135,8 +140,11 @@ def shapes(
         kinds: question kinds to cycle through (see :data:`KINDS`).
         grid: cells per side; each cell holds at most one shape.
         max_count: counting answers are uniform in ``1 .. max_count`` (at most 9: one digit).
-        max_distractors: counting images also hold ``1 .. max_distractors`` shapes of other
-            classes.
+        max_groups: besides the asked class, an image holds ``1 .. max_groups`` other
+            classes, each with ``1 .. max_count`` shapes (so the asked class is not simply the
+            most frequent one, and the question or the pointer must be read).
+        min_groups: the least number of other classes (0 allows images of the asked class
+            only, an easy curriculum stage; yes/no images always hold one other class).
         colors: colour names, a subset of :data:`COLORS`.
         shape_kinds: shape kinds, a subset of :data:`SHAPE_KINDS`.
         draw_box: draw the box (the pointer) as an outline on the image.
@@ -161,7 +169,9 @@ def shapes(
     shape_kinds = tuple(shape_kinds)
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
-    _check(n, image_size, kinds, grid, max_count, max_distractors, colors, shape_kinds)
+    _check(n, image_size, kinds, grid, max_count, max_groups, colors, shape_kinds)
+    if not 0 <= min_groups <= max_groups:
+        raise ValueError(f"min_groups must be in 0 .. max_groups ({max_groups}), got {min_groups}")
     return [
         _sample(
             i,
@@ -170,7 +180,8 @@ def shapes(
             image_size=image_size,
             grid=grid,
             max_count=max_count,
-            max_distractors=max_distractors,
+            max_groups=max_groups,
+            min_groups=min_groups,
             colors=colors,
             shape_kinds=shape_kinds,
             draw_box=draw_box,
@@ -186,7 +197,7 @@ def _check(
     kinds: tuple[str, ...],
     grid: int,
     max_count: int,
-    max_distractors: int,
+    max_groups: int,
     colors: tuple[str, ...],
     shape_kinds: tuple[str, ...],
 ) -> None:
@@ -201,10 +212,10 @@ def _check(
         raise ValueError(f"image_size ({image_size}) must be a multiple of grid ({grid}) with cells >= 6 px")
     if not 1 <= max_count <= 9:
         raise ValueError(f"max_count must be in 1..9, got {max_count}")
-    if max_distractors < 1:
-        raise ValueError(f"max_distractors must be >= 1, got {max_distractors}")
-    if max_count + max_distractors > grid * grid:
-        raise ValueError("max_count + max_distractors shapes do not fit on the grid")
+    if max_groups < 1 or max_groups >= len(colors) * len(shape_kinds):
+        raise ValueError(f"max_groups must be in 1 .. (number of classes - 1), got {max_groups}")
+    if max_count * (1 + max_groups) > grid * grid:
+        raise ValueError(f"max_count * (1 + max_groups) shapes do not fit on a {grid}x{grid} grid")
     if len(colors) < 2 or any(c not in COLORS for c in colors) or len(set(colors)) != len(colors):
         raise ValueError(f"colors must be >= 2 distinct names from {tuple(COLORS)}, got {colors}")
     if len(shape_kinds) < 2 or any(k not in SHAPE_KINDS for k in shape_kinds) or len(set(shape_kinds)) != len(
@@ -221,7 +232,8 @@ def _sample(
     image_size: int,
     grid: int,
     max_count: int,
-    max_distractors: int,
+    max_groups: int,
+    min_groups: int,
     colors: tuple[str, ...],
     shape_kinds: tuple[str, ...],
     draw_box: bool,
@@ -229,28 +241,19 @@ def _sample(
 ) -> Sample:
     rng = np.random.default_rng([seed, index])
     classes = [(c, k) for c in colors for k in shape_kinds]
-    target = classes[int(rng.integers(len(classes)))]
-    others = [cl for cl in classes if cl != target]
-
-    if kind in COUNT_KINDS:
+    perm = [int(j) for j in rng.permutation(len(classes))]
+    target = classes[perm[0]]
+    if kind == "exists":
+        count = int(rng.integers(1, max_count + 1)) if rng.random() < 0.5 else 0
+    else:
         count = int(rng.integers(1, max_count + 1))
-        distractors = [others[int(j)] for j in rng.integers(len(others), size=int(rng.integers(1, max_distractors + 1)))]
-        placed = [target] * count + distractors
-    elif kind == "exists":
-        present = bool(rng.random() < 0.5)
-        count = int(rng.integers(1, 4)) if present else 0
-        # Hard negatives: same colour or same kind as the asked class, never the class itself.
-        near = [cl for cl in others if cl[0] == target[0] or cl[1] == target[1]]
-        n_near = int(rng.integers(1, 4))
-        n_far = int(rng.integers(0, max_distractors - n_near + 1)) if max_distractors > n_near else 0
-        distractors = [near[int(j)] for j in rng.integers(len(near), size=n_near)]
-        distractors += [others[int(j)] for j in rng.integers(len(others), size=n_far)]
-        placed = [target] * count + distractors
-    else:  # choice_color / choice_shape: one pointed shape plus distractors of any class.
-        count = 1
-        distractors = [classes[int(j)] for j in rng.integers(len(classes), size=int(rng.integers(1, max_distractors + 1)))]
-        placed = [target, *distractors]
-        count = sum(cl == target for cl in placed)
+    n_other = int(rng.integers(max(min_groups, kind == "exists"), max_groups + 1))
+    other = [classes[j] for j in perm[1 : 1 + n_other]]
+    if kind == "exists" and not any(cl[0] == target[0] or cl[1] == target[1] for cl in other):
+        # POPE-like hard negative: a class sharing the asked colour or kind is always present.
+        other[0] = next(classes[j] for j in perm[1:] if classes[j][0] == target[0] or classes[j][1] == target[1])
+    other_counts = rng.integers(1, max_count + 1, size=n_other)
+    placed = [target] * count + [cl for cl, m in zip(other, other_counts, strict=True) for _ in range(int(m))]
 
     cells = rng.choice(grid * grid, size=len(placed), replace=False)
     order = rng.permutation(len(placed))  # shape list in random order, not targets first
@@ -263,9 +266,8 @@ def _sample(
 
     pointed: int | None = None
     if kind != "exists":
-        # The pointed shape is one of the target class (the first target in ``placed``, index 0,
-        # for choice questions; a random one for counting).
-        first = int(rng.integers(count)) if kind in COUNT_KINDS else 0
+        # The pointed shape is a random one of the target class.
+        first = int(rng.integers(count))
         pointed = int(np.flatnonzero(order == first)[0])
 
     color, shape_kind = target

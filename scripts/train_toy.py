@@ -1,0 +1,429 @@
+"""Train the toy LLaVA shipped in ``vh_lens/assets/toy_llava/`` (CPU, deterministic).
+
+The model (:func:`vh_lens.toy.toy_config`) learns the synthetic pointing task of
+:func:`vh_lens.data.shapes.shapes` from scratch: every step draws a fresh batch from a
+fixed stream (seed ``--seed``, sample indices ``step * batch ..``), so no sample repeats and
+the data order is fixed. The loss is the cross-entropy of the answer token and the ``</s>``
+after it (prompt tokens carry no loss). Held-out accuracy is measured on another seed
+(``--eval-seed``) by the argmax of the first answer token.
+
+Usage (the shipped checkpoint)::
+
+    HF_HUB_OFFLINE=1 taskset -c 0,1 python scripts/train_toy.py --out vh_lens/assets/toy_llava
+
+Writes ``config.json``, ``model.safetensors`` (float32), the processor files (image processor,
+tokenizer, chat template) and ``train_log.json`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vh_lens.data.sample import Sample
+from vh_lens.data.shapes import KINDS, shapes
+from vh_lens.toy import TOY_PATH, build_toy_processor, toy_config, toy_inputs
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=TOY_PATH, help="output folder")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine decay floor, as a fraction of --lr")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=1000, help="training data and initialisation seed")
+    p.add_argument("--eval-seed", type=int, default=777, help="held-out data seed")
+    p.add_argument("--eval-n", type=int, default=600, help="held-out samples (all kinds, balanced)")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--kinds",
+        default="count_object,count_super,count_general,exists,choice_color,exists,"
+        "count_object,count_super,count_general,exists,choice_shape,exists",
+        help="comma-separated training kind cycle (repeats weight a kind)",
+    )
+    p.add_argument("--n-layers", type=int, default=6)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-heads", type=int, default=8)
+    p.add_argument("--d-mlp", type=int, default=256)
+    p.add_argument("--vision-layers", type=int, default=2)
+    p.add_argument("--vision-hidden", type=int, default=64)
+    p.add_argument("--vision-feature-layer", type=int, default=-1)
+    p.add_argument(
+        "--vision-pretrain-steps",
+        type=int,
+        default=300,
+        help="stage 1: steps of per-patch shape classification for the vision tower and projector",
+    )
+    p.add_argument("--vision-pretrain-lr", type=float, default=3e-3)
+    p.add_argument("--vision-objective", choices=("probe", "align"), default="probe")
+    p.add_argument(
+        "--train-vision",
+        action="store_true",
+        help="keep training the vision tower in stage 2 (default: frozen after stage 1, as LLaVA freezes CLIP)",
+    )
+    p.add_argument(
+        "--curriculum-steps",
+        type=int,
+        default=400,
+        help="first steps on easy images (0 or 1 other class instead of 1 or 2)",
+    )
+    p.add_argument("--turns", type=int, default=4, help="questions per training image (multi-turn conversation)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
+    return p.parse_args(argv)
+
+
+def buckets(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """Split ``samples`` into groups of similar prompt length (counting, yes/no, choice) to save padding."""
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        qtype = s.metadata["question_type"]
+        groups["count" if qtype in ("object", "super", "general") else qtype].append(s)
+    return [g for _, g in sorted(groups.items())]
+
+
+def conversation(sample: Sample, turns: int, seed: int) -> list[tuple[str, str]]:
+    """``turns`` (user text, answer) pairs about ``sample``'s image, its own question first.
+
+    The extra turns ask other questions about the same scene (counts and presence of other
+    classes; counts, colour and shape of the pointed shape when the box is drawn), never two
+    questions whose answers give each other away (each class is asked about once).
+    """
+    from collections import Counter
+
+    from vh_lens.answers import format_question
+    from vh_lens.data.shapes import COLORS, QUESTION_TEMPLATES, SHAPE_KINDS
+
+    rng = np.random.default_rng([seed, int(sample.metadata["id"].rsplit("-", 1)[1]), 7])
+    meta = sample.metadata
+    present = Counter((x["color"], x["kind"]) for x in meta["shapes"])
+    classes = [(c, k) for c in COLORS for k in SHAPE_KINDS]
+    target = (meta["target"]["color"], meta["target"]["kind"])
+    used = {target}
+    out = [(format_question(sample), str(sample.answer))]
+    options = ["count_object", "exists", "exists_no"]
+    if meta["pointed"] is not None:
+        options += [k for k in ("choice_color", "choice_shape") if k != meta["kind"]]
+        if meta["kind"] in ("choice_color", "choice_shape"):  # the pointed class's count not yet asked
+            options += ["pointer_count"]
+    for _ in range(50):
+        if len(out) >= turns:
+            break
+        kind = options[int(rng.integers(len(options)))]
+        free_present = [c for c in present if c not in used]
+        free_absent = [c for c in classes if c not in present and c not in used]
+        if kind == "count_object" and free_present:
+            c = free_present[int(rng.integers(len(free_present)))]
+            q, a = QUESTION_TEMPLATES["count_object"].format(color=c[0], kind=c[1]), str(present[c])
+        elif kind in ("exists", "exists_no") and (free_present if kind == "exists" else free_absent):
+            pool = free_present if kind == "exists" else free_absent
+            c = pool[int(rng.integers(len(pool)))]
+            q, a = QUESTION_TEMPLATES["exists"].format(color=c[0], kind=c[1]), "yes" if kind == "exists" else "no"
+        elif kind == "pointer_count":
+            c = target
+            q = QUESTION_TEMPLATES["count_super" if rng.random() < 0.5 else "count_general"]
+            a = str(present[target])
+            options.remove("pointer_count")
+        elif kind in ("choice_color", "choice_shape"):
+            values = tuple(COLORS) if kind == "choice_color" else SHAPE_KINDS
+            gold = target[0] if kind == "choice_color" else target[1]
+            choices = tuple(values[int(j)] for j in rng.permutation(len(values)))
+            q_sample = Sample(None, QUESTION_TEMPLATES[kind], "ABCD"[choices.index(gold)], choices=choices)
+            out.append((format_question(q_sample), str(q_sample.answer)))
+            options.remove(kind)
+            continue
+        else:
+            continue
+        used.add(c)
+        out.append((format_question(Sample(None, q, a)), a))
+    return out
+
+
+def conversation_inputs(processor, samples: Sequence[Sample], turns: int, seed: int) -> dict[str, torch.Tensor]:
+    """Left-padded multi-turn LLaVA-1.5 conversations and the positions of their answer tokens.
+
+    Text: ``"USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>..."``; the
+    first turn is exactly the single-turn prompt the model is evaluated on.
+    """
+    tok = processor.tokenizer
+    texts = []
+    for s in samples:
+        parts = []
+        for i, (q, a) in enumerate(conversation(s, turns, seed)):
+            user = processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                add_generation_prompt=True,
+            ) if i == 0 else f"USER: {q} ASSISTANT:"
+            parts.append(f"{user} {a}{tok.eos_token}")
+        texts.append("".join(parts))
+    batch = dict(processor(images=[s.load_image() for s in samples], text=texts, padding=True, return_tensors="pt"))
+    ids = batch["input_ids"]
+    assistant, colon = tok.convert_tokens_to_ids(["ASSISTANT", ":"])
+    is_answer = torch.zeros_like(ids, dtype=torch.bool)
+    is_answer[:, 2:] = (ids[:, :-2] == assistant) & (ids[:, 1:-1] == colon)
+    is_eos = torch.zeros_like(is_answer)
+    is_eos[:, 1:] = is_answer[:, :-1]
+    batch["target_mask"] = is_answer | is_eos
+    return batch
+
+
+def conversation_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of every answer token and the ``</s>`` after it, and their number."""
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+    ).logits
+    mask = batch["target_mask"][:, 1:]
+    pred = logits[:, :-1][mask]
+    return F.cross_entropy(pred.float(), batch["input_ids"][:, 1:][mask], reduction="sum"), int(mask.sum())
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy of the last two tokens (answer, ``</s>``); inputs are left padded."""
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        logits_to_keep=3,
+    ).logits  # [b, 3, vocab]: predictions for positions -2 and -1 sit at -3 and -2
+    targets = batch["input_ids"][:, -2:]
+    return F.cross_entropy(logits[:, :2].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
+
+
+@torch.no_grad()
+def first_token_predictions(model: torch.nn.Module, processor, samples: Sequence[Sample], batch_size: int = 64) -> list[str]:
+    """Greedy first answer token (as text) of each sample."""
+    preds: dict[int, str] = {}
+    index = {id(s): i for i, s in enumerate(samples)}
+    for group in buckets(samples):
+        for i in range(0, len(group), batch_size):
+            chunk = group[i : i + batch_size]
+            batch = toy_inputs(processor, chunk)
+            logits = model(**batch, logits_to_keep=1).logits[:, -1]
+            for s, tok in zip(chunk, processor.tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist()), strict=True):
+                preds[index[id(s)]] = tok
+    return [preds[i] for i in range(len(samples))]
+
+
+def accuracy_by_kind(model: torch.nn.Module, processor, samples: Sequence[Sample]) -> dict[str, float]:
+    preds = first_token_predictions(model, processor, samples)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for s, pred in zip(samples, preds, strict=True):
+        hits[s.metadata["kind"]].append(pred == s.answer)
+        if s.metadata["question_type"] in ("object", "super", "general"):
+            hits["counting"].append(pred == s.answer)
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
+def patch_targets(samples: Sequence[Sample], colors: Sequence[str], kinds: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch labels ``[b, cells]``: shape class (0 empty, 1 + color * n_kinds + kind) and box flag."""
+    grid = samples[0].metadata["grid"]
+    cls = torch.zeros(len(samples), grid * grid, dtype=torch.long)
+    boxed = torch.zeros(len(samples), grid * grid)
+    for i, s in enumerate(samples):
+        for j, shape in enumerate(s.metadata["shapes"]):
+            cell = shape["row"] * grid + shape["col"]
+            cls[i, cell] = 1 + colors.index(shape["color"]) * len(kinds) + kinds.index(shape["kind"])
+            boxed[i, cell] = float(j == s.metadata["pointed"])
+    return cls, boxed
+
+
+def pretrain_vision(model: torch.nn.Module, processor, args: argparse.Namespace) -> list[float]:
+    """Stage 1: teach the vision tower and projector what each patch holds.
+
+    Stands in for a real LLaVA's pretrained CLIP encoder. With ``--vision-objective probe``
+    a temporary linear probe on the projector's output (the image tokens the language model
+    sees) predicts each patch's shape class (13-way: empty or colour x kind) and whether the
+    box is drawn on it; the probe is then thrown away. With ``align`` (LLaVA's feature
+    alignment stage, in miniature) the image token of a patch holding a red circle is trained
+    towards the sum of the initial input embeddings of ``red`` and ``circles`` (plus ``these``
+    where the box is drawn, zero for an empty patch).
+    """
+    from vh_lens.data.shapes import COLORS, SHAPE_KINDS
+
+    colors, kinds = tuple(COLORS), SHAPE_KINDS
+    d_model = model.config.text_config.hidden_size
+    emb = model.model.language_model.embed_tokens.weight.detach().clone()
+    tok = processor.tokenizer
+    color_ids = torch.tensor(tok.convert_tokens_to_ids(list(colors)))
+    kind_ids = torch.tensor(tok.convert_tokens_to_ids([k + "s" for k in kinds]))
+    these = emb[tok.convert_tokens_to_ids("these")]
+    # word vector of each class: 0 empty, 1 + color * n_kinds + kind
+    class_vec = torch.cat([torch.zeros(1, d_model), (emb[color_ids][:, None] + emb[kind_ids][None]).flatten(0, 1)])
+    probe = torch.nn.Linear(d_model, 1 + len(colors) * len(kinds) + 1)
+    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    if args.vision_objective == "probe":
+        params += list(probe.parameters())
+    opt = torch.optim.AdamW(params, lr=args.vision_pretrain_lr, weight_decay=0.0)
+    losses = []
+    for step in range(args.vision_pretrain_steps):
+        samples = shapes(args.batch_size, seed=args.seed + 1, start=step * args.batch_size)
+        pixels = processor.image_processor([s.load_image() for s in samples], return_tensors="pt")["pixel_values"]
+        feats = torch.stack(list(model.model.get_image_features(pixel_values=pixels).pooler_output))  # [b, cells, d]
+        cls, boxed = patch_targets(samples, colors, kinds)
+        if args.vision_objective == "probe":
+            out = probe(feats)
+            loss = F.cross_entropy(out[..., :-1].flatten(0, 1), cls.flatten())
+            loss = loss + F.binary_cross_entropy_with_logits(out[..., -1], boxed)
+            pred = out[..., :-1].argmax(-1)
+        else:
+            target = class_vec[cls] + boxed[..., None] * these
+            loss = (feats - target).pow(2).sum(-1).mean() / class_vec[1:].pow(2).sum(-1).mean()
+            pred = torch.cdist(feats - boxed[..., None] * these, class_vec[None]).argmin(-1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % args.log_every == 0:
+            acc = (pred == cls)[cls > 0].float().mean().item()
+            print(
+                f"vision step {step + 1} loss {sum(losses[-args.log_every:]) / args.log_every:.4f} "
+                f"shape-patch accuracy {acc:.3f}",
+                flush=True,
+            )
+    return losses
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    from transformers import LlavaForConditionalGeneration
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    kinds = tuple(args.kinds.split(","))
+
+    processor = build_toy_processor()
+    config = toy_config(
+        processor,
+        n_layers=args.n_layers,
+        d_model=args.d_model,
+        n_heads=args.n_heads,
+        d_mlp=args.d_mlp,
+        vision_layers=args.vision_layers,
+        vision_hidden=args.vision_hidden,
+        vision_feature_layer=args.vision_feature_layer,
+    )
+    model = LlavaForConditionalGeneration(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    t_pre = time.perf_counter()
+    pretrain_losses = pretrain_vision(model, processor, args) if args.vision_pretrain_steps else []
+    pretrain_seconds = time.perf_counter() - t_pre
+    if not args.train_vision:
+        model.model.vision_tower.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+    )
+    held_out = shapes(args.eval_n, seed=args.eval_seed, kinds=KINDS)
+    print(f"params {n_params:,}; kinds {kinds}", flush=True)
+
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    train_time = 0.0
+    running: list[float] = []
+    step = 0
+    for step in range(args.steps):
+        t_step = time.perf_counter()
+        model.train()
+        easy = step < args.curriculum_steps  # curriculum: half the images hold the asked class only
+        samples = shapes(
+            args.batch_size,
+            seed=args.seed,
+            kinds=kinds,
+            start=step * args.batch_size,
+            min_groups=0 if easy else 1,
+            max_groups=1 if easy else 2,
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        if args.turns > 1:
+            loss, n_targets = conversation_loss(model, conversation_inputs(processor, samples, args.turns, args.seed))
+            loss = loss / n_targets
+            loss.backward()
+            loss_sum = loss.item()
+        else:
+            for chunk in buckets(samples):  # gradient of the mean over the whole batch
+                loss = answer_loss(model, toy_inputs(processor, chunk, answers=True)) / (2 * len(samples))
+                loss.backward()
+                loss_sum += loss.item()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        train_time += time.perf_counter() - t_step
+        running.append(loss_sum)
+        if (step + 1) % args.log_every == 0:
+            print(
+                f"step {step + 1} loss {sum(running) / len(running):.4f} lr {lr_at(step, args):.2e} "
+                f"s/step {train_time / (step + 1):.3f} elapsed {time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
+            running = []
+        last = step + 1 == args.steps
+        out_of_time = args.max_minutes is not None and time.perf_counter() - t0 > 60 * args.max_minutes
+        if (step + 1) % args.eval_every == 0 or last or out_of_time:
+            model.eval()
+            acc = accuracy_by_kind(model, processor, held_out)
+            history.append({"step": step + 1, "elapsed_s": round(time.perf_counter() - t0, 1), "accuracy": acc})
+            print(f"eval step {step + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
+        if out_of_time:
+            print("stopping: --max-minutes reached", flush=True)
+            break
+
+    total = time.perf_counter() - t0
+    model.eval()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    log = {
+        "command": "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["scripts/train_toy.py", *argv])),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "steps_done": step + 1,
+        "vision_pretrain_seconds": round(pretrain_seconds, 1),
+        "vision_pretrain_final_loss": round(sum(pretrain_losses[-20:]) / max(1, len(pretrain_losses[-20:])), 4),
+        "train_seconds": round(train_time, 1),
+        "total_seconds": round(total, 1),
+        "seconds_per_step": round(train_time / (step + 1), 4),
+        "n_params": n_params,
+        "final_accuracy": history[-1]["accuracy"],
+        "held_out": {"seed": args.eval_seed, "n": args.eval_n, "metric": "first-token argmax"},
+        "chance": {"counting": 1 / 7, "exists": 0.5, "choice_color": 0.25, "choice_shape": 1 / 3},
+        "history": history,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": platform.platform(),
+        "note": "2 CPU cores shared with other jobs while training: timings are pessimistic",
+    }
+    (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    print(json.dumps(log["final_accuracy"]), f"total {total:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

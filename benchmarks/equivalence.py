@@ -20,18 +20,8 @@ import torch
 from PIL import Image
 
 import vh_lens
-from vh_lens.testing import tiny_llava
+from vh_lens.testing import FAMILIES, tiny_llava
 
-FAMILIES = [
-    ("llava", "llama", None),
-    ("llava", "llama", 2),
-    ("llava", "mistral", None),
-    ("llava", "qwen2", None),
-    ("llava", "phi3", None),
-    ("llava_next", "llama", None),
-    ("llava_next", "mistral", None),
-    ("vip_llava", "llama", None),
-]
 QUESTIONS = ["how many dogs?", "what color is the cat in this picture ?", "is there a red circle in the image"]
 
 

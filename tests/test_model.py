@@ -6,20 +6,10 @@ import pytest
 import torch
 from conftest import striped_image, tiny_lens, tiny_pair
 
+from vh_lens.testing import FAMILIES  # llava x {llama MHA, llama GQA, mistral, qwen2, phi3}, llava_next x {llama, mistral}, vip_llava x llama
+
 QUESTIONS = ["how many dogs?", "what color is the cat in this picture ?", "is there a red circle in the image"]
 
-# (kind, backbone, n_kv_heads): llava x {llama MHA, llama GQA, mistral, qwen2, phi3},
-# llava_next x {llama, mistral}, vip_llava x llama.
-FAMILIES = [
-    ("llava", "llama", None),
-    ("llava", "llama", 2),
-    ("llava", "mistral", None),
-    ("llava", "qwen2", None),
-    ("llava", "phi3", None),
-    ("llava_next", "llama", None),
-    ("llava_next", "mistral", None),
-    ("vip_llava", "llama", None),
-]
 
 
 def _images():

@@ -43,6 +43,18 @@ TINY_WORDS = (
     "square these objects answer with option letter from given choices directly describe"
 ).split()
 
+FAMILIES: tuple[tuple[str, str, int | None], ...] = (
+    ("llava", "llama", None),
+    ("llava", "llama", 2),  # grouped-query attention
+    ("llava", "mistral", None),
+    ("llava", "qwen2", None),
+    ("llava", "phi3", None),
+    ("llava_next", "llama", None),
+    ("llava_next", "mistral", None),
+    ("vip_llava", "llama", None),
+)
+"""``(kind, backbone, n_kv_heads)`` of the families checked against Hugging Face."""
+
 _TEXT_CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "phi3": Phi3Config}
 _MODEL_CLASSES = {
     "llava": (LlavaConfig, LlavaForConditionalGeneration),

@@ -34,6 +34,16 @@ def tiny_lens(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | No
     return loader(model, processor=processor)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny LLaVA (Llama backbone) saved as a Hugging Face checkpoint folder, with its processor."""
+    hf, processor = tiny_pair("llava", "llama")
+    folder = tmp_path_factory.mktemp("tiny_checkpoint") / "model"
+    hf.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def striped_image(size=(70, 40), seed=0) -> Image.Image:
     """A deterministic RGB image with structure (not flat), so features differ by patch."""
     g = torch.Generator().manual_seed(seed)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import striped_image, tiny_pair
+from conftest import striped_image
 
 from vh_lens.cli import main
 from vh_lens.lens import LogitLensResult
@@ -15,13 +15,10 @@ from vh_lens.scores import METRICS, VisualHeadScores
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_checkpoint):
     """A saved tiny checkpoint, a JSON-lines benchmark with images, and saved head scores."""
     root = tmp_path_factory.mktemp("cli")
-    hf, processor = tiny_pair("llava", "llama")
-    model_dir = root / "model"
-    hf.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
+    model_dir = tiny_checkpoint
     images = root / "images"
     images.mkdir()
     lines = []

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import striped_image, tiny_pair
+from conftest import striped_image
 from PIL import ImageDraw
 
 import vh_lens
@@ -37,13 +37,10 @@ def _image(i: int, box: tuple[int, int, int, int]):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_checkpoint):
     """A saved tiny checkpoint, a JSON-lines file and a LookTwice-QA file with generated images and boxes."""
     root = tmp_path_factory.mktemp("scan_cli")
-    hf, processor = tiny_pair("llava", "llama")
-    model_dir = root / "model"
-    hf.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
+    model_dir = tiny_checkpoint
     images = root / "images"
     images.mkdir()
     lines, looktwice = [], {}

@@ -3,9 +3,15 @@
 Methods, all on the same prepared batch (image features already spliced in: the vision tower
 is run once, outside every measurement) and under ``torch.inference_mode``:
 
-- ``plain``: the HookedTransformer forward, ``model(batch)`` (the baseline);
-- ``scan``: the scan, ``model.run_with_hooks(batch, fwd_hooks=visual_head_hooks(...))`` into a
-  :class:`~vh_lens.visual_heads.ScoreAccumulator` (metrics reduced layer by layer, nothing cached);
+- ``plain``: the HookedTransformer forward, ``model(batch)`` as loaded (the baseline; layers
+  take the fused attention path of :mod:`vh_lens.fast_attention`, as no hook reads a pattern);
+- ``plain_tl``: the same with ``model.fast_attention = False`` (TransformerLens' own attention);
+- ``scan``: what :func:`~vh_lens.visual_heads.scan_visual_heads` runs per batch:
+  ``model.run_with_hooks(batch, fwd_hooks=visual_head_qk_hooks(...))`` into a
+  :class:`~vh_lens.visual_heads.ScoreAccumulator` (one attention row per head computed from the
+  queries and keys, reduced layer by layer, nothing cached);
+- ``scan_pattern``: the scan through ``hook_pattern`` (:func:`~vh_lens.visual_heads.visual_head_hooks`,
+  ``attention="pattern"``), which runs TransformerLens' attention;
 - ``cache``: ``model.run_with_cache(batch, names_filter=<every hook_pattern>)``, then the same
   metrics computed from the cached patterns;
 - ``hf``: the Hugging Face eager forward with ``output_attentions=True`` (the paper's authors'
@@ -30,7 +36,7 @@ medians, divided by the batch size.
 Usage:
     python benchmarks/scan.py [--layers 12] [--d-model 512] [--heads 8] [--d-mlp 1376]
         [--image-size 336] [--patch-size 14] [--batch-size 1] [--repeats 5] [--threads N]
-        [--device cpu|cuda] [--methods plain scan cache hf] [--no-trim]
+        [--device cpu|cuda] [--methods plain plain_tl scan scan_pattern cache hf] [--no-trim]
 """
 
 from __future__ import annotations
@@ -46,11 +52,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-METHODS = ("plain", "scan", "cache", "hf")
+METHODS = ("plain", "plain_tl", "scan", "scan_pattern", "cache", "hf")
 _QUESTION = "what color is the dog in this picture ? answer with one word from the given choices directly"
 _LABELS = {
     "plain": "HookedTransformer forward, model(batch)",
-    "scan": "scan: run_with_hooks + visual_head_hooks",
+    "plain_tl": "same, TransformerLens' attention",
+    "scan": "scan: run_with_hooks + visual_head_qk_hooks",
+    "scan_pattern": "scan via hook_pattern (visual_head_hooks)",
     "cache": "run_with_cache of all hook_pattern + metrics",
     "hf": "HF eager, output_attentions=True + metrics",
 }
@@ -93,7 +101,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def _methods(hf: Any, lens: Any, batch: Any) -> dict[str, Callable[[], Any]]:
     import torch
 
-    from vh_lens.visual_heads import ScoreAccumulator, head_metrics, visual_head_hooks
+    from vh_lens.visual_heads import ScoreAccumulator, head_metrics, visual_head_hooks, visual_head_qk_hooks
 
     n_layers, n_heads = lens.cfg.n_layers, lens.cfg.n_heads
     layouts = batch.layout
@@ -112,7 +120,19 @@ def _methods(hf: Any, lens: Any, batch: Any) -> dict[str, Callable[[], Any]]:
     def plain() -> Any:
         return lens(batch)
 
+    def plain_tl() -> Any:
+        lens.fast_attention = False
+        try:
+            return lens(batch)
+        finally:
+            lens.fast_attention = True
+
     def scan() -> Any:
+        acc = ScoreAccumulator(n_layers, n_heads)
+        lens.run_with_hooks(batch, fwd_hooks=visual_head_qk_hooks(lens.lm, layouts, acc))
+        return acc
+
+    def scan_pattern() -> Any:
         acc = ScoreAccumulator(n_layers, n_heads)
         lens.run_with_hooks(batch, fwd_hooks=visual_head_hooks(layouts, acc, n_layers=n_layers))
         return acc
@@ -128,7 +148,10 @@ def _methods(hf: Any, lens: Any, batch: Any) -> dict[str, Callable[[], Any]]:
         )  # fmt: skip
         return hf.lm_head(out.last_hidden_state), reduce(list(out.attentions))
 
-    return {"plain": plain, "scan": scan, "cache": cache, "hf": hugging_face}
+    return {
+        "plain": plain, "plain_tl": plain_tl, "scan": scan, "scan_pattern": scan_pattern, "cache": cache,
+        "hf": hugging_face,
+    }  # fmt: skip
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -288,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{_LABELS[method]:<46} {spread:>22} {_ratio(t, base_t):>8} {m:>16.1f} {_ratio(m, base_m):>8}")
     if {"plain", "scan"} <= summary.keys():
         (tp, mp), (ts, ms) = summary["plain"], summary["scan"]
-        others = [k for k in ("cache", "hf") if k in summary]
+        others = [k for k in ("plain_tl", "scan_pattern", "cache", "hf") if k in summary]
         within = ts <= 1.10 * tp and (ms <= 1.10 * mp or ms - mp < 1.0)  # under 1 MiB apart counts as equal
         print()
         print(f"target: scan <= 1.10x plain in time ({_ratio(ts, tp)}x) and memory ({_ratio(ms, mp)}x): "

@@ -23,6 +23,7 @@ _EXPORTS = {
     # paper A: visual heads
     "scan_visual_heads": "vh_lens.visual_heads",
     "visual_head_hooks": "vh_lens.visual_heads",
+    "visual_head_qk_hooks": "vh_lens.visual_heads",
     "head_metrics": "vh_lens.visual_heads",
     "detection_score": "vh_lens.visual_heads",
     "default_layer_fn": "vh_lens.visual_heads",

@@ -499,6 +499,7 @@ def load_llava(
     center_unembed: bool = True,
     fold_value_biases: bool = True,
     n_ctx: int | None = None,
+    fast_attention: bool = True,
 ):
     """Load a LLaVA checkpoint as a :class:`~vh_lens.LlavaLens`.
 
@@ -518,6 +519,9 @@ def load_llava(
         device: where to put the model (default: CPU).
         dtype: parameter dtype (default: the checkpoint's, float32 for an in-memory model's).
         n_ctx: context length of the HookedTransformer (default ``min(max positions, 4096)``).
+        fast_attention: let layers whose pattern no hook reads use fused attention
+            (:mod:`vh_lens.fast_attention`; same results, faster); ``False`` always runs
+            TransformerLens' own attention. Switch later with ``model.fast_attention = ...``.
 
     Returns:
         A :class:`~vh_lens.LlavaLens`.
@@ -563,7 +567,7 @@ def load_llava(
     gc.collect()
     if not isinstance(source, PreTrainedModel):
         vision.to(device=device, dtype=dtype)
-    return LlavaLens(lm, vision, processor, config)
+    return LlavaLens(lm, vision, processor, config, fast_attention=fast_attention)
 
 
 def load_llava_no_processing(source, **kwargs):

@@ -18,6 +18,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PretrainedConfig, ProcessorMixin
 
 from vh_lens import _geometry
+from vh_lens import fast_attention as fast_attention_module
 from vh_lens.data.sample import Sample, load_rgb
 from vh_lens.layout import ImageGrid, TokenLayout
 from vh_lens.prompts import build_prompt, known_format
@@ -136,9 +137,19 @@ class LlavaLens(nn.Module):
         config: the LLaVA Hugging Face config.
     """
 
-    def __init__(self, lm: HookedTransformer, vision: nn.Module, processor: ProcessorMixin, config: PretrainedConfig):
+    def __init__(
+        self,
+        lm: HookedTransformer,
+        vision: nn.Module,
+        processor: ProcessorMixin,
+        config: PretrainedConfig,
+        *,
+        fast_attention: bool = True,
+    ):
         super().__init__()
         self.lm = lm
+        fast_attention_module.install(lm, enabled=fast_attention)
+        self._fast_attention = bool(fast_attention)
         self.vision = vision
         self.processor = processor
         self.config = config
@@ -152,6 +163,16 @@ class LlavaLens(nn.Module):
         lm.tokenizer = None  # tokenisation is the processor's; TransformerLens never re-tokenises
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def fast_attention(self) -> bool:
+        """Whether layers whose pattern no hook reads use fused attention (:mod:`vh_lens.fast_attention`)."""
+        return self._fast_attention
+
+    @fast_attention.setter
+    def fast_attention(self, enabled: bool) -> None:
+        fast_attention_module.set_enabled(self.lm, bool(enabled))
+        self._fast_attention = bool(enabled)
 
     @property
     def cfg(self):

@@ -181,6 +181,64 @@ def _batch_masks(
     return image, region, text
 
 
+class _HookSetup:
+    """What the pattern hooks and the query-key hooks share: checked inputs, masks per device."""
+
+    def __init__(
+        self,
+        layouts: Sequence[TokenLayout],
+        sink: MetricSink | _HasAdd,
+        n_layers: int,
+        query_positions: Sequence[int] | Tensor | None,
+        boxes: Sequence[Box | None] | None,
+        min_overlap: float,
+        caller: str,
+    ):
+        if not layouts:
+            raise ValueError(f"{caller} needs at least one layout")
+        seq_lens = {lay.seq_len for lay in layouts}
+        if len(seq_lens) != 1:
+            raise ValueError(f"layouts of one batch must share seq_len, got {sorted(seq_lens)}")
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+        self.seq_len = seq_lens.pop()
+        self.n = len(layouts)
+        if query_positions is None:
+            query = torch.tensor([lay.query_position for lay in layouts], dtype=torch.long)
+        else:
+            query = torch.as_tensor(query_positions, dtype=torch.long).flatten()
+            if query.numel() != len(layouts):
+                raise ValueError(f"got {query.numel()} query positions for {len(layouts)} layouts")
+        n_pad = torch.tensor([lay.n_pad for lay in layouts], dtype=torch.long)
+        if bool((query < n_pad).any()):
+            raise ValueError(f"a query position lies in the left padding: {query.tolist()} vs n_pad {n_pad.tolist()}")
+        self.query, self.n_pad = query, n_pad
+        self.masks = _batch_masks(layouts, boxes, min_overlap)
+        self.add = sink.add if isinstance(sink, _HasAdd) else sink
+        self._on_device: dict[tuple[torch.device, int], tuple[Tensor, ...]] = {}
+
+    def check(self, name: str, batch: int, q_len: int) -> None:
+        if batch != self.n:
+            raise ValueError(f"{name}: batch of {batch} but {self.n} layouts")
+        if int(self.query.max()) >= q_len:
+            raise ValueError(
+                f"{name}: query position {int(self.query.max())} outside the {q_len} query positions "
+                "(a cached-generation step? run the full sequence instead)"
+            )
+
+    def device_masks(self, device: torch.device, key_len: int, what: str) -> tuple[Tensor, ...]:
+        """``(image, region, text, query, arange, n_pad)`` on ``device`` for ``key_len`` keys."""
+        cached = self._on_device.get((device, key_len))
+        if cached is None:
+            if key_len < self.seq_len:
+                raise ValueError(f"{what} has {key_len} key positions but the layouts have {self.seq_len}")
+            pad = key_len - self.seq_len
+            cached = tuple(torch.nn.functional.pad(m, (0, pad)).to(device) for m in self.masks)
+            cached += (self.query.to(device), torch.arange(self.n, device=device), self.n_pad.to(device))
+            self._on_device[(device, key_len)] = cached
+        return cached
+
+
 def visual_head_hooks(
     layouts: Sequence[TokenLayout],
     sink: MetricSink | _HasAdd,
@@ -219,53 +277,89 @@ def visual_head_hooks(
         >>> hooks = visual_head_hooks(batch.layout, acc, n_layers=model.cfg.n_layers)  # doctest: +SKIP
         >>> model.run_with_hooks(batch, fwd_hooks=hooks)                     # doctest: +SKIP
     """
-    if not layouts:
-        raise ValueError("visual_head_hooks needs at least one layout")
-    seq_lens = {lay.seq_len for lay in layouts}
-    if len(seq_lens) != 1:
-        raise ValueError(f"layouts of one batch must share seq_len, got {sorted(seq_lens)}")
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-        raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
-    seq_len = seq_lens.pop()
-    if query_positions is None:
-        query = torch.tensor([lay.query_position for lay in layouts], dtype=torch.long)
-    else:
-        query = torch.as_tensor(query_positions, dtype=torch.long).flatten()
-        if query.numel() != len(layouts):
-            raise ValueError(f"got {query.numel()} query positions for {len(layouts)} layouts")
-    n_pad = torch.tensor([lay.n_pad for lay in layouts])
-    if bool((query < n_pad).any()):
-        raise ValueError(f"a query position lies in the left padding: {query.tolist()} vs n_pad {n_pad.tolist()}")
-    masks = _batch_masks(layouts, boxes, min_overlap)
-    add = sink.add if isinstance(sink, _HasAdd) else sink
-    on_device: dict[tuple[torch.device, int], tuple[Tensor, ...]] = {}
-
-    def device_masks(device: torch.device, key_len: int) -> tuple[Tensor, ...]:
-        cached = on_device.get((device, key_len))
-        if cached is None:
-            if key_len < seq_len:
-                raise ValueError(f"hook_pattern has {key_len} key positions but the layouts have {seq_len}")
-            pad = key_len - seq_len
-            cached = tuple(torch.nn.functional.pad(m, (0, pad)).to(device) for m in masks)
-            cached += (query.to(device), torch.arange(len(layouts), device=device))
-            on_device[(device, key_len)] = cached
-        return cached
+    prep = _HookSetup(layouts, sink, n_layers, query_positions, boxes, min_overlap, "visual_head_hooks")
 
     def hook_fn(pattern: Float[Tensor, "batch head q k"], *, hook: HookPoint, layer: int) -> None:
         batch, _, q_len, k_len = pattern.shape
-        if batch != len(layouts):
-            raise ValueError(f"{hook.name}: batch of {batch} but {len(layouts)} layouts")
-        image, region, text, q, arange = device_masks(pattern.device, k_len)
-        if int(query.max()) >= q_len:
-            raise ValueError(
-                f"{hook.name}: query position {int(query.max())} outside the {q_len} query positions "
-                "(a cached-generation step? run the full sequence instead)"
-            )
+        prep.check(hook.name, batch, q_len)
+        image, region, text, q, arange, _ = prep.device_masks(pattern.device, k_len, "hook_pattern")
         rows = pattern.detach()[arange, :, q, :]  # [batch, head, key]; no graph kept alive
-        add(layer, head_metrics(rows, image, region, text))
+        prep.add(layer, head_metrics(rows, image, region, text))
         return None
 
     return [(get_act_name("pattern", layer), partial(hook_fn, layer=layer)) for layer in range(n_layers)]
+
+
+def qk_hooks_supported(lm: Any) -> bool:
+    """Whether :func:`visual_head_qk_hooks` reproduces ``lm``'s attention rows (rotary causal backbones we load)."""
+    from vh_lens.fast_attention import layer_supported
+
+    blocks = getattr(lm, "blocks", None)
+    return blocks is not None and len(blocks) > 0 and all(layer_supported(block.attn) for block in blocks)
+
+
+def visual_head_qk_hooks(
+    lm: Any,
+    layouts: Sequence[TokenLayout],
+    sink: MetricSink | _HasAdd,
+    *,
+    query_positions: Sequence[int] | Tensor | None = None,
+    boxes: Sequence[Box | None] | None = None,
+    min_overlap: float = 0.0,
+) -> list[tuple[str | Callable[[str], bool], HookFn]]:
+    """The metrics of :func:`visual_head_hooks`, from the queries and keys instead of the pattern.
+
+    Hooks on ``blocks.{l}.attn.hook_rot_q`` keep the query vector at each sample's query
+    position; hooks on ``hook_rot_k`` (which fires next) compute that one attention row per
+    head, ``softmax(q . k / attn_scale)`` over the keys the layer lets the query see (causal,
+    sliding window, left padding), exactly as TransformerLens does for the full pattern, and
+    hand its :func:`head_metrics` to ``sink``. No pattern hook is attached, so the forward can
+    take the fused attention path (:mod:`vh_lens.fast_attention`): a scan then costs about a
+    plain forward. Grouped-query keys are shared by their query heads as in the model.
+
+    Args:
+        lm: the HookedTransformer (``model.lm``); see :func:`qk_hooks_supported`.
+        layouts, sink, query_positions, boxes, min_overlap: as :func:`visual_head_hooks`.
+
+    Returns:
+        ``[(hook_name, hook_fn), ...]`` for ``run_with_hooks(fwd_hooks=...)``.
+    """
+    if not qk_hooks_supported(lm):
+        raise ValueError("visual_head_qk_hooks needs a rotary causal backbone (Llama, Mistral, Qwen2, Phi-3)")
+    n_layers = len(lm.blocks)
+    prep = _HookSetup(layouts, sink, n_layers, query_positions, boxes, min_overlap, "visual_head_qk_hooks")
+    queries: dict[int, Tensor] = {}
+
+    def q_hook(q: Float[Tensor, "batch pos head d_head"], *, hook: HookPoint, layer: int) -> None:
+        prep.check(hook.name, q.shape[0], q.shape[1])
+        _, _, _, query, arange, _ = prep.device_masks(q.device, q.shape[1], "hook_rot_q")
+        queries[layer] = q.detach()[arange, query]  # [batch, head, d_head]
+
+    def k_hook(k: Float[Tensor, "batch pos kv_head d_head"], *, hook: HookPoint, layer: int) -> None:
+        q_rows = queries.pop(layer, None)
+        if q_rows is None:
+            raise RuntimeError(f"{hook.name} fired without its hook_rot_q")
+        attn = lm.blocks[layer].attn
+        k = k.detach()
+        if q_rows.dtype in (torch.float16, torch.bfloat16):
+            q_rows = q_rows.float()
+        if k.shape[2] != q_rows.shape[1]:
+            k = k.repeat_interleave(q_rows.shape[1] // k.shape[2], dim=2)
+        key_len = k.shape[1]
+        image, region, text, query, _, n_pad = prep.device_masks(k.device, key_len, "hook_rot_k")
+        scores = torch.einsum("bhd,bkhd->bhk", q_rows, k.to(q_rows.dtype)) / attn.attn_scale
+        keys = torch.arange(key_len, device=k.device)[None, :]
+        allowed = (keys <= query[:, None]) & (keys >= n_pad[:, None])  # [batch, key]
+        if attn.attn_type == "local":
+            allowed &= keys > query[:, None] - attn.cfg.window_size
+        rows = torch.softmax(scores.masked_fill(~allowed[:, None, :], float("-inf")), dim=-1)
+        prep.add(layer, head_metrics(rows, image, region, text))
+
+    hooks: list[tuple[str | Callable[[str], bool], HookFn]] = []
+    for layer in range(n_layers):
+        hooks.append((get_act_name("rot_q", layer), partial(q_hook, layer=layer)))
+        hooks.append((get_act_name("rot_k", layer), partial(k_hook, layer=layer)))
+    return hooks
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,6 +591,7 @@ def _run_batch(
     answer_tokens: Sequence[int] | None,
     min_overlap: float,
     device: torch.device | str | None,
+    use_qk: bool,
 ) -> None:
     batch = model.prepare_samples(chunk)
     if device is not None:
@@ -516,18 +611,20 @@ def _run_batch(
             raise RuntimeError("model.append_tokens must mark exactly one appended position per sample")
         query_positions = [int(lay.answer_positions[0]) for lay in layouts]
     collected: list[tuple[int, Mapping[str, Tensor]]] = []
-    hooks = visual_head_hooks(
-        layouts,
-        lambda layer, metrics: collected.append((layer, metrics)),
-        n_layers=acc.n_layers,
-        query_positions=query_positions,
-        boxes=[s.box for s in chunk],
-        min_overlap=min_overlap,
-    )
+    sink = lambda layer, metrics: collected.append((layer, metrics))
+    boxes = [s.box for s in chunk]
+    if use_qk:
+        hooks = visual_head_qk_hooks(
+            model.lm, layouts, sink, query_positions=query_positions, boxes=boxes, min_overlap=min_overlap
+        )
+    else:
+        hooks = visual_head_hooks(
+            layouts, sink, n_layers=acc.n_layers, query_positions=query_positions, boxes=boxes, min_overlap=min_overlap
+        )
     model.run_with_hooks(batch, fwd_hooks=hooks)
     seen = sorted(layer for layer, _ in collected)
     if seen != list(range(acc.n_layers)):
-        raise RuntimeError(f"expected one hook_pattern call per layer 0..{acc.n_layers - 1}, got layers {seen}")
+        raise RuntimeError(f"expected one attention row per layer 0..{acc.n_layers - 1}, got layers {seen}")
     for layer, metrics in collected:  # only a complete batch reaches the accumulator
         acc.add(layer, metrics)
 
@@ -548,12 +645,16 @@ def scan_visual_heads(
     checkpoint_every: int = 256,
     device: torch.device | str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    attention: Literal["auto", "qk", "pattern"] = "auto",
 ) -> VisualHeadScores:
     """Score every attention head of ``model`` as a visual head over ``samples`` (paper A).
 
     One forward pass per batch (two with ``query="answer_token"`` and no ``answer_tokens``);
-    the attention is reduced at each layer by :func:`visual_head_hooks` and streamed into a
-    :class:`ScoreAccumulator`, so memory does not grow with the data set.
+    the attention is reduced at each layer to ``[batch, head]`` metrics and streamed into a
+    :class:`ScoreAccumulator`, so memory does not grow with the data set. The rows come from
+    :func:`visual_head_qk_hooks` (queries and keys; the forward keeps its fused attention)
+    where the backbone allows it, else from :func:`visual_head_hooks` (the pattern); both
+    give the same numbers.
 
     Args:
         model: a :class:`vh_lens.LlavaLens` (anything with ``cfg``, ``prepare_samples``,
@@ -583,6 +684,9 @@ def scan_visual_heads(
         checkpoint_every: samples between checkpoints.
         device: move each batch there (``batch.to(device)``); default: leave it as prepared.
         metadata: extra JSON-serialisable metadata for the result.
+        attention: ``"qk"``: rows from the queries and keys (needs ``model.lm``, a rotary
+            backbone); ``"pattern"``: rows from ``hook_pattern`` (TransformerLens' full
+            attention runs); ``"auto"`` (default): ``"qk"`` when supported.
 
     Returns:
         :class:`~vh_lens.scores.VisualHeadScores` over all samples.
@@ -601,6 +705,12 @@ def scan_visual_heads(
     for name, value in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if attention not in ("auto", "qk", "pattern"):
+        raise ValueError(f"attention must be 'auto', 'qk' or 'pattern', got {attention!r}")
+    qk_ok = qk_hooks_supported(getattr(model, "lm", None))
+    if attention == "qk" and not qk_ok:
+        raise ValueError("attention='qk' needs a model with .lm, a rotary causal backbone (Llama, Mistral, Qwen2, Phi-3)")
+    use_qk = attention == "qk" or (attention == "auto" and qk_ok)
     tokens = None if answer_tokens is None else [int(t) for t in torch.as_tensor(answer_tokens).flatten().tolist()]
     acc = ScoreAccumulator(
         int(model.cfg.n_layers), int(model.cfg.n_heads), keep_per_sample,
@@ -638,7 +748,7 @@ def scan_visual_heads(
             if chunk_tokens is not None and len(chunk_tokens) != len(chunk):
                 raise ValueError(f"answer_tokens ran out after {len(tokens)} samples")  # type: ignore[arg-type]
             _run_batch(model, chunk, acc, query=query, answer_tokens=chunk_tokens,
-                       min_overlap=min_overlap, device=device)
+                       min_overlap=min_overlap, device=device, use_qk=use_qk)
             for offset, sample in enumerate(chunk):
                 hasher.update(_sample_key(sample, None if chunk_tokens is None else chunk_tokens[offset]))
             done += len(chunk)

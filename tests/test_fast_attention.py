@@ -10,7 +10,7 @@ from conftest import striped_image, tiny_lens
 
 import vh_lens
 from vh_lens.data.sample import Sample
-from vh_lens.fast_attention import takes_fast_path
+from vh_lens.fast_attention import mlp_supported, takes_fast_path
 from vh_lens.testing import FAMILIES, tiny_llava
 from vh_lens.visual_heads import HEAD_METRICS, scan_visual_heads
 
@@ -21,7 +21,7 @@ def _images():
     return [striped_image((70, 40), 0), striped_image((50, 90), 1), striped_image((64, 64), 2)]
 
 
-def _both_paths(model, batch, names=("hook_z",)):
+def _both_paths(model, batch, names=("hook_z", "hook_post")):
     """Logits and the named activations with the fused path on, then off."""
     out = []
     for fast in (True, False):
@@ -39,7 +39,9 @@ def test_fused_path_equals_transformer_lens_attention(kind, backbone, n_kv):
     batch = model.prepare(images=_images(), questions=QUESTIONS)  # left padded
     assert not bool(batch.attention_mask.all())
     assert all(takes_fast_path(block.attn) for block in model.lm.blocks)
+    assert all(mlp_supported(block.mlp) and hasattr(block.mlp, "_vh_tl_forward") for block in model.lm.blocks)
     (fast, fast_cache), (slow, slow_cache) = _both_paths(model, batch)
+    assert {n.split(".")[-1] for n in fast_cache} == {"hook_z", "hook_post"}
     valid = batch.attention_mask.bool()
     assert float((fast - slow)[valid].abs().max()) < 1e-5
     for name in fast_cache:

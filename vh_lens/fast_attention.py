@@ -19,6 +19,9 @@ difference:
   Qwen2, Phi-3) with no attention sinks, log-n scaling, qkv clipping, score soft-capping,
   4-bit weights or ``use_attn_result``.
 
+The switch also covers Llama-style gated MLPs, which skip TransformerLens' per-call copies of
+their transposed weights (:func:`_fast_mlp_forward`; same hooks, same numbers to float rounding).
+
 Everything else is TransformerLens' own code: ``calculate_qkv_matrices`` (so ``hook_q``,
 ``hook_k``, ``hook_v`` fire), ``apply_rotary`` (``hook_rot_q``, ``hook_rot_k``, left-padding
 aware positions), ``_make_causal_mask`` (sliding windows), ``hook_z`` and the output projection.
@@ -133,28 +136,63 @@ def _fast_forward(
     return F.linear(z.reshape(batch, n_pos, n_heads * d_head).to(w.dtype), w, attn.b_O)
 
 
-def install(model: nn.Module, enabled: bool = True) -> int:
-    """Give every attention layer of a HookedTransformer the fused path (see the module doc).
+def mlp_supported(mlp: nn.Module) -> bool:
+    """Whether ``mlp`` is TransformerLens' plain gated MLP (Llama-style), which :func:`install` can speed up."""
+    cfg = mlp.cfg
+    return (
+        type(mlp).__name__ == "GatedMLP"
+        and cfg.gated_mlp
+        and not getattr(cfg, "load_in_4bit", False)
+        and not cfg.is_layer_norm_activation()
+    )
 
-    Idempotent; ``enabled=False`` keeps the wrappers but sends every forward to
-    TransformerLens' own attention (see :func:`set_enabled`).
+
+def _fast_mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
+    """TransformerLens' ``GatedMLP.forward`` without copying the transposed weights on every call.
+
+    TransformerLens makes ``W.T`` contiguous before each ``F.linear`` (to match Hugging Face's
+    bfloat16 rounding exactly); a transposed view gives the same product with a different
+    accumulation order, and saves three weight copies per layer. All hooks fire as before.
+    """
+    if not getattr(mlp, "_vh_fast_enabled", False):
+        return mlp._vh_tl_forward(x)
+    if mlp.W_gate.device != x.device:
+        x = x.to(mlp.W_gate.device)
+    pre_act = mlp.hook_pre(F.linear(x, mlp.W_gate.T))
+    pre_linear = mlp.hook_pre_linear(F.linear(x, mlp.W_in.T))
+    post_act = mlp.hook_post(mlp.act_fn(pre_act) * pre_linear + mlp.b_in)
+    return F.linear(post_act, mlp.W_out.T, mlp.b_out)
+
+
+def _wrap(module: nn.Module, forward: Any, enabled: bool) -> None:
+    if not hasattr(module, "_vh_tl_forward"):
+        module._vh_tl_forward = module.forward
+        module.forward = types.MethodType(forward, module)
+    module._vh_fast_enabled = enabled
+
+
+def install(model: nn.Module, enabled: bool = True) -> int:
+    """Give every layer of a HookedTransformer the fast paths (see the module doc).
+
+    Attention layers get the fused path; Llama-style gated MLPs a copy-free one
+    (:func:`_fast_mlp_forward`). Idempotent; ``enabled=False`` keeps the wrappers but sends
+    every forward to TransformerLens' own code (see :func:`set_enabled`).
 
     Returns:
-        The number of layers whose configuration allows the fused path.
+        The number of attention layers whose configuration allows the fused path.
     """
     n = 0
     for block in model.blocks:
-        attn = block.attn
-        if not hasattr(attn, "_vh_tl_forward"):
-            attn._vh_tl_forward = attn.forward
-            attn.forward = types.MethodType(_fast_forward, attn)
-        attn._vh_fast_enabled = enabled
-        n += layer_supported(attn)
+        _wrap(block.attn, _fast_forward, enabled)
+        n += layer_supported(block.attn)
+        if mlp_supported(block.mlp):
+            _wrap(block.mlp, _fast_mlp_forward, enabled)
     return n
 
 
 def set_enabled(model: nn.Module, enabled: bool) -> None:
-    """Turn the fused path on or off for every layer where :func:`install` put it."""
+    """Turn the fast paths on or off for every layer where :func:`install` put them."""
     for block in model.blocks:
-        if hasattr(block.attn, "_vh_tl_forward"):
-            block.attn._vh_fast_enabled = enabled
+        for module in (block.attn, block.mlp):
+            if hasattr(module, "_vh_tl_forward"):
+                module._vh_fast_enabled = enabled

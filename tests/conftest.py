@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PIP_NO_INDEX", "1")
@@ -55,3 +56,15 @@ def striped_image(size=(70, 40), seed=0) -> Image.Image:
 @pytest.fixture
 def images():
     return [striped_image((70, 40), 0), striped_image((50, 90), 1), striped_image((64, 64), 2)]
+
+
+@dataclass
+class FakeBatch:
+    """A batch of plain token ids and layouts, for tests of functions that take a LlavaBatch."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    layout: list
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])

@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import FakeBatch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -382,16 +383,6 @@ def _layout(n_pad: int, seq: int, query: int | None = None) -> TokenLayout:
         text_positions=torch.arange(n_pad, seq),
         query_position=seq - 1 if query is None else query,
     )
-
-
-@dataclass
-class FakeBatch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    layout: list[TokenLayout]
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
 
 
 class FakeModel:

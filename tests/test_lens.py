@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import plotly.graph_objects as go
 import pytest
 import torch
+from conftest import FakeBatch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
@@ -48,16 +48,6 @@ def lm(request) -> HookedTransformer:
     with torch.no_grad():
         model.ln_final.w.copy_(1 + 0.5 * torch.randn_like(model.ln_final.w))  # so the norm weight matters
     return model
-
-
-@dataclass
-class FakeBatch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    layout: list[TokenLayout]
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
 
 
 class FakeModel:

@@ -22,7 +22,9 @@ import json
 import math
 import platform
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -72,7 +74,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="stage 1: steps of per-patch shape classification for the vision tower and projector",
     )
     p.add_argument("--vision-pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--vision-objective", choices=("probe", "align"), default="probe")
+    p.add_argument(
+        "--vision-word-probe",
+        action="store_true",
+        help="the class probe scores a patch against the language model's word vectors of colour + kind",
+    )
+    p.add_argument("--vision-objective", choices=("probe", "count", "align"), default="count")
     p.add_argument(
         "--train-vision",
         action="store_true",
@@ -87,6 +94,59 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=4, help="questions per training image (multi-turn conversation)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
     return p.parse_args(argv)
+
+
+class FastInputs:
+    """``toy_inputs`` without the per-sample chat-template rendering (checked equal at start-up).
+
+    The processor renders the Jinja chat template once per sample and converts images one by
+    one; on two shared CPU cores that costs as much as a training step of the small model.
+    Here the LLaVA-1.5 prompt is formatted directly, ``<image>`` expanded to the grid size,
+    and pixels normalised with the image processor's mean and std in one numpy call (the
+    images are already at the processor's size, so its resize and crop are the identity).
+    """
+
+    def __init__(self, processor, check: Sequence[Sample]):
+        from vh_lens.answers import format_question
+
+        self.processor = processor
+        self.tok = processor.tokenizer
+        self.format_question = format_question
+        ip = processor.image_processor
+        self.size = ip.crop_size["height"]
+        self.n_image = (self.size // processor.patch_size) ** 2
+        self.mean = np.asarray(ip.image_mean, dtype=np.float32)[:, None, None]
+        self.std = np.asarray(ip.image_std, dtype=np.float32)[:, None, None]
+        for answers in (False, True):
+            ref, got = toy_inputs(processor, check, answers=answers), self(check, answers=answers)
+            for key in ("input_ids", "attention_mask"):
+                if not torch.equal(ref[key], got[key]):
+                    raise RuntimeError(f"fast inputs differ from the processor's in {key}")
+            if not torch.allclose(ref["pixel_values"], got["pixel_values"], atol=1e-5, rtol=0):
+                raise RuntimeError("fast pixel values differ from the processor's")
+
+    def prompt(self, sample: Sample) -> str:
+        return f"USER: <image>\n{self.format_question(sample)} ASSISTANT:"
+
+    def __call__(self, samples: Sequence[Sample], answers: bool = False) -> dict[str, torch.Tensor]:
+        texts = [self.prompt(s) for s in samples]
+        if answers:
+            texts = [f"{t} {s.answer}{self.tok.eos_token}" for t, s in zip(texts, samples, strict=True)]
+        return self.encode(texts, samples)
+
+    def encode(self, texts: Sequence[str], samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        """Tokenise ``texts`` (one ``<image>`` each) and normalise the samples' images."""
+        texts = [t.replace("<image>", "<image>" * self.n_image) for t in texts]
+        enc = self.tok(texts, padding=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "pixel_values": self.pixels(samples)}
+
+    def pixels(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """``pixel_values`` ``[b, 3, size, size]`` of the samples' images."""
+        images = [s.load_image() for s in samples]
+        if any(im.size != (self.size, self.size) for im in images):
+            raise ValueError("FastInputs needs images at the processor's size")
+        x = np.stack([np.asarray(im, dtype=np.float32) for im in images]).transpose(0, 3, 1, 2)
+        return torch.from_numpy(((x / 255.0 - self.mean) / self.std).astype(np.float32))
 
 
 def buckets(samples: Sequence[Sample]) -> list[list[Sample]]:
@@ -155,24 +215,21 @@ def conversation(sample: Sample, turns: int, seed: int) -> list[tuple[str, str]]
     return out
 
 
-def conversation_inputs(processor, samples: Sequence[Sample], turns: int, seed: int) -> dict[str, torch.Tensor]:
+def conversation_inputs(fast: FastInputs, samples: Sequence[Sample], turns: int, seed: int) -> dict[str, torch.Tensor]:
     """Left-padded multi-turn LLaVA-1.5 conversations and the positions of their answer tokens.
 
     Text: ``"USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>..."``; the
     first turn is exactly the single-turn prompt the model is evaluated on.
     """
-    tok = processor.tokenizer
+    tok = fast.tok
     texts = []
     for s in samples:
         parts = []
         for i, (q, a) in enumerate(conversation(s, turns, seed)):
-            user = processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                add_generation_prompt=True,
-            ) if i == 0 else f"USER: {q} ASSISTANT:"
+            user = f"USER: <image>\n{q} ASSISTANT:" if i == 0 else f"USER: {q} ASSISTANT:"
             parts.append(f"{user} {a}{tok.eos_token}")
         texts.append("".join(parts))
-    batch = dict(processor(images=[s.load_image() for s in samples], text=texts, padding=True, return_tensors="pt"))
+    batch = fast.encode(texts, samples)
     ids = batch["input_ids"]
     assistant, colon = tok.convert_tokens_to_ids(["ASSISTANT", ":"])
     is_answer = torch.zeros_like(ids, dtype=torch.bool)
@@ -206,22 +263,22 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
 
 
 @torch.no_grad()
-def first_token_predictions(model: torch.nn.Module, processor, samples: Sequence[Sample], batch_size: int = 64) -> list[str]:
+def first_token_predictions(model: torch.nn.Module, fast: FastInputs, samples: Sequence[Sample], batch_size: int = 64) -> list[str]:
     """Greedy first answer token (as text) of each sample."""
     preds: dict[int, str] = {}
     index = {id(s): i for i, s in enumerate(samples)}
     for group in buckets(samples):
         for i in range(0, len(group), batch_size):
             chunk = group[i : i + batch_size]
-            batch = toy_inputs(processor, chunk)
+            batch = fast(chunk)
             logits = model(**batch, logits_to_keep=1).logits[:, -1]
-            for s, tok in zip(chunk, processor.tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist()), strict=True):
+            for s, tok in zip(chunk, fast.tok.convert_ids_to_tokens(logits.argmax(-1).tolist()), strict=True):
                 preds[index[id(s)]] = tok
     return [preds[i] for i in range(len(samples))]
 
 
-def accuracy_by_kind(model: torch.nn.Module, processor, samples: Sequence[Sample]) -> dict[str, float]:
-    preds = first_token_predictions(model, processor, samples)
+def accuracy_by_kind(model: torch.nn.Module, fast: FastInputs, samples: Sequence[Sample]) -> dict[str, float]:
+    preds = first_token_predictions(model, fast, samples)
     hits: dict[str, list[bool]] = defaultdict(list)
     for s, pred in zip(samples, preds, strict=True):
         hits[s.metadata["kind"]].append(pred == s.answer)
@@ -243,7 +300,14 @@ def patch_targets(samples: Sequence[Sample], colors: Sequence[str], kinds: Seque
     return cls, boxed
 
 
-def pretrain_vision(model: torch.nn.Module, processor, args: argparse.Namespace) -> list[float]:
+def class_counts(cls: torch.Tensor) -> torch.Tensor:
+    """``[b, cells]``: for each patch holding a shape, how many patches of the image hold its class (0 for empty)."""
+    n = int(cls.max()) + 1
+    per_image = F.one_hot(cls, n).sum(1)  # [b, classes]
+    return torch.where(cls > 0, per_image.gather(1, cls), 0)
+
+
+def pretrain_vision(model: torch.nn.Module, fast: FastInputs, args: argparse.Namespace) -> list[float]:
     """Stage 1: teach the vision tower and projector what each patch holds.
 
     Stands in for a real LLaVA's pretrained CLIP encoder. With ``--vision-objective probe``
@@ -259,28 +323,41 @@ def pretrain_vision(model: torch.nn.Module, processor, args: argparse.Namespace)
     colors, kinds = tuple(COLORS), SHAPE_KINDS
     d_model = model.config.text_config.hidden_size
     emb = model.model.language_model.embed_tokens.weight.detach().clone()
-    tok = processor.tokenizer
+    tok = fast.tok
     color_ids = torch.tensor(tok.convert_tokens_to_ids(list(colors)))
     kind_ids = torch.tensor(tok.convert_tokens_to_ids([k + "s" for k in kinds]))
     these = emb[tok.convert_tokens_to_ids("these")]
     # word vector of each class: 0 empty, 1 + color * n_kinds + kind
     class_vec = torch.cat([torch.zeros(1, d_model), (emb[color_ids][:, None] + emb[kind_ids][None]).flatten(0, 1)])
-    probe = torch.nn.Linear(d_model, 1 + len(colors) * len(kinds) + 1)
+    n_cls = 1 + len(colors) * len(kinds)
+    max_count = 7
+    probe = torch.nn.Linear(d_model, n_cls + 1 + (max_count + 1 if args.vision_objective == "count" else 0))
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
-    if args.vision_objective == "probe":
-        params += list(probe.parameters())
+    word_scale = torch.nn.Parameter(torch.tensor(1.0 / class_vec[1:].norm(dim=-1).mean().item()))
+    if args.vision_objective in ("probe", "count"):
+        params += [*probe.parameters(), word_scale]
     opt = torch.optim.AdamW(params, lr=args.vision_pretrain_lr, weight_decay=0.0)
-    losses = []
+    losses: list[float] = []
+    count_hits: list[float] = []
     for step in range(args.vision_pretrain_steps):
+        for group in opt.param_groups:  # cosine decay to 5%
+            group["lr"] = args.vision_pretrain_lr * (0.05 + 0.475 * (1 + math.cos(math.pi * step / args.vision_pretrain_steps)))
         samples = shapes(args.batch_size, seed=args.seed + 1, start=step * args.batch_size)
-        pixels = processor.image_processor([s.load_image() for s in samples], return_tensors="pt")["pixel_values"]
+        pixels = fast.pixels(samples)
         feats = torch.stack(list(model.model.get_image_features(pixel_values=pixels).pooler_output))  # [b, cells, d]
         cls, boxed = patch_targets(samples, colors, kinds)
-        if args.vision_objective == "probe":
+        if args.vision_objective in ("probe", "count"):
             out = probe(feats)
-            loss = F.cross_entropy(out[..., :-1].flatten(0, 1), cls.flatten())
-            loss = loss + F.binary_cross_entropy_with_logits(out[..., -1], boxed)
-            pred = out[..., :-1].argmax(-1)
+            if args.vision_word_probe:
+                # class logits against the language model's (initial) word vectors of the class
+                out = torch.cat([out[..., :1], feats @ class_vec[1:].T * word_scale, out[..., n_cls:]], dim=-1)
+            loss = F.cross_entropy(out[..., :n_cls].flatten(0, 1), cls.flatten())
+            loss = loss + F.binary_cross_entropy_with_logits(out[..., n_cls], boxed)
+            pred = out[..., :n_cls].argmax(-1)
+            if args.vision_objective == "count":
+                count = class_counts(cls).clamp(max=max_count)
+                loss = loss + F.cross_entropy(out[..., n_cls + 1 :].flatten(0, 1), count.flatten())
+                count_hits.append((out[..., n_cls + 1 :].argmax(-1) == count)[cls > 0].float().mean().item())
         else:
             target = class_vec[cls] + boxed[..., None] * these
             loss = (feats - target).pow(2).sum(-1).mean() / class_vec[1:].pow(2).sum(-1).mean()
@@ -291,9 +368,10 @@ def pretrain_vision(model: torch.nn.Module, processor, args: argparse.Namespace)
         losses.append(loss.item())
         if (step + 1) % args.log_every == 0:
             acc = (pred == cls)[cls > 0].float().mean().item()
+            counted = f" own-class count accuracy {np.mean(count_hits[-args.log_every:]):.3f}" if count_hits else ""
             print(
                 f"vision step {step + 1} loss {sum(losses[-args.log_every:]) / args.log_every:.4f} "
-                f"shape-patch accuracy {acc:.3f}",
+                f"shape-patch accuracy {acc:.3f}{counted}",
                 flush=True,
             )
     return losses
@@ -329,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = LlavaForConditionalGeneration(config)
     n_params = sum(p.numel() for p in model.parameters())
     t_pre = time.perf_counter()
-    pretrain_losses = pretrain_vision(model, processor, args) if args.vision_pretrain_steps else []
+    fast = FastInputs(processor, shapes(12, seed=args.eval_seed + 1))
+    pretrain_losses = pretrain_vision(model, fast, args) if args.vision_pretrain_steps else []
     pretrain_seconds = time.perf_counter() - t_pre
     if not args.train_vision:
         model.model.vision_tower.requires_grad_(False)
@@ -341,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
-    held_out = shapes(args.eval_n, seed=args.eval_seed, kinds=KINDS)
+    held_out = shapes(args.eval_n, seed=args.eval_seed, kinds=tuple(dict.fromkeys(kinds)))  # the trained kinds
     print(f"params {n_params:,}; kinds {kinds}", flush=True)
 
     history: list[dict] = []
@@ -366,13 +445,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         if args.turns > 1:
-            loss, n_targets = conversation_loss(model, conversation_inputs(processor, samples, args.turns, args.seed))
+            loss, n_targets = conversation_loss(model, conversation_inputs(fast, samples, args.turns, args.seed))
             loss = loss / n_targets
             loss.backward()
             loss_sum = loss.item()
         else:
             for chunk in buckets(samples):  # gradient of the mean over the whole batch
-                loss = answer_loss(model, toy_inputs(processor, chunk, answers=True)) / (2 * len(samples))
+                loss = answer_loss(model, fast(chunk, answers=True)) / (2 * len(samples))
                 loss.backward()
                 loss_sum += loss.item()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -390,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out_of_time = args.max_minutes is not None and time.perf_counter() - t0 > 60 * args.max_minutes
         if (step + 1) % args.eval_every == 0 or last or out_of_time:
             model.eval()
-            acc = accuracy_by_kind(model, processor, held_out)
+            acc = accuracy_by_kind(model, fast, held_out)
             history.append({"step": step + 1, "elapsed_s": round(time.perf_counter() - t0, 1), "accuracy": acc})
             print(f"eval step {step + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
         if out_of_time:
@@ -399,9 +478,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     total = time.perf_counter() - t0
     model.eval()
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
+    # write everything to a fresh folder beside --out, then swap it in: a failed run leaves no half-written checkpoint
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}.partial-"))
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
     log = {
         "command": "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["scripts/train_toy.py", *argv])),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -415,13 +496,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "final_accuracy": history[-1]["accuracy"],
         "held_out": {"seed": args.eval_seed, "n": args.eval_n, "metric": "first-token argmax"},
         "chance": {"counting": 1 / 7, "exists": 0.5, "choice_color": 0.25, "choice_shape": 1 / 3},
+        "chance_note": "counting: 1 of 7 answers; exists: yes/no balanced; choice: 1 of 4 colours / 3 shapes",
         "history": history,
         "torch": torch.__version__,
         "threads": args.threads,
         "machine": platform.platform(),
         "note": "2 CPU cores shared with other jobs while training: timings are pessimistic",
     }
-    (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    (partial / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    old = args.out.with_name(f".{args.out.name}.old") if args.out.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        args.out.rename(old)
+    partial.rename(args.out)
+    if old is not None:
+        shutil.rmtree(old)
     print(json.dumps(log["final_accuracy"]), f"total {total:.0f}s", flush=True)
 
 

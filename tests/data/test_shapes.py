@@ -158,10 +158,28 @@ def test_boxes_inside_the_image_and_around_a_target_shape(samples):
         pointed = s.metadata["shapes"][s.metadata["pointed"]]
         assert s.box == tuple(float(v) for v in pointed["box"])
         assert (pointed["color"], pointed["kind"]) == (s.metadata["target"]["color"], s.metadata["target"]["kind"])
-        # The box outline is drawn on the border of the pointed cell.
+        # The box outline is drawn on the border of the pointed cell; not for object questions,
+        # which name the class (a drawn box would let a model skip reading the question).
         pixels = _pixels(s)
-        assert (pixels[int(top), int(left) : int(right)] == np.array(BOX_COLOR)).all()
-        assert (pixels[int(bottom) - 1, int(left) : int(right)] == np.array(BOX_COLOR)).all()
+        drawn = (pixels == np.array(BOX_COLOR)).all(-1)
+        if s.metadata["kind"] == "count_object":
+            assert not drawn.any()
+            continue
+        assert drawn[int(top), int(left) : int(right)].all()
+        assert drawn[int(bottom) - 1, int(left) : int(right)].all()
+
+
+def test_object_box_draws_the_box_of_object_questions_too():
+    plain = shapes(6, seed=2, kinds=("count_object",))
+    boxed = shapes(6, seed=2, kinds=("count_object",), object_box=True)
+    for a, b in zip(plain, boxed, strict=True):
+        assert a.box == b.box and a.metadata["shapes"] == b.metadata["shapes"]
+        left, top, right, _ = (int(v) for v in b.box)
+        assert (_pixels(b)[top, left:right] == np.array(BOX_COLOR)).all()
+        assert not (_pixels(a) == np.array(BOX_COLOR)).all(-1).any()
+    # without draw_box nothing is drawn, object_box or not
+    for s in shapes(6, seed=2, kinds=("count_object", "count_super"), draw_box=False, object_box=True):
+        assert not (_pixels(s) == np.array(BOX_COLOR)).all(-1).any()
 
 
 def test_draw_box_false_leaves_no_outline():

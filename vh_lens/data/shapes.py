@@ -37,10 +37,13 @@ multiple-choice questions:
 Every counting sample carries a box: for ``count_super`` / ``count_general`` the pointed
 shape's cell; for ``count_object`` the cell of one shape of the named class (so region
 metrics are defined for all three types). Count answers are uniform in ``1 .. max_count``.
-With ``draw_box=True`` (default) every sample that carries a box shows it as a 1-pixel
-outline on the border of the pointed cell (paper A's "visual" setting). With
-``draw_box=False`` the pointer is invisible ("plain" setting), so ``count_super``,
-``count_general`` and the ``choice_*`` questions can no longer be answered from the image.
+With ``draw_box=True`` (default) the pointer of ``count_super``, ``count_general`` and the
+``choice_*`` questions is drawn as a 1-pixel outline on the border of the pointed cell
+(paper A's "visual" setting). With ``draw_box=False`` the pointer is invisible ("plain"
+setting), so those questions can no longer be answered from the image. The box of a
+``count_object`` question is drawn only with ``object_box=True``: the question names the
+class, and a drawn box would let a model count "shapes like the boxed one" without reading
+the question (a shortcut the first toy model took, failing every question without a box).
 
 Generation is deterministic: sample ``i`` depends only on ``(seed, i)`` and the options,
 so ``shapes(10, seed) == shapes(20, seed)[:10]`` and images are pixel-identical across runs.
@@ -124,6 +127,7 @@ def shapes(
     colors: Sequence[str] = tuple(COLORS),
     shape_kinds: Sequence[str] = SHAPE_KINDS,
     draw_box: bool = True,
+    object_box: bool = False,
     box_color: tuple[int, int, int] = BOX_COLOR,
     start: int = 0,
 ) -> list[Sample]:
@@ -147,7 +151,10 @@ def shapes(
             only, an easy curriculum stage; yes/no images always hold one other class).
         colors: colour names, a subset of :data:`COLORS`.
         shape_kinds: shape kinds, a subset of :data:`SHAPE_KINDS`.
-        draw_box: draw the box (the pointer) as an outline on the image.
+        draw_box: draw the pointer of the super, general and multiple-choice questions as an
+            outline on the image.
+        object_box: also draw the box of ``count_object`` questions (hidden by default: the
+            question names the class).
         box_color: RGB colour of the drawn box.
         start: index of the first sample (to stream a long sequence in batches).
 
@@ -184,7 +191,7 @@ def shapes(
             min_groups=min_groups,
             colors=colors,
             shape_kinds=shape_kinds,
-            draw_box=draw_box,
+            draw_box=draw_box and (object_box or kinds[i % len(kinds)] != "count_object"),
             box_color=tuple(box_color),
         )
         for i in range(start, start + n)

@@ -91,6 +91,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=400,
         help="first steps on easy images (0 or 1 other class instead of 1 or 2)",
     )
+    p.add_argument(
+        "--question-weight",
+        type=float,
+        default=0.0,
+        help="weight of the language-model loss on the question tokens (per sample mean), beside the answer loss",
+    )
     p.add_argument("--turns", type=int, default=4, help="questions per training image (multi-turn conversation)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
     return p.parse_args(argv)
@@ -250,16 +256,34 @@ def conversation_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
     return F.cross_entropy(pred.float(), batch["input_ids"][:, 1:][mask], reduction="sum"), int(mask.sum())
 
 
-def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed cross-entropy of the last two tokens (answer, ``</s>``); inputs are left padded."""
+def answer_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], image_token_id: int = -1, question_weight: float = 0.0
+) -> torch.Tensor:
+    """Summed cross-entropy of the last two tokens (answer, ``</s>``); inputs are left padded.
+
+    With ``question_weight > 0``, plus that weight times the mean cross-entropy of the text
+    tokens after the image (the question and the chat template), per sample: predicting
+    "red" and "circles" in "How many red circles are there?" (a class that is in the image)
+    needs the image, so this dense signal teaches the model to tie words to image tokens.
+    """
+    ids = batch["input_ids"]
     logits = model(
-        input_ids=batch["input_ids"],
+        input_ids=ids,
         attention_mask=batch["attention_mask"],
         pixel_values=batch["pixel_values"],
-        logits_to_keep=3,
-    ).logits  # [b, 3, vocab]: predictions for positions -2 and -1 sit at -3 and -2
-    targets = batch["input_ids"][:, -2:]
-    return F.cross_entropy(logits[:, :2].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
+        logits_to_keep=0 if question_weight > 0 else 3,
+    ).logits  # predictions for positions -2 and -1 sit at -3 and -2
+    targets = ids[:, -2:]
+    loss = F.cross_entropy(logits[:, -3:-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
+    if question_weight > 0:
+        is_image = ids == image_token_id
+        after_image = (is_image.cumsum(1) > 0) & ~is_image & batch["attention_mask"].bool()
+        after_image[:, -2:] = False  # the answer and </s>: counted above
+        target_mask = after_image[:, 1:]  # token t is predicted at t - 1
+        per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:], reduction="none")
+        per_sample = (per_token * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
+        loss = loss + question_weight * per_sample.sum()
+    return loss
 
 
 @torch.no_grad()
@@ -451,7 +475,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             loss_sum = loss.item()
         else:
             for chunk in buckets(samples):  # gradient of the mean over the whole batch
-                loss = answer_loss(model, fast(chunk, answers=True)) / (2 * len(samples))
+                batch = fast(chunk, answers=True)
+                loss = answer_loss(model, batch, config.image_token_id, args.question_weight) / (2 * len(samples))
                 loss.backward()
                 loss_sum += loss.item()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

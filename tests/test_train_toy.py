@@ -53,3 +53,33 @@ def test_training_runs_saves_and_is_deterministic(train_toy, tmp_path):
     c = load_file(runs[0] / "model.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert json.loads((runs[0] / "train_log.json").read_text())["args"]["seed"] == 5
+
+
+def test_answer_loss_by_hand(train_toy):
+    """Answer loss on the last two tokens; the question loss on the text after the image, per-sample mean."""
+    torch.manual_seed(0)
+    vocab, image = 7, 5
+    ids = torch.tensor([[0, 1, 5, 5, 2, 3, 4, 6], [1, 5, 5, 5, 3, 2, 4, 6]])  # row 0 left padded
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1], [1] * 8])
+    logits = torch.randn(2, 8, vocab)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, pixel_values, logits_to_keep):
+            out = logits if logits_to_keep == 0 else logits[:, -logits_to_keep:]
+            return type("Out", (), {"logits": out})()
+
+    batch = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.zeros(2, 3, 4, 4)}
+    logp = logits.log_softmax(-1)
+    ce = lambda b, t: -float(logp[b, t - 1, ids[b, t]])  # noqa: E731  token t predicted at t - 1
+    answer = sum(ce(b, t) for b in range(2) for t in (6, 7))
+    assert float(train_toy.answer_loss(Fixed(), batch)) == pytest.approx(answer, rel=1e-6)
+    # text after the last image token, before the answer: positions 4, 5 in both rows
+    question = sum((ce(b, 4) + ce(b, 5)) / 2 for b in range(2))
+    got = train_toy.answer_loss(Fixed(), batch, image_token_id=image, question_weight=0.5)
+    assert float(got) == pytest.approx(answer + 0.5 * question, rel=1e-6)
+
+
+def test_single_turn_training_with_question_loss_runs(train_toy, tmp_path):
+    train_toy.main(["--out", str(tmp_path / "q"), *SMALL, "--turns", "1", "--question-weight", "1"])
+    log = json.loads((tmp_path / "q" / "train_log.json").read_text())
+    assert log["args"]["question_weight"] == 1.0 and log["args"]["turns"] == 1

@@ -92,6 +92,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="first steps on easy images (0 or 1 other class instead of 1 or 2)",
     )
     p.add_argument(
+        "--word-init",
+        action="store_true",
+        help="after the vision stage, set the colour and shape word embeddings from the image features",
+    )
+    p.add_argument(
         "--question-weight",
         type=float,
         default=0.0,
@@ -401,6 +406,46 @@ def pretrain_vision(model: torch.nn.Module, fast: FastInputs, args: argparse.Nam
     return losses
 
 
+@torch.no_grad()
+def init_word_embeddings(model: torch.nn.Module, fast: FastInputs, args: argparse.Namespace, n_images: int = 256) -> None:
+    """Set the input embeddings of the colour and shape words from the trained image features.
+
+    The mean image token of each class (colour, kind) minus that of an empty cell is fitted by
+    least squares as ``u[colour] + w[kind]``; the embedding of each colour word becomes ``u``,
+    of each shape word (singular and plural) ``w``, rescaled to the embeddings' mean norm. So
+    "red circles" starts out in the image tokens' own space, as LLaVA's projector aligns image
+    features with word embeddings, and matching a question word to image tokens is a
+    similarity from the first step.
+    """
+    from vh_lens.data.shapes import COLORS, SHAPE_KINDS
+
+    colors, kinds = tuple(COLORS), SHAPE_KINDS
+    samples = shapes(n_images, seed=args.seed + 2)
+    feats = torch.cat([
+        torch.stack(list(model.model.get_image_features(pixel_values=fast.pixels(samples[i : i + 64])).pooler_output))
+        for i in range(0, n_images, 64)
+    ])  # fmt: skip
+    cls, _ = patch_targets(samples, colors, kinds)
+    n_cls = 1 + len(colors) * len(kinds)
+    one_hot = F.one_hot(cls, n_cls).float()  # [b, cells, classes]
+    means = torch.einsum("bcd,bck->kd", feats, one_hot) / one_hot.sum((0, 1))[:, None].clamp(min=1)
+    centred = means[1:] - means[0]  # [colour * kinds, d]
+    design = torch.zeros(len(colors) * len(kinds), len(colors) + len(kinds))
+    for c in range(len(colors)):
+        for k in range(len(kinds)):
+            design[c * len(kinds) + k, c] = 1.0
+            design[c * len(kinds) + k, len(colors) + k] = 1.0
+    parts = torch.linalg.lstsq(design, centred).solution  # [colours + kinds, d]
+    emb = model.model.language_model.embed_tokens.weight
+    parts = parts * (emb.norm(dim=-1).mean() / parts.norm(dim=-1).mean())
+    tok = fast.tok
+    for c, color in enumerate(colors):
+        emb[tok.convert_tokens_to_ids(color)] = parts[c]
+    for k, kind in enumerate(kinds):
+        for word in (kind, kind + "s"):
+            emb[tok.convert_tokens_to_ids(word)] = parts[len(colors) + k]
+
+
 def lr_at(step: int, args: argparse.Namespace) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -433,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     t_pre = time.perf_counter()
     fast = FastInputs(processor, shapes(12, seed=args.eval_seed + 1))
     pretrain_losses = pretrain_vision(model, fast, args) if args.vision_pretrain_steps else []
+    if args.word_init:
+        init_word_embeddings(model, fast, args)
     pretrain_seconds = time.perf_counter() - t_pre
     if not args.train_vision:
         model.model.vision_tower.requires_grad_(False)

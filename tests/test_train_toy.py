@@ -79,7 +79,40 @@ def test_answer_loss_by_hand(train_toy):
     assert float(got) == pytest.approx(answer + 0.5 * question, rel=1e-6)
 
 
-def test_single_turn_training_with_question_loss_runs(train_toy, tmp_path):
-    train_toy.main(["--out", str(tmp_path / "q"), *SMALL, "--turns", "1", "--question-weight", "1"])
+def test_single_turn_training_with_question_loss_and_word_init_runs(train_toy, tmp_path):
+    train_toy.main(["--out", str(tmp_path / "q"), *SMALL, "--turns", "1", "--question-weight", "1", "--word-init"])
     log = json.loads((tmp_path / "q" / "train_log.json").read_text())
-    assert log["args"]["question_weight"] == 1.0 and log["args"]["turns"] == 1
+    assert log["args"]["question_weight"] == 1.0 and log["args"]["turns"] == 1 and log["args"]["word_init"]
+
+
+def test_word_init_puts_class_words_in_the_image_token_space(train_toy):
+    """After init, "red" + "circles" is closer to the mean image token of red circles than other pairs are."""
+    from transformers import LlavaForConditionalGeneration
+
+    from vh_lens.data.shapes import COLORS, SHAPE_KINDS, shapes
+    from vh_lens.toy import build_toy_processor, toy_config
+
+    args = train_toy.parse_args(["--out", "unused", *SMALL, "--vision-pretrain-steps", "40", "--batch-size", "16"])
+    torch.manual_seed(0)
+    processor = build_toy_processor()
+    model = LlavaForConditionalGeneration(toy_config(processor, n_layers=1, d_model=32, n_heads=4, d_mlp=64,
+                                                      vision_layers=1, vision_hidden=16))  # fmt: skip
+    fast = train_toy.FastInputs(processor, shapes(4, seed=1))
+    train_toy.pretrain_vision(model, fast, args)
+    train_toy.init_word_embeddings(model, fast, args, n_images=64)
+    samples = shapes(64, seed=9)
+    with torch.no_grad():
+        feats = torch.stack(list(model.model.get_image_features(pixel_values=fast.pixels(samples)).pooler_output))
+    cls, _ = train_toy.patch_targets(samples, tuple(COLORS), SHAPE_KINDS)
+    empty = feats[cls == 0].mean(0)
+    emb = model.model.language_model.embed_tokens.weight.detach()
+    tok = processor.tokenizer
+    hits = 0
+    for c, color in enumerate(COLORS):
+        for k, kind in enumerate(SHAPE_KINDS):
+            mean = feats[cls == 1 + c * len(SHAPE_KINDS) + k].mean(0) - empty
+            words = {(c2, k2): emb[tok.convert_tokens_to_ids(c2)] + emb[tok.convert_tokens_to_ids(k2 + "s")]
+                     for c2 in COLORS for k2 in SHAPE_KINDS}  # fmt: skip
+            best = max(words, key=lambda key: float(torch.cosine_similarity(words[key], mean, dim=0)))
+            hits += best == (color, kind)
+    assert hits >= 6  # of 12 classes; chance would be 1 (a barely trained tower: 40 steps)

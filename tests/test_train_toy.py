@@ -46,6 +46,7 @@ def test_training_runs_saves_and_is_deterministic(train_toy, tmp_path):
     assert [h["step"] for h in log["history"]] == [2, 3]
     assert set(log["final_accuracy"]) >= {"counting", "exists"}
     assert not list(tmp_path.glob(".*partial*")) and not list(tmp_path.glob(".*old"))
+    assert runs[0].stat().st_mode & 0o777 == 0o755
     model = vh_lens.load_llava(runs[0])
     assert model.cfg.n_layers == 2 and model.cfg.d_model == 32
     # a second run into the same folder replaces it whole
@@ -79,10 +80,10 @@ def test_answer_loss_by_hand(train_toy):
     assert float(got) == pytest.approx(answer + 0.5 * question, rel=1e-6)
 
 
-def test_single_turn_training_with_question_loss_and_word_init_runs(train_toy, tmp_path):
-    train_toy.main(["--out", str(tmp_path / "q"), *SMALL, "--turns", "1", "--question-weight", "1", "--word-init"])
+def test_conversation_training_and_word_init_run(train_toy, tmp_path):
+    train_toy.main(["--out", str(tmp_path / "q"), *SMALL, "--turns", "2", "--word-init", "--vision-objective", "probe"])
     log = json.loads((tmp_path / "q" / "train_log.json").read_text())
-    assert log["args"]["question_weight"] == 1.0 and log["args"]["turns"] == 1 and log["args"]["word_init"]
+    assert log["args"]["turns"] == 2 and log["args"]["word_init"] and log["steps_done"] == 3
 
 
 def test_word_init_puts_class_words_in_the_image_token_space(train_toy):

@@ -4,10 +4,10 @@ It ships with the package (``vh_lens/assets/toy_llava/``, Hugging Face format) s
 analysis runs on a fresh machine without downloading weights. It was trained by
 ``scripts/train_toy.py``; ``train_log.json`` beside the weights records how and how well.
 
-Architecture (:func:`toy_config`): a 2-layer CLIP vision tower on 96 px images with 12 px
-patches (8 x 8 = 64 image tokens, the CLS token dropped as in LLaVA-1.5's ``"default"``
-strategy), the LLaVA two-layer GELU projector, and a 6-layer Llama text backbone
-(d_model 128, 8 heads of 64... see :func:`toy_config`). The prompt is LLaVA-1.5's:
+Architecture (:func:`toy_config`): a small CLIP vision tower (3 layers, hidden size 64, in the
+shipped checkpoint) on 96 px images with 12 px patches (8 x 8 = 64 image tokens, the CLS token
+dropped as in LLaVA-1.5's ``"default"`` strategy), the LLaVA two-layer GELU projector, and a
+6-layer Llama text backbone (d_model 128, 8 heads of 16 dimensions, d_mlp 256). The prompt is LLaVA-1.5's:
 ``"USER: <image>\\n{question} ASSISTANT:"``; answers are one token (a digit, ``yes`` / ``no``
 or an option letter) followed by ``</s>``.
 

@@ -112,6 +112,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="weight of the language-model loss on the question tokens (per sample mean), beside the answer loss",
     )
     p.add_argument("--turns", type=int, default=1, help="questions per training image (multi-turn conversation)")
+    p.add_argument(
+        "--vision-from",
+        default=None,
+        help="copy the vision tower and projector of this toy checkpoint and skip stage 1 "
+        "(for experiments on the language model; the train log records it)",
+    )
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
     return p.parse_args(argv)
 
@@ -486,7 +492,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     t_pre = time.perf_counter()
     fast = FastInputs(processor, shapes(12, seed=args.eval_seed + 1))
-    pretrain_losses = pretrain_vision(model, fast, args) if args.vision_pretrain_steps else []
+    if args.vision_from:
+        donor = LlavaForConditionalGeneration.from_pretrained(args.vision_from)
+        model.model.vision_tower.load_state_dict(donor.model.vision_tower.state_dict())
+        model.model.multi_modal_projector.load_state_dict(donor.model.multi_modal_projector.state_dict())
+        del donor
+        pretrain_losses = []
+    else:
+        pretrain_losses = pretrain_vision(model, fast, args) if args.vision_pretrain_steps else []
     if args.word_init:
         init_word_embeddings(model, fast, args)
     pretrain_seconds = time.perf_counter() - t_pre
@@ -507,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     train_time = 0.0
     running: list[float] = []
+    grad_norms: list[float] = []
     step = 0
     for step in range(args.steps):
         t_step = time.perf_counter()
@@ -535,14 +549,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 loss = answer_loss(model, batch, config.image_token_id, args.question_weight) / (2 * len(samples))
                 loss.backward()
                 loss_sum += loss.item()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        grad_norms.append(float(grad_norm))
         opt.step()
         train_time += time.perf_counter() - t_step
         running.append(loss_sum)
         if (step + 1) % args.log_every == 0:
             print(
                 f"step {step + 1} loss {sum(running) / len(running):.4f} lr {lr_at(step, args):.2e} "
-                f"s/step {train_time / (step + 1):.3f} elapsed {time.perf_counter() - t0:.0f}s",
+                f"grad norm {np.median(grad_norms[-args.log_every:]):.3g} s/step {train_time / (step + 1):.3f} elapsed {time.perf_counter() - t0:.0f}s",
                 flush=True,
             )
             running = []

@@ -117,3 +117,17 @@ def test_word_init_puts_class_words_in_the_image_token_space(train_toy):
             best = max(words, key=lambda key: float(torch.cosine_similarity(words[key], mean, dim=0)))
             hits += best == (color, kind)
     assert hits >= 6  # of 12 classes; chance would be 1 (a barely trained tower: 40 steps)
+
+
+def test_vision_from_copies_the_vision_stage_of_a_checkpoint(train_toy, tmp_path):
+    train_toy.main(["--out", str(tmp_path / "donor"), *SMALL])
+    train_toy.main(["--out", str(tmp_path / "lm"), *SMALL, "--seed", "3", "--vision-from", str(tmp_path / "donor")])
+    donor, lm = load_file(tmp_path / "donor" / "model.safetensors"), load_file(tmp_path / "lm" / "model.safetensors")
+    tower = [k for k in donor if "vision_tower" in k]
+    assert tower and all(torch.equal(donor[k], lm[k]) for k in tower)  # frozen in stage 2: copied as is
+    train_toy.main(["--out", str(tmp_path / "own"), *SMALL, "--seed", "3"])  # same seed, own vision stage
+    own = load_file(tmp_path / "own" / "model.safetensors")
+    assert not all(torch.equal(own[k], lm[k]) for k in tower)
+    log = json.loads((tmp_path / "lm" / "train_log.json").read_text())
+    assert log["args"]["vision_from"] == str(tmp_path / "donor")
+    assert donor.keys() == lm.keys()

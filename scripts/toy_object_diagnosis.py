@@ -1,7 +1,9 @@
 """Why the bundled toy LLaVA answers object questions ("How many red circles are there?") only half the time.
 
-Three measurements on a toy checkpoint (default: the bundled one), each printed:
+Four measurements on a toy checkpoint (default: the bundled one), each printed:
 
+0. ``selectivity``: per head, at the answer query, the mean attention on one patch of the asked
+   class divided by the mean attention on one patch of another shape (1 = no preference).
 1. ``probe``: does the answer query know the asked class? A least-squares linear probe on the
    residual stream at the answer query (after each layer) predicts the asked colour and shape
    (trained on 400 questions, tested on 200).
@@ -39,6 +41,32 @@ def asked_class(sample) -> tuple[int, int]:
     color = next(w for w in words if w in COLORS)
     kind = next(w[:-1] for w in words if w.endswith("s") and w[:-1] in SHAPE_KINDS)
     return list(COLORS).index(color), SHAPE_KINDS.index(kind)
+
+
+@torch.no_grad()
+def selectivity(path, n: int = 48) -> torch.Tensor:
+    """``[n_layers, n_heads]`` per-patch attention on the asked class over that on other shapes."""
+    model = load_toy(path)
+    samples = shapes(n, seed=4242, kinds=("count_object",))
+    batch = model.prepare_samples(samples, format_question=format_question)
+    _, cache = model.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_pattern"))
+    pattern = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)], 1)
+    on_asked, on_other = torch.zeros(pattern.shape[1:3]), torch.zeros(pattern.shape[1:3])
+    n_asked = n_other = 0
+    for i, s in enumerate(samples):
+        layout = batch.layout[i]
+        color, kind = asked_class(s)
+        grid = s.metadata["grid"]
+        rows = pattern[i, :, :, layout.query_position]  # [layers, heads, keys]
+        for shape in s.metadata["shapes"]:
+            key = layout.image_positions[shape["row"] * grid + shape["col"]]
+            if (shape["color"], shape["kind"]) == (list(COLORS)[color], SHAPE_KINDS[kind]):
+                on_asked += rows[..., key]
+                n_asked += 1
+            else:
+                on_other += rows[..., key]
+                n_other += 1
+    return (on_asked / n_asked) / (on_other / n_other)
 
 
 def probe_query(path, n_train: int = 400, n_test: int = 200) -> list[tuple[str, float, float]]:
@@ -142,6 +170,10 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    ratio = selectivity(args.path)
+    print("0. per-patch attention at the answer query, asked class / other shapes (layers x heads):")
+    print(ratio.numpy().round(2))
+    print(f"   range {ratio.min():.2f} - {ratio.max():.2f}")
     print("1. linear probe of the asked class at the answer query (held-out accuracy):")
     for name, color, kind in probe_query(args.path):
         print(f"  {name}: colour {color:.0%}, shape {kind:.0%}")

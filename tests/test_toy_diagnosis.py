@@ -29,7 +29,10 @@ def test_asked_class_reads_the_question(diag):
 
 def test_rope_matches_hugging_face_llama(diag):
     from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+    from transformers.models.llama.modeling_llama import (
+        LlamaRotaryEmbedding,
+        apply_rotary_pos_emb,
+    )
 
     cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_theta=1000.0)
     x = torch.randn(1, 1, 7, 16)

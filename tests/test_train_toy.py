@@ -71,7 +71,7 @@ def test_answer_loss_by_hand(train_toy):
 
     batch = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.zeros(2, 3, 4, 4)}
     logp = logits.log_softmax(-1)
-    ce = lambda b, t: -float(logp[b, t - 1, ids[b, t]])  # noqa: E731  token t predicted at t - 1
+    ce = lambda b, t: -float(logp[b, t - 1, ids[b, t]])
     answer = sum(ce(b, t) for b in range(2) for t in (6, 7))
     assert float(train_toy.answer_loss(Fixed(), batch)) == pytest.approx(answer, rel=1e-6)
     # text after the last image token, before the answer: positions 4, 5 in both rows

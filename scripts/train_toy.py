@@ -113,6 +113,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--turns", type=int, default=1, help="questions per training image (multi-turn conversation)")
     p.add_argument(
+        "--first-kinds",
+        default=None,
+        help="comma-separated kind cycle of the first --first-steps steps (for example count_object: "
+        "the language model learns to find the asked class before the other kinds join)",
+    )
+    p.add_argument("--first-steps", type=int, default=0)
+    p.add_argument(
         "--vision-from",
         default=None,
         help="copy the vision tower and projector of this toy checkpoint and skip stage 1 "
@@ -461,6 +468,13 @@ def init_word_embeddings(model: torch.nn.Module, fast: FastInputs, args: argpars
             emb[tok.convert_tokens_to_ids(word)] = parts[len(colors) + k]
 
 
+def kinds_at(step: int, args: argparse.Namespace) -> tuple[str, ...]:
+    """The training kind cycle at ``step``: ``--first-kinds`` for the first ``--first-steps`` steps, then ``--kinds``."""
+    if args.first_kinds and step < args.first_steps:
+        return tuple(args.first_kinds.split(","))
+    return tuple(args.kinds.split(","))
+
+
 def lr_at(step: int, args: argparse.Namespace) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -529,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         samples = shapes(
             args.batch_size,
             seed=args.seed,
-            kinds=kinds,
+            kinds=kinds_at(step, args),
             start=step * args.batch_size,
             min_groups=0 if easy else 1,
             max_groups=1 if easy else 2,

@@ -131,3 +131,10 @@ def test_vision_from_copies_the_vision_stage_of_a_checkpoint(train_toy, tmp_path
     log = json.loads((tmp_path / "lm" / "train_log.json").read_text())
     assert log["args"]["vision_from"] == str(tmp_path / "donor")
     assert donor.keys() == lm.keys()
+
+
+def test_first_kinds_lead_then_the_main_cycle(train_toy):
+    args = train_toy.parse_args(["--kinds", "exists,count_super", "--first-kinds", "count_object", "--first-steps", "3"])
+    assert [train_toy.kinds_at(s, args) for s in (0, 2, 3, 9)] == [("count_object",)] * 2 + [("exists", "count_super")] * 2
+    plain = train_toy.parse_args(["--kinds", "exists"])
+    assert train_toy.kinds_at(0, plain) == ("exists",)

@@ -11,7 +11,12 @@ the data order is fixed. Two stages:
    the same class (``--vision-objective count``). A real LLaVA's CLIP encoder brings rich
    features; this stands in for it. The tower is then frozen, as LLaVA freezes CLIP.
 2. Language model and projector: cross-entropy of the answer token and the ``</s>`` after
-   it, plus (``--question-weight``) the mean cross-entropy of the question tokens.
+   it, plus (``--question-weight``) the mean cross-entropy of the question tokens. The first
+   ``--first-steps`` steps see object questions only (``--first-kinds``). With the other
+   kinds mixed in from the start, object counting stayed near 50% in every run made (up to
+   2000-3000 steps): the model read an image-wide summary instead of finding the class the
+   question names (``scripts/toy_object_diagnosis.py``); on object questions alone it
+   learns to find it after about 1000 steps.
 
 Held-out accuracy is measured on another seed (``--eval-seed``) by the argmax of the first
 answer token, on the trained question kinds. Multiple-choice questions are not trained by
@@ -52,7 +57,7 @@ from vh_lens.toy import TOY_PATH, build_toy_processor, toy_config, toy_inputs
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=TOY_PATH, help="output folder")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine decay floor, as a fraction of --lr")
@@ -63,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-n", type=int, default=240, help="held-out samples (the trained kinds, balanced)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the result depends on it)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the result depends on it)")
     p.add_argument(
         "--kinds",
         default="count_object,exists,count_object,exists,count_super,count_object,exists,count_general",
@@ -79,7 +84,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--vision-pretrain-steps",
         type=int,
-        default=3000,
+        default=2000,
         help="stage 1: steps of per-patch supervision for the vision tower and projector",
     )
     p.add_argument("--vision-pretrain-lr", type=float, default=3e-3)
@@ -114,11 +119,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=1, help="questions per training image (multi-turn conversation)")
     p.add_argument(
         "--first-kinds",
-        default=None,
+        default="count_object",
         help="comma-separated kind cycle of the first --first-steps steps (for example count_object: "
         "the language model learns to find the asked class before the other kinds join)",
     )
-    p.add_argument("--first-steps", type=int, default=0)
+    p.add_argument("--first-steps", type=int, default=1500)
     p.add_argument(
         "--vision-from",
         default=None,

@@ -36,11 +36,9 @@ from vh_lens.toy import TOY_PATH, format_question, load_toy, load_toy_hf, toy_in
 
 
 def asked_class(sample) -> tuple[int, int]:
-    """(colour index, shape index) named by an object question."""
-    words = sample.question.rstrip("?").split()
-    color = next(w for w in words if w in COLORS)
-    kind = next(w[:-1] for w in words if w.endswith("s") and w[:-1] in SHAPE_KINDS)
-    return list(COLORS).index(color), SHAPE_KINDS.index(kind)
+    """(colour index, shape index) of the class an object question names (the generator records it)."""
+    target = sample.metadata["target"]
+    return list(COLORS).index(target["color"]), SHAPE_KINDS.index(target["kind"])
 
 
 @torch.no_grad()
@@ -55,12 +53,12 @@ def selectivity(path, n: int = 48) -> torch.Tensor:
     n_asked = n_other = 0
     for i, s in enumerate(samples):
         layout = batch.layout[i]
-        color, kind = asked_class(s)
+        target = s.metadata["target"]
         grid = s.metadata["grid"]
         rows = pattern[i, :, :, layout.query_position]  # [layers, heads, keys]
         for shape in s.metadata["shapes"]:
             key = layout.image_positions[shape["row"] * grid + shape["col"]]
-            if (shape["color"], shape["kind"]) == (list(COLORS)[color], SHAPE_KINDS[kind]):
+            if (shape["color"], shape["kind"]) == (target["color"], target["kind"]):
                 on_asked += rows[..., key]
                 n_asked += 1
             else:

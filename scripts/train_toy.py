@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from vh_lens.data.sample import Sample
-from vh_lens.data.shapes import KINDS, shapes
+from vh_lens.data.shapes import shapes
 from vh_lens.toy import TOY_PATH, build_toy_processor, toy_config, toy_inputs
 
 
@@ -163,8 +163,13 @@ class FastInputs:
             if not torch.allclose(ref["pixel_values"], got["pixel_values"], atol=1e-5, rtol=0):
                 raise RuntimeError("fast pixel values differ from the processor's")
 
+    @staticmethod
+    def first_turn(question: str) -> str:
+        """LLaVA-1.5's user turn with the image, up to the assistant's answer."""
+        return f"USER: <image>\n{question} ASSISTANT:"
+
     def prompt(self, sample: Sample) -> str:
-        return f"USER: <image>\n{self.format_question(sample)} ASSISTANT:"
+        return self.first_turn(self.format_question(sample))
 
     def __call__(self, samples: Sequence[Sample], answers: bool = False) -> dict[str, torch.Tensor]:
         texts = [self.prompt(s) for s in samples]
@@ -264,7 +269,7 @@ def conversation_inputs(fast: FastInputs, samples: Sequence[Sample], turns: int,
     for s in samples:
         parts = []
         for i, (q, a) in enumerate(conversation(s, turns, seed)):
-            user = f"USER: <image>\n{q} ASSISTANT:" if i == 0 else f"USER: {q} ASSISTANT:"
+            user = fast.first_turn(q) if i == 0 else f"USER: {q} ASSISTANT:"
             parts.append(f"{user} {a}{tok.eos_token}")
         texts.append("".join(parts))
     batch = fast.encode(texts, samples)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PIP_NO_INDEX", "1")
@@ -33,6 +35,16 @@ def tiny_lens(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | No
     model, processor = tiny_pair(kind, backbone, n_kv_heads)
     loader = vh_lens.load_llava if processed else vh_lens.load_llava_no_processing
     return loader(model, processor=processor)
+
+
+@functools.lru_cache(maxsize=None)
+def load_script(name: str):
+    """``scripts/{name}.py`` imported as a module (the scripts are not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

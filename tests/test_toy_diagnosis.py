@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_script
 
 from vh_lens.data.shapes import COLORS, SHAPE_KINDS, shapes
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "toy_object_diagnosis.py"
 
 
 @pytest.fixture(scope="module")
 def diag():
-    spec = importlib.util.spec_from_file_location("toy_object_diagnosis", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("toy_object_diagnosis")
 
 
 def test_asked_class_reads_the_question(diag):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_toy.py"
 SMALL = [
     "--steps", "3", "--batch-size", "6", "--eval-n", "8", "--eval-every", "2", "--log-every", "1",
     "--n-layers", "2", "--d-model", "32", "--n-heads", "4", "--d-mlp", "64",
@@ -20,10 +18,7 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def train_toy():
-    spec = importlib.util.spec_from_file_location("train_toy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_toy")
 
 
 def test_class_counts_by_hand(train_toy):

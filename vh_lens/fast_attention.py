@@ -35,7 +35,6 @@ from __future__ import annotations
 import types
 from typing import Any
 
-import einops
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -132,8 +131,8 @@ def _fast_forward(
     if has_key is not None:
         z = z * has_key[..., None].to(z.dtype)
     z = attn.hook_z(z.transpose(1, 2))  # [b, pos, heads, d_head]
-    w = einops.rearrange(attn.W_O, "head_index d_head d_model -> d_model (head_index d_head)")
-    return F.linear(z.reshape(batch, n_pos, n_heads * d_head).to(w.dtype), w, attn.b_O)
+    w_o = attn.W_O.reshape(n_heads * d_head, -1)  # [(head d_head), d_model]: a view, no per-call copy
+    return F.linear(z.reshape(batch, n_pos, n_heads * d_head).to(w_o.dtype), w_o.T, attn.b_O)
 
 
 def mlp_supported(mlp: nn.Module) -> bool:

@@ -1,9 +1,10 @@
 """Paper A's masking experiment and logit lens on the bundled toy LLaVA; prints the figures.
 
 Usage:
-    python scripts/toy_findings.py [--n 96] [--ks 2 4 8 16]
+    python scripts/toy_findings.py [--n 96] [--ks 2 4 8 16 24] [--accuracy-n 400]
 
-Prints the top heads per stage, paper A's masking table (each stage's top-k heads against k
+Prints the model's accuracy per question family on fresh samples (seed 4242, as tests/test_toy.py),
+the top heads per stage, paper A's masking table (each stage's top-k heads against k
 random heads of the same stage), the same over all layers (the findings test's comparison), and
 the logit lens at the answer query.
 """
@@ -18,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import vh_lens
-from vh_lens.data.shapes import shapes
+from vh_lens.data.shapes import COUNT_KINDS, shapes
 from vh_lens.toy import format_question, load_toy
 
 COUNTING = ("count_super", "count_general")  # the pointer questions, which the bundled model answers
@@ -27,10 +28,16 @@ COUNTING = ("count_super", "count_general")  # the pointer questions, which the 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=96, help="samples for the scan and for the evaluation")
-    parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8, 16, 24])
+    parser.add_argument("--accuracy-n", type=int, default=400, help="fresh samples per question family (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_toy()
+    families = {"counting": COUNT_KINDS, "pointer counting": COUNTING, "object counting": ("count_object",), "yes/no": ("exists",)}
+    for name, kinds in families.items() if args.accuracy_n else ():
+        fresh = shapes(args.accuracy_n, seed=4242, kinds=kinds)
+        acc = vh_lens.evaluate(model, fresh, format_question=format_question, progress=False).accuracy
+        print(f"accuracy, {name}: {acc:.1%} (n={args.accuracy_n}, seed 4242)")
     scores = vh_lens.scan_visual_heads(model, shapes(args.n, seed=123, kinds=COUNTING), batch_size=16, progress=False)
     for stage in ("early", "mid", "late"):
         print(f"top heads, {stage}: {scores.top_heads(4, stage=stage)}")

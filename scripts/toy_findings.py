@@ -33,11 +33,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_toy()
+
+    def accuracy(samples, heads=None) -> float:
+        hooks = [] if heads is None else vh_lens.ablate_heads(heads, method="zero")
+        return vh_lens.evaluate(model, samples, fwd_hooks=hooks, format_question=format_question, progress=False).accuracy
+
     families = {"counting": COUNT_KINDS, "pointer counting": COUNTING, "object counting": ("count_object",), "yes/no": ("exists",)}
-    for name, kinds in families.items() if args.accuracy_n else ():
-        fresh = shapes(args.accuracy_n, seed=4242, kinds=kinds)
-        acc = vh_lens.evaluate(model, fresh, format_question=format_question, progress=False).accuracy
-        print(f"accuracy, {name}: {acc:.1%} (n={args.accuracy_n}, seed 4242)")
+    if args.accuracy_n:
+        for name, kinds in families.items():
+            acc = accuracy(shapes(args.accuracy_n, seed=4242, kinds=kinds))
+            print(f"accuracy, {name}: {acc:.1%} (n={args.accuracy_n}, seed 4242)")
     scores = vh_lens.scan_visual_heads(model, shapes(args.n, seed=123, kinds=COUNTING), batch_size=16, progress=False)
     for stage in ("early", "mid", "late"):
         print(f"top heads, {stage}: {scores.top_heads(4, stage=stage)}")
@@ -48,14 +53,10 @@ def main() -> None:
     )
     print(result.to_markdown())
 
-    def accuracy(heads=None) -> float:
-        hooks = [] if heads is None else vh_lens.ablate_heads(heads, method="zero")
-        return vh_lens.evaluate(model, held_out, fwd_hooks=hooks, format_question=format_question, progress=False).accuracy
-
-    print(f"\nall layers, zero ablation (baseline {accuracy():.1%}):")
+    print(f"\nall layers, zero ablation (baseline {accuracy(held_out):.1%}):")
     for k in args.ks:
-        random = [accuracy(scores.random_heads(k, seed=seed)) for seed in (0, 1, 2)]
-        print(f"  top {k} by detection: {accuracy(scores.top_heads(k)):.1%}; "
+        random = [accuracy(held_out, scores.random_heads(k, seed=seed)) for seed in (0, 1, 2)]
+        print(f"  top {k} by detection: {accuracy(held_out, scores.top_heads(k)):.1%}; "
               f"{k} random heads: {', '.join(f'{r:.1%}' for r in random)} (seeds 0, 1, 2)")
     batch = model.prepare_samples(held_out, format_question=format_question)
     trace = vh_lens.logit_lens(model, batch, answers=[s.answer for s in held_out])

@@ -16,6 +16,8 @@ _EXPORTS = {
     "SUPPORTED_MODELS": "vh_lens.loading",
     "SUPPORTED_BACKBONES": "vh_lens.loading",
     "UnsupportedModelError": "vh_lens.loading",
+    "check_conformance": "vh_lens.conformance",
+    "conformance_table": "vh_lens.conformance",
     "LlavaLens": "vh_lens.model",
     "LlavaBatch": "vh_lens.model",
     "TokenLayout": "vh_lens.layout",
@@ -92,4 +94,5 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from vh_lens.loading import SUPPORTED_BACKBONES, SUPPORTED_MODELS, UnsupportedModelError, load_llava, load_llava_no_processing
+    from vh_lens.conformance import check_conformance, conformance_table
     from vh_lens.model import LlavaBatch, LlavaLens

@@ -29,6 +29,14 @@ from transformers import (
     VipLlavaForConditionalGeneration,
 )
 
+from vh_lens.conformance import (
+    UnsupportedModelError,
+    attention_biases,
+    attention_windows,
+    check_conformance,
+    tl_activation,
+)
+
 SUPPORTED_MODELS: dict[str, type[PreTrainedModel]] = {
     "llava": LlavaForConditionalGeneration,
     "llava_next": LlavaNextForConditionalGeneration,
@@ -46,17 +54,17 @@ _ARCHITECTURES = {
 DEFAULT_MAX_CTX = 4096
 
 
-class UnsupportedModelError(ValueError):
-    """The checkpoint is not one of the supported LLaVA families or backbones."""
-
-
 def supported_list() -> str:
     names = ", ".join(cls.__name__ for cls in SUPPORTED_MODELS.values())
     return f"{names}; language backbones: {', '.join(SUPPORTED_BACKBONES)}"
 
 
 def check_config(config: PretrainedConfig) -> type[PreTrainedModel]:
-    """Return the model class for ``config`` or raise :class:`UnsupportedModelError`."""
+    """Return the model class for ``config`` or raise :class:`UnsupportedModelError`.
+
+    Past the family and backbone, every field goes through :func:`vh_lens.conformance.check_conformance`:
+    a value vh_lens cannot reproduce exactly is refused, naming the config class, field and value.
+    """
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODELS:
         raise UnsupportedModelError(
@@ -67,6 +75,7 @@ def check_config(config: PretrainedConfig) -> type[PreTrainedModel]:
         raise UnsupportedModelError(
             f"unsupported language backbone {text_type!r} in a {model_type} checkpoint. Supported: {supported_list()}"
         )
+    check_conformance(config)
     return SUPPORTED_MODELS[model_type]
 
 
@@ -93,6 +102,7 @@ def read_config(folder: Path) -> PretrainedConfig:
 
 
 def _rope(text_config: PretrainedConfig) -> dict:
+    """TransformerLens rotary settings of a checked text config (see ``conformance._rope_parameters``)."""
     params = dict(getattr(text_config, "rope_parameters", None) or {})
     theta = params.get("rope_theta", getattr(text_config, "rope_theta", 10000.0))
     out: dict = {"rotary_base": float(theta)}
@@ -107,7 +117,8 @@ def _rope(text_config: PretrainedConfig) -> dict:
         )
     elif rope_type not in ("default", None):
         raise UnsupportedModelError(f"rope scaling {rope_type!r} is not supported (supported: default, llama3)")
-    out["partial_rotary_factor"] = float(params.get("partial_rotary_factor", getattr(text_config, "partial_rotary_factor", 1.0)))
+    # only Phi-3 rotates part of each head (Llama, Mistral and Qwen2 rotate all of it)
+    out["partial_rotary_factor"] = float(params.get("partial_rotary_factor", 1.0)) if text_config.model_type == "phi3" else 1.0
     return out
 
 
@@ -124,8 +135,9 @@ def hooked_config(
     Args:
         config: the LLaVA config (its ``text_config`` is used).
         n_ctx: context length; defaults to ``min(max_position_embeddings, 4096)`` (the
-            causal mask is ``n_ctx x n_ctx`` per layer); a Mistral or Phi-3 sliding window
-            becomes TransformerLens local attention.
+            causal mask is ``n_ctx x n_ctx`` per layer); sliding windows become TransformerLens
+            local attention on the layers that have one (``conformance.attention_windows``:
+            all layers for Mistral and Phi-3, Qwen2's ``layer_types``).
         fold_ln: whether the weights will be folded (``RMSPre`` normalisation instead of ``RMS``).
     """
     check_config(config)
@@ -136,10 +148,10 @@ def hooked_config(
     partial = rope.pop("partial_rotary_factor")
     max_pos = int(tc.max_position_embeddings)
     ctx = int(n_ctx) if n_ctx is not None else min(max_pos, DEFAULT_MAX_CTX)
-    window = getattr(tc, "sliding_window", None)
-    if tc.model_type == "qwen2" and not getattr(tc, "use_sliding_window", False):
-        window = None
-    local = window is not None and int(window) < ctx
+    # a window at least n_ctx long masks nothing: that layer is global
+    windows = [w if w is not None and w < ctx else None for w in attention_windows(tc)]
+    local = any(w is not None for w in windows)
+    window = next((w for w in windows if w is not None), None)
     cfg = HookedTransformerConfig(
         d_model=tc.hidden_size,
         d_head=d_head,
@@ -150,7 +162,7 @@ def hooked_config(
         n_ctx=ctx,
         d_vocab=tc.vocab_size,
         eps=tc.rms_norm_eps,
-        act_fn=tc.hidden_act,
+        act_fn=tl_activation(tc.hidden_act),
         normalization_type="RMSPre" if fold_ln else "RMS",
         final_rms=True,
         gated_mlp=True,
@@ -162,8 +174,9 @@ def hooked_config(
         tokenizer_prepends_bos=True,
         default_prepend_bos=False,
         use_local_attn=local,
-        window_size=int(window) if local else None,
-        attn_types=["local"] * tc.num_hidden_layers if local else None,
+        window_size=window,
+        attn_types=["local" if w is not None else "global" for w in windows] if local else None,
+        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),  # read by _outer_groups
         init_weights=False,
         dtype=dtype,
         device=str(device),
@@ -300,15 +313,27 @@ def _split_heads(w: torch.Tensor, n: int) -> torch.Tensor:
     return einops.rearrange(w, "(n h) m -> n m h", n=n)
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype conversion and weight processing work in: float64 for a float64 model, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def convert_layer(
-    src: TensorSource, layer: int, cfg: HookedTransformerConfig, text_type: str, part: str
+    src: TensorSource, layer: int, cfg: HookedTransformerConfig, text_config: PretrainedConfig, part: str
 ) -> dict[str, torch.Tensor]:
     """Half a decoder layer (``part`` ``"attn"`` or ``"mlp"``, each with its norm) of a Llama /
-    Mistral / Qwen2 / Phi-3 checkpoint in TransformerLens keys ``blocks.0.*``, in float32."""
+    Mistral / Qwen2 / Phi-3 checkpoint in TransformerLens keys ``blocks.0.*``, in
+    :func:`working_dtype`.
+
+    The biases read are the ones the config declares (``conformance.attention_biases``: Qwen2's
+    q/k/v, Llama's q/k/v/o with ``attention_bias``), each required; the others are zero.
+    """
     p = f"lm.layers.{layer}."
+    work = working_dtype(cfg.dtype)
+    text_type = text_config.model_type
 
     def get(name: str) -> torch.Tensor:
-        return src.get(p + name).float()
+        return src.get(p + name).to(work)
 
     if part == "mlp":
         if text_type == "phi3":
@@ -319,14 +344,15 @@ def convert_layer(
             "blocks.0.ln2.w": get("post_attention_layernorm.weight"),
             "blocks.0.mlp.W_in": up.T,
             "blocks.0.mlp.W_gate": gate.T,
-            "blocks.0.mlp.b_in": torch.zeros(cfg.d_mlp),  # type: ignore[arg-type]
+            "blocks.0.mlp.b_in": torch.zeros(cfg.d_mlp, dtype=work),  # type: ignore[arg-type]
             "blocks.0.mlp.W_out": get("mlp.down_proj.weight").T,
-            "blocks.0.mlp.b_out": torch.zeros(cfg.d_model),
+            "blocks.0.mlp.b_out": torch.zeros(cfg.d_model, dtype=work),
         }
     n_h = cfg.n_heads
     n_kv = cfg.n_key_value_heads or n_h
     gqa = "_" if cfg.n_key_value_heads is not None else ""
     d_head = cfg.d_head
+    biases = attention_biases(text_config)
     sd: dict[str, torch.Tensor] = {"blocks.0.ln1.w": get("input_layernorm.weight")}
     if text_type == "phi3":
         w_q, w_k, w_v = get("self_attn.qkv_proj.weight").split([n_h * d_head, n_kv * d_head, n_kv * d_head], dim=0)
@@ -336,19 +362,22 @@ def convert_layer(
     sd[f"blocks.0.attn.{gqa}W_K"] = _split_heads(w_k, n_kv)
     sd[f"blocks.0.attn.{gqa}W_V"] = _split_heads(w_v, n_kv)
     for x, n, pre in (("q", n_h, ""), ("k", n_kv, gqa), ("v", n_kv, gqa)):
-        key = f"self_attn.{x}_proj.bias"
-        bias = get(key).reshape(n, d_head) if (p + key) in src else torch.zeros(n, d_head)
+        bias = get(f"self_attn.{x}_proj.bias").reshape(n, d_head) if x in biases else torch.zeros(n, d_head, dtype=work)
         sd[f"blocks.0.attn.{pre}b_{x.upper()}"] = bias
     sd["blocks.0.attn.W_O"] = einops.rearrange(get("self_attn.o_proj.weight"), "m (n h) -> n h m", n=n_h)
-    sd["blocks.0.attn.b_O"] = torch.zeros(cfg.d_model)
+    sd["blocks.0.attn.b_O"] = get("self_attn.o_proj.bias") if "o" in biases else torch.zeros(cfg.d_model, dtype=work)
     return sd
 
 
 def _outer_groups(
     src: TensorSource, cfg: HookedTransformerConfig, rows: int = 256
 ) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
-    """Embedding, then final norm with unembedding, in TransformerLens keys (float32), one group at
-    a time, each with the processing flags it overrides.
+    """Embedding, then final norm with unembedding, in TransformerLens keys (:func:`working_dtype`),
+    one group at a time, each with the processing flags it overrides.
+
+    The unembedding is the token embedding when the LLaVA config ties them
+    (``cfg.tie_word_embeddings``, set by :func:`hooked_config`, as Hugging Face ties), else the
+    checkpoint's ``lm_head.weight``, which must then be there.
 
     The unembedding is processed in blocks of ``rows`` rows of ``W_U`` (d_model rows): folding the
     final norm scales each row and centring subtracts each row's mean over the vocabulary, so
@@ -356,14 +385,26 @@ def _outer_groups(
     not here: TransformerLens' processing leaves it unchanged for RMS-normed models, so it is read
     straight into the model.
     """
-    head = src.get("head.weight" if "head.weight" in src else "lm.embed_tokens.weight")  # tied embeddings
-    norm = src.get("lm.norm.weight").float()
+    work = working_dtype(cfg.dtype)
+    if cfg.tie_word_embeddings:
+        head = src.get("lm.embed_tokens.weight")
+    elif "head.weight" in src:
+        head = src.get("head.weight")
+    else:
+        raise UnsupportedModelError(
+            "checkpoint has no lm_head.weight and its config does not tie word embeddings (tie_word_embeddings = False)"
+        )
+    if tuple(head.shape) != (cfg.d_vocab, cfg.d_model):
+        raise UnsupportedModelError(
+            f"unembedding has shape {tuple(head.shape)}, the config says vocab_size x hidden_size = {(cfg.d_vocab, cfg.d_model)}"
+        )
+    norm = src.get("lm.norm.weight").to(work)
     for start in range(0, cfg.d_model, rows):
         block = slice(start, start + rows)
         yield {
             "ln_final.w": norm[block],
-            "unembed.W_U": head[:, block].T.float(),
-            "unembed.b_U": torch.zeros(cfg.d_vocab),
+            "unembed.W_U": head[:, block].T.to(work),
+            "unembed.b_U": torch.zeros(cfg.d_vocab, dtype=work),
         }, {"rows": block}
 
 
@@ -372,7 +413,39 @@ def _process(sd: dict[str, torch.Tensor], cfg: HookedTransformerConfig, n_layers
     part = copy.copy(cfg)
     part.n_layers = n_layers
     part.normalization_type = "RMS"  # the weights still carry their norms
-    return ProcessWeights.process_weights(sd, part, **flags)
+    return process_weights_keeping_dtype(sd, part, **flags)
+
+
+def process_weights_keeping_dtype(
+    sd: dict[str, torch.Tensor],
+    cfg: HookedTransformerConfig,
+    *,
+    fold_ln: bool,
+    center_writing_weights: bool,
+    center_unembed: bool,
+    fold_value_biases: bool,
+) -> dict[str, torch.Tensor]:
+    """``ProcessWeights.process_weights`` of an RMS-normed model, float64 kept float64.
+
+    TransformerLens' ``process_weights`` casts every tensor that is not float32 to float32 and back
+    (meant for float16 / bfloat16), so float64 weights would pass through float32. For float64 this
+    runs the same steps it runs for RMS norms, in its order, on the float64 tensors: fold the norm
+    weights (no biases, no centring), centre the unembedding, fold the value biases into ``b_O``
+    (centring writing weights is a no-op for RMS norms in TransformerLens). Other dtypes go to
+    ``process_weights`` itself; a test checks both give the same weights in float32.
+    """
+    assert cfg.normalization_type in ("RMS", "RMSPre"), cfg.normalization_type
+    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+                 fold_value_biases=fold_value_biases)
+    if not any(v.dtype == torch.float64 for v in sd.values()):
+        return ProcessWeights.process_weights(sd, cfg, **flags)
+    if fold_ln:
+        sd = ProcessWeights.fold_layer_norm(sd, cfg, fold_biases=False, center_weights=False)
+    if center_unembed:
+        sd = ProcessWeights.center_unembed(sd, cfg=cfg)
+    if fold_value_biases:
+        sd = ProcessWeights.fold_value_biases(sd, cfg)
+    return sd
 
 
 def load_backbone(
@@ -398,11 +471,10 @@ def load_backbone(
         fold_value_biases=fold_value_biases,
     )
     lm = HookedTransformer(cfg, move_to_device=True)
-    text_type = config.text_config.model_type
     target = _Filled(lm.state_dict())
     for layer in range(cfg.n_layers):
         for part in ("attn", "mlp"):
-            group = _process(convert_layer(src, layer, cfg, text_type, part), cfg, 1, {**flags, "center_unembed": False})
+            group = _process(convert_layer(src, layer, cfg, config.text_config, part), cfg, 1, {**flags, "center_unembed": False})
             _copy_into(target, {k.replace("blocks.0.", f"blocks.{layer}.", 1): v for k, v in group.items()})
             del group
             _release_freed_memory()

@@ -80,6 +80,9 @@ def tiny_llava(
     rope_parameters: dict | None = None,
     tie_word_embeddings: bool = False,
     image_pad: bool = False,
+    text_overrides: dict | None = None,
+    vision_overrides: dict | None = None,
+    config_overrides: dict | None = None,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A random-weight Hugging Face LLaVA model and its processor, small enough for CPU tests.
 
@@ -99,6 +102,9 @@ def tiny_llava(
         image_size: the vision tower's input size; the image grid is ``image_size // patch_size``.
         rope_parameters: passed to the text config (e.g. Llama-3's ``{"rope_type": "llama3", ...}``).
         image_pad: LLaVA-1.5 only: pad images to a square instead of centre cropping.
+        text_overrides, vision_overrides, config_overrides: extra keyword arguments of the text,
+            vision and LLaVA configs (e.g. ``text_overrides={"attention_bias": True}``), applied
+            last; the processor follows ``vision_feature_select_strategy``.
 
     Returns:
         ``(model, processor)``, the model in eval mode on the CPU in float32.
@@ -132,7 +138,7 @@ def tiny_llava(
         text_kwargs["rope_parameters"] = rope_parameters
     if backbone == "mistral":
         text_kwargs["sliding_window"] = None
-    text_config = _TEXT_CONFIGS[backbone](**text_kwargs)
+    text_config = _TEXT_CONFIGS[backbone](**{**text_kwargs, **(text_overrides or {})})
     vision_config = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -141,6 +147,7 @@ def tiny_llava(
         image_size=image_size,
         patch_size=patch_size,
         projection_dim=32,
+        **(vision_overrides or {}),
     )
     config_cls, model_cls = _MODEL_CLASSES[kind]
     common = dict(
@@ -149,18 +156,25 @@ def tiny_llava(
         image_token_index=image_token_id,
         tie_word_embeddings=tie_word_embeddings,
     )
+    overrides = dict(config_overrides or {})
+    common.update({k: overrides.pop(k) for k in list(overrides) if k in common})
     if kind == "vip_llava":
-        config = config_cls(vision_feature_layer=[-2, -1, 0], **common)
+        config = config_cls(**{"vision_feature_layer": [-2, -1, 0], **common, **overrides})
     elif kind == "llava_next":
         pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
         config = config_cls(
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-            image_grid_pinpoints=pinpoints,
-            **common,
+            **{
+                "vision_feature_layer": -2,
+                "vision_feature_select_strategy": "default",
+                "image_grid_pinpoints": pinpoints,
+                **common,
+                **overrides,
+            }
         )
     else:
-        config = config_cls(vision_feature_layer=-2, vision_feature_select_strategy="default", **common)
+        config = config_cls(
+            **{"vision_feature_layer": -2, "vision_feature_select_strategy": "default", **common, **overrides}
+        )
     config._attn_implementation = "eager"
     config.text_config._attn_implementation = "eager"
     config.vision_config._attn_implementation = "eager"
@@ -186,7 +200,7 @@ def _tiny_processor(kind, tokenizer, image_size, patch_size, config, *, image_pa
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=getattr(config, "vision_feature_select_strategy", "default"),
         num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
         chat_template=LLAVA_15_CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,

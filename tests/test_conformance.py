@@ -16,7 +16,8 @@ from transformer_lens.weight_processing import ProcessWeights
 import vh_lens
 from vh_lens import conformance
 from vh_lens.conformance import FIELD_RULES, INERT_FIELDS, check_conformance
-from vh_lens.loading import convert_layer, hooked_config, process_weights_keeping_dtype, TensorSource
+from vh_lens._precision import process_weights_keeping_dtype
+from vh_lens.loading import TensorSource, convert_layer, hooked_config
 from vh_lens.testing import tiny_llava
 
 QUESTIONS = ["how many dogs?", "what color is the cat in this picture ?", "is there a red circle in the image"]
@@ -46,7 +47,9 @@ class Case:
         overrides = dict(self.text + self.vision + self.llava)
         value = overrides.get(self.rule[1], "tiny")
         more = f"+{len(self.also)}" if self.also else ""
-        return f"{self.rule[0]}.{self.rule[1]}={value}{more}".replace(" ", "")
+        kv = f"-kv{self.n_kv}" if self.n_kv and value != "tiny" else ""
+        kind = f"-{self.kind}" if self.kind != "llava" and not self.rule[0].startswith(("Llava", "VipLlava")) else ""
+        return f"{self.rule[0]}.{self.rule[1]}={value}{more}{kv}{kind}".replace(" ", "")
 
 
 _WINDOW = 5  # prompts are ~30 positions long: a window of 5 masks most of each row
@@ -127,13 +130,16 @@ CASES = _cases()
 _MODELS: dict[str, tuple] = {}
 
 
-def _hf(case: Case, dtype: torch.dtype = torch.float32):
-    """The case's Hugging Face model and processor, cached for the session (by the case's repr:
-    its overrides hold lists and dicts)."""
+def _hf(case: Case, dtype: torch.dtype = torch.float32, *, cache: bool = True):
+    """The case's Hugging Face model and processor, cached for the module (by the case's repr:
+    its overrides hold lists and dicts) unless ``cache=False``."""
     key = f"{case!r}-{dtype}"
-    if key not in _MODELS:
-        _MODELS[key] = _build(case, dtype)
-    return _MODELS[key]
+    if key in _MODELS:
+        return _MODELS[key]
+    built = _build(case, dtype)
+    if cache:
+        _MODELS[key] = built
+    return built
 
 
 def _build(case: Case, dtype: torch.dtype):
@@ -145,7 +151,13 @@ def _build(case: Case, dtype: torch.dtype):
         vision_overrides=dict(case.vision),
         config_overrides=dict(case.llava),
     )
-    return hf.to(dtype), processor
+    hf = hf.to(dtype)
+    if dtype == torch.float64:  # weights no float32 can hold: a pass through float32 would round them
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for param in hf.parameters():
+                param.mul_(1 + 1e-9 * torch.randn(param.shape, generator=gen, dtype=torch.float64))
+    return hf, processor
 
 
 def _images():
@@ -191,7 +203,7 @@ def _max_differences(hf, processor, *, n_samples: int = 3) -> dict[str, float]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_honoured_field_matches_hugging_face(case):
-    hf, processor = _hf(case)
+    hf, processor = _hf(case, cache=False)
     for cls, field in case.rules:
         assert FIELD_RULES[cls, field].status == "honoured"
         config = {"LlavaConfig": hf.config, "LlavaNextConfig": hf.config, "VipLlavaConfig": hf.config}.get(cls)
@@ -215,7 +227,7 @@ def test_sliding_windows_land_on_the_right_layers():
     assert types(by_id["Qwen2Config.layer_types=['sliding_attention','full_attention']"]) == ["local", "global"]
     assert types(by_id[f"MistralConfig.sliding_window={_WINDOW}"]) == ["local", "local"]
     assert hooked_config(_hf(by_id[f"MistralConfig.sliding_window={_WINDOW}"])[0].config).window_size == _WINDOW
-    assert types(by_id["Qwen2Config.head_dim=32+6"]) is None  # no window: global everywhere
+    assert types(by_id["Qwen2Config.head_dim=32+6-kv2"]) is None  # no window: global everywhere
 
 
 def test_every_honoured_row_is_exercised():
@@ -264,7 +276,8 @@ REFUSED = [
      "Phi3Config.rope_parameters = {'rope_type': 'longrope'"),
     ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
      "LlamaConfig.rope_parameters = {'rope_type': 'default', 'rope_theta': 10000.0, 'partial_rotary_factor': 0.5}"),
-    ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 2]}}, "LlamaConfig.rope_parameters = "),
+    ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 2]}},
+     "LlamaConfig.rope_parameters = {'rope_type': 'default', 'rope_theta': 10000.0, 'mrope_section': [2, 2]} (rope parameter(s) ['mrope_section']"),
     ("qwen2", {"layer_types": ["full_attention", "sliding_attention"]}, "Qwen2Config.layer_types = ['full_attention', 'sliding_attention'] (sliding layers without a sliding_window"),
     ("qwen2", {"layer_types": ["full_attention", "chunked_attention"]}, "Qwen2Config.layer_types = ['full_attention', 'chunked_attention']"),
     ("qwen2", {"layer_types": ["full_attention"]}, "Qwen2Config.layer_types = ['full_attention'] (must list one attention type per layer)"),
@@ -361,6 +374,12 @@ def _eager_f64(module, query, key, value, attention_mask, scaling, dropout=0.0, 
 @pytest.fixture
 def float64_reference(monkeypatch):
     """Hugging Face's text models computing norms, rotary and softmax in the input dtype (float64)."""
+    patch_float64_reference(monkeypatch)
+
+
+def patch_float64_reference(monkeypatch) -> None:
+    """Patch the RMS norm, rotary embedding and eager attention of Hugging Face's Llama, Mistral,
+    Qwen2 and Phi-3 to stay in the input dtype (they upcast to float32)."""
     from transformers.models.llama import modeling_llama
     from transformers.models.mistral import modeling_mistral
     from transformers.models.phi3 import modeling_phi3

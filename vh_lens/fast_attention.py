@@ -25,6 +25,8 @@ their transposed weights (:func:`_fast_mlp_forward`; same hooks, same numbers to
 Everything else is TransformerLens' own code: ``calculate_qkv_matrices`` (so ``hook_q``,
 ``hook_k``, ``hook_v`` fire), ``apply_rotary`` (``hook_rot_q``, ``hook_rot_k``, left-padding
 aware positions), ``_make_causal_mask`` (sliding windows), ``hook_z`` and the output projection.
+The mask is each layer's own (``attn.attn_type``), so a per-layer mix of local and global layers
+(Qwen2's ``layer_types``) is exact; a window is ``q - window < k <= q``, Hugging Face's.
 Query rows with no key to attend to (left padding) give ``z = 0``, as TransformerLens' NaN
 cleanup does. Results agree with TransformerLens' path to float rounding (tests compare both
 with Hugging Face).

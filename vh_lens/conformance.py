@@ -111,6 +111,8 @@ def _rope_parameters(value, config) -> str | None:
         return "per-layer-type rope parameters are not supported"
     rope_type = params.get("rope_type", "default")
     allowed = {"rope_type", "rope_theta", "partial_rotary_factor"}
+    if rope_type == "llama3" and config.model_type == "phi3":
+        return "Phi-3 takes rope_type 'default' (or 'longrope', refused)"
     if rope_type == "llama3":
         allowed |= _LLAMA3_KEYS
     elif rope_type != "default":
@@ -212,8 +214,8 @@ def _llava_rules(cls: str) -> list[FieldRule]:
     onevision = cls == "LlavaOnevisionConfig"
     test = _VISION_BRANCH if onevision else _T
     rules = [
-        FieldRule(cls, "text_config", "honoured", "sub-config, checked field by field", _FAMILY),
-        FieldRule(cls, "vision_config", "honoured", "sub-config, checked field by field", _FAMILY),
+        FieldRule(cls, "text_config", "honoured", "sub-config, checked field by field", _VISION_BRANCH if onevision else _FAMILY),
+        FieldRule(cls, "vision_config", "honoured", "sub-config, checked field by field", _VISION_BRANCH if onevision else _FAMILY),
         FieldRule(cls, "image_token_index", "honoured", "vh_lens splices the image features at this token, as Hugging Face does",
                   _VISION_BRANCH if onevision else _FAMILY),
         FieldRule(cls, "tie_word_embeddings", "honoured",

@@ -16,6 +16,7 @@ _EXPORTS = {
     "SUPPORTED_MODELS": "vh_lens.loading",
     "SUPPORTED_BACKBONES": "vh_lens.loading",
     "UnsupportedModelError": "vh_lens.loading",
+    "CheckpointError": "vh_lens.tensor_source",
     "LlavaLens": "vh_lens.model",
     "LlavaBatch": "vh_lens.model",
     "TokenLayout": "vh_lens.layout",
@@ -93,3 +94,4 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from vh_lens.loading import SUPPORTED_BACKBONES, SUPPORTED_MODELS, UnsupportedModelError, load_llava, load_llava_no_processing
     from vh_lens.model import LlavaBatch, LlavaLens
+    from vh_lens.tensor_source import CheckpointError

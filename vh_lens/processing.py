@@ -125,11 +125,16 @@ def write(out: torch.Tensor, value: torch.Tensor, scale: torch.Tensor | None, ce
 
 
 def _copy(out: torch.Tensor, value: torch.Tensor) -> None:
-    """``out.copy_(value)``, head by head for 3-D weights: torch copies a transposed 2-D tensor
-    of the same dtype in cache-sized tiles, a permuted 3-D one element by element."""
+    """``out.copy_(value)``, as 2-D transposed copies where it can: torch copies a transposed 2-D
+    tensor of the same dtype in cache-sized tiles, other layouts element by element (7x slower)."""
     if out.dim() == 3 and out.is_contiguous() and not value.is_contiguous():
-        for i in range(out.shape[0]):
-            out[i].copy_(value[i])
+        try:  # W_O: [head, d_head, d_model] is a transposed [d_model, head * d_head]
+            flat = value.view(-1, value.shape[-1])
+        except RuntimeError:  # W_Q, W_K, W_V: each head is a transposed [d_head, d_model]
+            for i in range(out.shape[0]):
+                out[i].copy_(value[i])
+        else:
+            out.view(flat.shape).copy_(flat)
     else:
         out.copy_(value)
 

@@ -108,10 +108,9 @@ def _entry(path: Path, name: str, info, start: int, size: int) -> TensorEntry:
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if code not in SAFETENSORS_DTYPES:
         raise CheckpointError(f"{where} has dtype {code!r}, which is not supported (supported: {', '.join(SAFETENSORS_DTYPES)})")
-    ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)  # noqa: E731
-    if not ints(shape):
+    if not _sizes(shape):
         raise CheckpointError(f"broken safetensors file: {where} has shape {shape!r}, not a list of sizes")
-    if not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+    if not _sizes(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
         raise CheckpointError(f"broken safetensors file: {where} has data_offsets {offsets!r}, not [begin, end]")
     dtype = SAFETENSORS_DTYPES[code]
     nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
@@ -125,6 +124,11 @@ def _entry(path: Path, name: str, info, start: int, size: int) -> TensorEntry:
             f"broken safetensors file (truncated?): {where} ends at byte {end}, beyond the end of the file ({size} bytes)"
         )
     return TensorEntry(path, dtype, tuple(shape), begin, end)
+
+
+def _sizes(xs) -> bool:
+    """Whether ``xs`` is a JSON list of non-negative integers."""
+    return isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
 
 
 class _MappedFile:

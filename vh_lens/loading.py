@@ -11,7 +11,6 @@ peaks near the size of what stays loaded. The vision tower and projector stay Hu
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -438,7 +437,6 @@ def load_llava(
             fold_value_biases=fold_value_biases,
         )
     del src
-    gc.collect()
     if not isinstance(source, PreTrainedModel):
         vision.to(device=device)
     return LlavaLens(lm, vision, processor, config, fast_attention=fast_attention)

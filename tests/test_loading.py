@@ -190,3 +190,76 @@ def test_prompts_keep_raw_text(lens):
     prompt = "USER: <image>\nhow many dogs? ASSISTANT:"
     batch = lens.prepare(images=[striped_image()], prompts=[prompt])
     assert batch.prompts == [prompt]
+
+
+@pytest.mark.parametrize("family", [("llava", "llama", 2), ("llava", "qwen2", None), ("llava", "phi3", None)])
+@pytest.mark.parametrize("flags", [
+    dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True),
+    dict(fold_ln=False, center_writing_weights=False, center_unembed=True, fold_value_biases=True),
+    dict(fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False),
+], ids=["all", "no_fold_ln", "fold_ln_only"])
+def test_block_processing_matches_process_weights_on_whole_state_dict(family, flags):
+    """vh_lens.processing (group by group, block by block, written into the model) gives the
+    weights of TransformerLens' ProcessWeights.process_weights on the whole converted state dict."""
+    from transformer_lens.weight_processing import ProcessWeights
+
+    from vh_lens.loading import _outer_groups, convert_layer
+    from vh_lens.tensor_source import TensorSource
+
+    hf, processor = tiny_pair(*family)
+    mine = vh_lens.load_llava(hf, processor=processor, **flags).lm.state_dict()
+    cfg = hooked_config(hf.config, fold_ln=False)  # the weights still carry their norms
+    src = TensorSource.from_module(hf)
+    whole = {"embed.W_E": src.get("lm.embed_tokens.weight").clone()}
+    for layer in range(cfg.n_layers):
+        for part in ("attn", "mlp"):
+            group = convert_layer(src, layer, cfg, hf.config.text_config, part)
+            whole.update({k.replace("blocks.0.", f"blocks.{layer}.", 1): v.float().clone() for k, v in group.items()})
+    for group, _ in _outer_groups(src, cfg):
+        whole.update({k: v.float().clone() for k, v in group.items()})
+    if family[1] == "qwen2":
+        assert whole["blocks.0.attn.b_V"].abs().max() > 0  # a value bias to fold
+    ref = ProcessWeights.process_weights(whole, cfg, **flags)
+    assert set(mine) <= set(ref) | {n for n in mine if n.endswith(("IGNORE", "mask", "rotary_sin", "rotary_cos"))}
+    for name, value in mine.items():
+        if name.endswith(("IGNORE", "mask", "rotary_sin", "rotary_cos")):
+            continue
+        assert value.shape == ref[name].shape, name
+        assert torch.allclose(value, ref[name], atol=1e-6, rtol=0), name
+    if flags["fold_ln"]:  # folded norms are gone from the model (RMSPre) and identity in the reference
+        assert not any(".ln" in n and n.endswith(".w") for n in mine)
+        assert torch.equal(ref["blocks.0.ln1.w"], torch.ones_like(ref["blocks.0.ln1.w"]))
+
+
+def test_float64_model_is_processed_in_float64():
+    """A float64 model's folded weights are float64 products (working dtype), not float32 ones."""
+    import copy
+
+    import einops
+
+    hf, processor = tiny_pair("llava", "llama")
+    hf64 = copy.deepcopy(hf).to(torch.float64)
+    lens = vh_lens.load_llava(hf64, processor=processor)
+    attn = hf64.model.language_model.layers[0]
+    w_q = einops.rearrange(attn.self_attn.q_proj.weight.detach(), "(n h) m -> n m h", n=lens.cfg.n_heads)
+    ln = attn.input_layernorm.weight.detach()
+    got = lens.lm.blocks[0].attn.W_Q
+    assert got.dtype == torch.float64
+    assert torch.equal(got, w_q * ln[None, :, None])
+    assert not torch.equal(got, (w_q.float() * ln.float()[None, :, None]).double())
+
+
+def test_float32_weights_loaded_as_float16_are_rounded_once():
+    """Folding into a narrower dtype multiplies in float32 and rounds once, as TransformerLens does."""
+    import einops
+
+    hf, processor = tiny_pair("llava", "llama")
+    lens = vh_lens.load_llava(hf, processor=processor, dtype=torch.float16, center_unembed=False)
+    layer = hf.model.language_model.layers[1]
+    w_up = layer.mlp.up_proj.weight.detach()
+    ln = layer.post_attention_layernorm.weight.detach()
+    assert torch.equal(lens.lm.blocks[1].mlp.W_in, (w_up.T * ln[:, None]).half())
+    w_q = einops.rearrange(layer.self_attn.q_proj.weight.detach(), "(n h) m -> n m h", n=lens.cfg.n_heads)
+    ln1 = layer.input_layernorm.weight.detach()
+    assert torch.equal(lens.lm.blocks[1].attn.W_Q, (w_q * ln1[None, :, None]).half())
+    assert not torch.equal(lens.lm.blocks[1].attn.W_Q, w_q.half() * ln1.half()[None, :, None])

@@ -18,6 +18,7 @@ _EXPORTS = {
     "UnsupportedModelError": "vh_lens.loading",
     "check_conformance": "vh_lens.conformance",
     "conformance_table": "vh_lens.conformance",
+    "CheckpointError": "vh_lens.tensor_source",
     "LlavaLens": "vh_lens.model",
     "LlavaBatch": "vh_lens.model",
     "TokenLayout": "vh_lens.layout",
@@ -96,3 +97,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from vh_lens.loading import SUPPORTED_BACKBONES, SUPPORTED_MODELS, UnsupportedModelError, load_llava, load_llava_no_processing
     from vh_lens.conformance import check_conformance, conformance_table
     from vh_lens.model import LlavaBatch, LlavaLens
+    from vh_lens.tensor_source import CheckpointError

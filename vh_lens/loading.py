@@ -24,6 +24,7 @@ from transformers import (
     AutoConfig,
     LlavaForConditionalGeneration,
     LlavaNextForConditionalGeneration,
+    LlavaOnevisionForConditionalGeneration,
     PretrainedConfig,
     PreTrainedModel,
     VipLlavaForConditionalGeneration,
@@ -33,6 +34,7 @@ SUPPORTED_MODELS: dict[str, type[PreTrainedModel]] = {
     "llava": LlavaForConditionalGeneration,
     "llava_next": LlavaNextForConditionalGeneration,
     "vipllava": VipLlavaForConditionalGeneration,
+    "llava_onevision": LlavaOnevisionForConditionalGeneration,
 }
 """Hugging Face ``model_type`` -> class of the supported LLaVA families."""
 
@@ -587,6 +589,12 @@ def load_processor(folder: Path):
 
     if not any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"no processor files (preprocessor_config.json, tokenizer files) in {folder}")
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
+    config_file = folder / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "llava_onevision":
+        from vh_lens.onevision import load_onevision_processor
+
+        processor = load_onevision_processor(folder)  # images only: HF's wants a torchvision video processor
+    else:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
     processor.tokenizer.padding_side = "left"
     return processor

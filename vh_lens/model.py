@@ -549,9 +549,20 @@ class LlavaLens(nn.Module):
         """Greedy decoding with a key-value cache; ``[batch, max_new_tokens]`` new token ids.
 
         After a sample emits EOS its remaining tokens are the pad id.
+
+        Raises:
+            ValueError: ``max_new_tokens`` below 1, or the prompt plus the new tokens would run
+                past the model's context (checked before anything runs).
         """
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int of at least 1, got {max_new_tokens!r}")
+        needed = int(batch.input_ids.shape[1]) + max_new_tokens - 1  # the last new token is not fed back
+        if batch.input_ids.shape[1] <= self.cfg.n_ctx < needed:  # a too long prompt: _inputs says so
+            raise ValueError(
+                f"generating {max_new_tokens} tokens after {batch.input_ids.shape[1]} positions needs a context of "
+                f"{needed}, more than the model's {self.cfg.n_ctx}: ask for at most "
+                f"{self.cfg.n_ctx - batch.input_ids.shape[1] + 1} new tokens or load with vh_lens.load_llava(..., n_ctx=...)"
+            )
         x, kw = self._inputs(batch)
         b = len(batch)
         cache = TransformerLensKeyValueCache.init_cache(self.lm.cfg, self.device, b)

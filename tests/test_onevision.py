@@ -1,0 +1,276 @@
+"""LLaVA-OneVision and SigLIP LLaVA (llava-interleave): loading, layout, equivalence with Hugging Face."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import striped_image, tiny_lens, tiny_pair
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+from transformer_lens import HookedTransformer
+
+import vh_lens
+from vh_lens.loading import hooked_config
+from vh_lens.onevision import LlavaOnevisionImageOnlyProcessor
+
+# 150x160 -> 3x3 tiles, 12x12 unpadded cells, ratio 1.5 > 1.1: bilinear downsampling to 8x8
+DOWNSAMPLED = (150, 160)
+SIZES = [(70, 40), DOWNSAMPLED, (50, 90), (64, 64), (168, 160), (160, 110)]
+
+
+def _hf_run(hf, processor, prompt, images, onevision):
+    arg = [images] if onevision else images
+    enc = processor(images=arg if images else None, text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        return hf(**enc, output_attentions=True), enc
+
+
+def _check_against_hf(model, hf, processor, batch, images_per_sample, onevision):
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))
+    worst_logit = worst_pattern = 0.0
+    for i, imgs in enumerate(images_per_sample):
+        ref, enc = _hf_run(hf, processor, batch.prompts[i], imgs, onevision)
+        n = enc.input_ids.shape[1]
+        assert torch.equal(batch.input_ids[i, -n:], enc.input_ids[0])
+        # layout positions are where the HF processor expanded the placeholders
+        hf_image = (enc.input_ids[0] == model.image_token_id).nonzero().flatten() + (batch.input_ids.shape[1] - n)
+        assert torch.equal(batch.layout[i].image_positions, hf_image)
+        diff = (logits[i, -n:].log_softmax(-1) - ref.logits[0].log_softmax(-1)).abs().max().item()
+        assert diff <= 1e-4, f"sample {i}: log-softmax differs by {diff}"
+        worst_logit = max(worst_logit, diff)
+        for layer in range(model.cfg.n_layers):
+            pdiff = (cache["pattern", layer][i, :, -n:, -n:] - ref.attentions[layer][0]).abs().max().item()
+            assert pdiff <= 1e-5, f"sample {i} layer {layer}: pattern differs by {pdiff}"
+            worst_pattern = max(worst_pattern, pdiff)
+    return worst_logit, worst_pattern
+
+
+# ------------------------------------------------------------------ processor without videos
+
+
+def test_images_only_processor_has_no_video_part():
+    _, processor = tiny_pair("llava_onevision", "qwen2", 2)
+    assert isinstance(processor, LlavaOnevisionImageOnlyProcessor)
+    assert processor.get_attributes() == ["image_processor", "tokenizer"]
+    assert not hasattr(processor, "video_processor")
+    with pytest.raises(ValueError, match="images and text only"):
+        processor(text=["<video> hi"], videos=[[striped_image()]])
+
+
+# ------------------------------------------------------------------ equivalence with HF
+
+
+@pytest.mark.parametrize("processed", [True, False], ids=["processed", "raw"])
+def test_onevision_downsampled_tiles_match_hugging_face(processed):
+    hf, processor = tiny_pair("llava_onevision", "qwen2", 2)
+    model = tiny_lens("llava_onevision", "qwen2", 2, processed)
+    images = [striped_image(s, k) for k, s in enumerate(SIZES[:4])]
+    questions = ["how many dogs?", "what color is the cat in this picture ?", "is there a red circle", "how many"]
+    batch = model.prepare(images=images, questions=questions)
+    assert len(set(batch.attention_mask.sum(-1).tolist())) > 1, "the batch must be padded"
+    tiles = batch.layout[1].grid("tiles")
+    assert tiles.shape == (8, 8), "the 150x160 image must be downsampled from 12x12"
+    _check_against_hf(model, hf, processor, batch, [[im] for im in images], onevision=True)
+
+
+@pytest.mark.parametrize(
+    "kind,backbone,kv", [("llava", "llama", None), ("llava_next", "llama", None), ("llava_interleave", "qwen2", None),
+                         ("llava_onevision", "qwen2", 2)]
+)
+def test_several_images_per_prompt_match_hugging_face(kind, backbone, kv):
+    hf, processor = tiny_pair(kind, backbone, kv)
+    model = tiny_lens(kind, backbone, kv)
+    per_sample = [
+        [striped_image((70, 40), 0), striped_image((50, 90), 1)],
+        [striped_image(DOWNSAMPLED, 2)],
+        [striped_image((64, 64), 3), striped_image((40, 100), 4), striped_image((90, 60), 5)],
+        [],
+    ]
+    prompts = [
+        "USER: <image> and <image> how many dogs ? ASSISTANT:",
+        "USER: <image> what color is the cat ? ASSISTANT:",
+        "USER: <image> <image> is there <image> a red circle ASSISTANT:",
+        "USER: how many ? ASSISTANT:",
+    ]
+    batch = model.prepare(images=per_sample, prompts=prompts)
+    _check_against_hf(model, hf, processor, batch, per_sample, onevision=kind == "llava_onevision")
+    for lay, imgs in zip(batch.layout, per_sample):
+        assert lay.n_images == len(imgs)
+        assert [im.image_size for im in lay.images] == [im.size for im in imgs]
+        if imgs:  # every image token belongs to exactly one image, in order
+            assert torch.equal(torch.cat([im.positions for im in lay.images]), lay.image_positions)
+            firsts = [int(im.positions[0]) for im in lay.images]
+            assert firsts == sorted(firsts)
+    one = batch.layout[1]
+    assert one.image_size == per_sample[1][0].size and one.grid("base") is one.images[0].grid("base")
+    several = batch.layout[0]
+    assert several.image_size is None
+    with pytest.raises(ValueError, match="holds 2 images: pass image="):
+        several.region_mask((0, 0, 10, 10))
+    with pytest.raises(ValueError, match="holds 2 images"):
+        several.grid("base")
+    left = several.region_mask((0, 0, 35, 40), image=0)
+    assert left.any() and torch.isin(left.nonzero().flatten(), several.images[0].positions).all()
+    assert not torch.isin(left.nonzero().flatten(), several.images[1].positions).any()
+    with pytest.raises(ValueError, match="outside the image"):
+        several.region_mask((0, 0, 60, 40), image=1)  # image 1 is 50 wide
+    if kind == "llava_onevision":  # several images: no tiles, one grid and one newline token each
+        g = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        for im in several.images:
+            assert [x.name for x in im.grids] == ["base"] and im.grids[0].shape == (g, g)
+            assert im.newline_positions.numel() == 1 and int(im.newline_positions[0]) == int(im.positions[-1])
+
+
+def test_image_count_errors_name_the_prompt():
+    model = tiny_lens("llava", "llama")
+    a, b = striped_image((70, 40), 0), striped_image((50, 90), 1)
+    with pytest.raises(ValueError, match="prompt 1 holds 2 image placeholders '<image>' but 3 images were given"):
+        model.prepare(images=[[a], [a, b, a]], prompts=["USER: <image> hi", "USER: <image> <image> hi"])
+    with pytest.raises(ValueError, match="prompt 0 holds 2 image placeholders '<image>' but 1 image was given"):
+        model.prepare(images=[a], prompts=["USER: <image> <image> hi"])
+    with pytest.raises(ValueError, match="questions must be a list of strings"):
+        model.prepare(images=[a], questions="how many dogs?")
+    with pytest.raises(ValueError, match="prompts must be a list of strings"):
+        model.prepare(images=[a], prompts="USER: <image> hi")
+    # questions with several images: one placeholder per image before the question
+    batch = model.prepare(images=[[a, b]], questions=["how many dogs?"])
+    assert batch.prompts[0].count("<image>") == 2 and batch.layout[0].n_images == 2
+
+
+def test_generate_past_the_context_is_refused_before_running():
+    hf, processor = tiny_pair("llava", "llama")
+    model = vh_lens.load_llava(hf, processor=processor, n_ctx=40)
+    batch = model.prepare(images=[striped_image((56, 56))], questions=["how many dogs?"])
+    length = batch.input_ids.shape[1]
+    assert length < 40
+    with pytest.raises(ValueError, match=f"at most {40 - length + 1} new tokens"):
+        model.generate_tokens(batch, max_new_tokens=40 - length + 2)
+    assert model.generate_tokens(batch, max_new_tokens=40 - length + 1, stop_at_eos=False).shape == (1, 40 - length + 1)
+
+
+# ------------------------------------------------------------------ loading from a folder
+
+
+@pytest.mark.parametrize("kind,kv", [("llava_onevision", 2), ("llava_interleave", None)])
+def test_loads_from_a_folder_like_in_memory(tmp_path, kind, kv):
+    hf, processor = tiny_pair(kind, "qwen2", kv)
+    hf.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    if kind == "llava_onevision":  # a published folder also holds a video processor config: ignored
+        (tmp_path / "video_preprocessor_config.json").write_text('{"video_processor_type": "LlavaOnevisionVideoProcessor"}')
+    model = vh_lens.load_llava(tmp_path)
+    assert type(model.processor).__name__ == type(processor).__name__
+    ref = tiny_lens(kind, "qwen2", kv)
+    images = [striped_image(DOWNSAMPLED, 0), striped_image((70, 40), 1)]
+    with torch.no_grad():
+        a = model(model.prepare(images=images, questions=["how many dogs?", "what color ?"]))
+        b = ref(ref.prepare(images=images, questions=["how many dogs?", "what color ?"]))
+    assert (a - b).abs().max() <= 1e-4
+
+
+# ------------------------------------------------------------------ analyses on OneVision
+
+
+def test_visual_head_scan_and_logit_lens_on_onevision():
+    from vh_lens.data.sample import Sample
+
+    model = tiny_lens("llava_onevision", "qwen2", 2)
+    images = [striped_image(DOWNSAMPLED, 0), striped_image((70, 40), 1)]
+    samples = [Sample(image=im, question="how many dogs?", answer="two", box=(0, 0, 40, 30)) for im in images]
+    scores = vh_lens.scan_visual_heads(model, samples, batch_size=2, progress=False, attention="pattern",
+                                       keep_per_sample=True)
+    qk = vh_lens.scan_visual_heads(model, samples, batch_size=2, progress=False, attention="qk")
+    torch.testing.assert_close(scores.mean["image_weight"], qk.mean["image_weight"], atol=1e-5, rtol=0)
+    # reference: the image weight by hand from the cached pattern
+    batch = model.prepare_samples(samples)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))
+    for i, lay in enumerate(batch.layout):
+        row = cache["pattern", 1][i, :, lay.query_position]
+        expected = row[:, lay.image_positions].sum(-1).double()
+        torch.testing.assert_close(scores.per_sample["image_weight"][i, 1], expected, atol=1e-5, rtol=0)
+    # logit lens: the last layer's lens is the model's own prediction (HF-checked above)
+    lens = vh_lens.logit_lens(model, batch)
+    with torch.no_grad():
+        logits = model(batch)
+    query = batch.query_positions
+    probs = logits[torch.arange(len(batch)), query].float().softmax(-1)
+    assert torch.equal(lens.final_ids, probs.argmax(-1))
+    assert (lens.final_rank[-1] == 1).all()
+    torch.testing.assert_close(lens.final_prob[-1], probs.max(-1).values, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ real configs
+
+
+def _siglip_so400m() -> SiglipVisionConfig:
+    return SiglipVisionConfig(
+        hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16, image_size=384,
+        patch_size=14, vision_use_head=False,
+    )
+
+
+def _qwen2(size: str) -> Qwen2Config:
+    if size == "0.5b":
+        return Qwen2Config(
+            hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+            num_key_value_heads=2, vocab_size=152000, max_position_embeddings=32768, rope_theta=1000000.0,
+            rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False, max_window_layers=24,
+        )
+    return Qwen2Config(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152128, max_position_embeddings=32768, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False, max_window_layers=28,
+    )
+
+
+def _real_configs():
+    ov = dict(image_token_index=151646, video_token_index=151647, vision_feature_select_strategy="full",
+              vision_feature_layer=-1, vision_aspect_ratio="anyres_max_9")
+    return {
+        "llava-onevision-qwen2-0.5b-ov": (
+            LlavaOnevisionForConditionalGeneration,
+            LlavaOnevisionConfig(vision_config=_siglip_so400m(), text_config=_qwen2("0.5b"), tie_word_embeddings=True, **ov),
+            (24, 14, 64, 2, 896, 4864, 152000),
+        ),
+        "llava-onevision-qwen2-7b-ov": (
+            LlavaOnevisionForConditionalGeneration,
+            LlavaOnevisionConfig(vision_config=_siglip_so400m(), text_config=_qwen2("7b"), **ov),
+            (28, 28, 128, 4, 3584, 18944, 152128),
+        ),
+        "llava-interleave-qwen-0.5b": (
+            LlavaForConditionalGeneration,
+            LlavaConfig(vision_config=_siglip_so400m(), text_config=_qwen2("0.5b"), image_token_index=151646,
+                        vision_feature_select_strategy="full", vision_feature_layer=-1, tie_word_embeddings=True),
+            (24, 14, 64, 2, 896, 4864, 152000),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_real_configs()))
+def test_real_siglip_configs_on_meta_device(name):
+    model_cls, config, (n_layers, n_heads, d_head, n_kv, d_model, d_mlp, vocab) = _real_configs()[name]
+    cfg = hooked_config(config, fold_ln=False)
+    got = (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.n_key_value_heads, cfg.d_model, cfg.d_mlp, cfg.d_vocab)
+    assert got == (n_layers, n_heads, d_head, n_kv, d_model, d_mlp, vocab)
+    assert cfg.rotary_base == 1e6 and cfg.original_architecture == "Qwen2ForCausalLM"
+    with torch.device("meta"):
+        hf = model_cls(config)
+        cfg.device = "meta"
+        tl = HookedTransformer(cfg, move_to_device=False)
+    lm = hf.model.language_model
+    lm_params = sum(p.numel() for p in lm.parameters()) + hf.lm_head.weight.numel()
+    bias_params = sum(p.numel() for n, p in lm.named_parameters() if n.endswith("bias"))  # Qwen2's q, k, v biases
+    tl_weights = sum(p.numel() for n, p in tl.named_parameters() if not n.split(".")[-1].lstrip("_").startswith("b_"))
+    tl_qkv_biases = sum(p.numel() for n, p in tl.named_parameters() if n.split(".")[-1].lstrip("_") in ("b_Q", "b_K", "b_V"))
+    assert tl_weights == lm_params - bias_params and tl_qkv_biases == bias_params
+    # the vision side: 26 SigLIP layers and a 27 x 27 grid of 729 tokens per base view
+    vc = config.vision_config
+    assert (vc.image_size // vc.patch_size) ** 2 == 729 and sum(type(m).__name__ == "SiglipEncoderLayer" for m in hf.model.vision_tower.modules()) == 26

@@ -274,3 +274,37 @@ def test_real_siglip_configs_on_meta_device(name):
     # the vision side: 26 SigLIP layers and a 27 x 27 grid of 729 tokens per base view
     vc = config.vision_config
     assert (vc.image_size // vc.patch_size) ** 2 == 729 and sum(type(m).__name__ == "SiglipEncoderLayer" for m in hf.model.vision_tower.modules()) == 26
+
+
+def test_visual_head_metrics_over_one_image_or_all():
+    from vh_lens.visual_heads import visual_head_hooks
+
+    model = tiny_lens("llava_interleave", "qwen2")
+    per_sample = [[striped_image((70, 40), 0), striped_image((50, 90), 1)], [striped_image((64, 64), 2)], []]
+    prompts = ["USER: <image> and <image> how many dogs ? ASSISTANT:", "USER: <image> what color ? ASSISTANT:",
+               "USER: how many ? ASSISTANT:"]
+    batch = model.prepare(images=per_sample, prompts=prompts)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))
+    q = batch.query_positions
+    rows = {layer: cache["pattern", layer][torch.arange(3), :, q].double() for layer in range(model.cfg.n_layers)}
+    for image in (None, 0):
+        got = {}
+        hooks = visual_head_hooks(batch.layout, lambda layer, m: got.__setitem__(layer, m),
+                                  n_layers=model.cfg.n_layers, image=image)
+        model.run_with_hooks(batch, fwd_hooks=hooks)
+        for layer, r in rows.items():
+            for i, lay in enumerate(batch.layout):
+                pos = lay.image_positions if image is None or not lay.has_image else lay.images[image].positions
+                w = r[i][:, pos].sum(-1)
+                torch.testing.assert_close(got[layer]["image_weight"][i], w, atol=1e-6, rtol=0)
+                p = r[i][:, pos] / w[:, None].clamp(min=1e-30)
+                conc = 1 + (p * torch.log(p + 1e-12)).sum(-1) / torch.log(torch.tensor(float(max(pos.numel(), 2))))
+                expected = torch.where((w > 0) & (pos.numel() > 1), conc, torch.zeros_like(conc))
+                torch.testing.assert_close(got[layer]["concentration"][i], expected, atol=1e-5, rtol=0)
+                text = r[i][:, lay.text_positions].sum(-1)  # other images' tokens are never text
+                torch.testing.assert_close(got[layer]["text_weight"][i], text, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="sample 1 holds 1 image"):
+        visual_head_hooks(batch.layout, lambda *a: None, n_layers=2, image=1)
+    with pytest.raises(ValueError, match="pass image="):
+        visual_head_hooks(batch.layout, lambda *a: None, n_layers=2, boxes=[(0, 0, 5, 5), None, None])

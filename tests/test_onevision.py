@@ -308,3 +308,18 @@ def test_visual_head_metrics_over_one_image_or_all():
         visual_head_hooks(batch.layout, lambda *a: None, n_layers=2, image=1)
     with pytest.raises(ValueError, match="pass image="):
         visual_head_hooks(batch.layout, lambda *a: None, n_layers=2, boxes=[(0, 0, 5, 5), None, None])
+
+
+@pytest.mark.parametrize("kind,backbone,kv", [("llava_next", "llama", None), ("llava_onevision", "qwen2", 2)])
+def test_extreme_aspect_ratios_match_hugging_face(kind, backbone, kv):
+    """Up to 50:1: unpadding can keep no tile row (or column) at all; HF handles it, so do we."""
+    hf, processor = tiny_pair(kind, backbone, kv)
+    model = tiny_lens(kind, backbone, kv)
+    sizes = [(560, 56), (1000, 20), (20, 1000), (50, 2500)]
+    images = [striped_image(s, k) for k, s in enumerate(sizes)]
+    batch = model.prepare(images=images, questions=["how many dogs?"] * len(images))
+    _check_against_hf(model, hf, processor, batch, [[im] for im in images], onevision=kind == "llava_onevision")
+    wide = batch.layout[1].grid("tiles")
+    assert 0 in wide.shape or wide.shape[0] <= 1, "a 50:1 image keeps (almost) no tile rows"
+    for lay, size in zip(batch.layout, sizes):
+        assert lay.region_positions((0, 0, *size)).numel() > 0

@@ -82,6 +82,7 @@ def test_onevision_downsampled_tiles_match_hugging_face(processed):
 
 @pytest.mark.parametrize(
     "kind,backbone,kv", [("llava", "llama", None), ("llava_next", "llama", None), ("llava_interleave", "qwen2", None),
+                         ("vip_llava", "llama", None),
                          ("llava_onevision", "qwen2", 2)]
 )
 def test_several_images_per_prompt_match_hugging_face(kind, backbone, kv):
@@ -323,3 +324,38 @@ def test_extreme_aspect_ratios_match_hugging_face(kind, backbone, kv):
     assert 0 in wide.shape or wide.shape[0] <= 1, "a 50:1 image keeps (almost) no tile rows"
     for lay, size in zip(batch.layout, sizes):
         assert lay.region_positions((0, 0, *size)).numel() > 0
+
+
+def test_bilinear_sources_hand_computed():
+    from vh_lens._geometry import _bilinear_sources
+
+    # align_corners=False: output i samples input 1.5 i + 0.25 (12 -> 8), mixing floor and floor + 1
+    assert _bilinear_sources(12, 8) == [(0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (9, 10), (10, 11)]
+    # 9 -> 3: output i lands exactly on input 3 i + 1: one source each
+    assert _bilinear_sources(9, 3) == [(1, 1), (4, 4), (7, 7)]
+    # 4 -> 3: input 4/3 (i + 0.5) - 0.5
+    assert _bilinear_sources(4, 3) == [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(ValueError, match="no cells"):
+        _bilinear_sources(5, 0)
+
+
+def test_downsampled_cell_box_is_the_union_of_its_sources():
+    from vh_lens._geometry import cell_boxes_llava_next, cell_boxes_onevision, onevision_max_patches
+
+    hf, processor = tiny_pair("llava_onevision", "qwen2", 2)
+    c, vc = hf.config, hf.config.vision_config
+    ip = processor.image_processor
+    base, tiles = cell_boxes_onevision(DOWNSAMPLED, ip, c.image_grid_pinpoints, vc.image_size, vc.patch_size,
+                                       c.vision_aspect_ratio)
+    base_next, src = cell_boxes_llava_next(DOWNSAMPLED, ip, c.image_grid_pinpoints, vc.image_size, vc.patch_size)
+    assert torch.equal(base, base_next) and src.shape[:2] == (12, 12) and tiles.shape[:2] == (8, 8)
+    rows = [(0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (9, 10), (10, 11)]  # 12 -> 8, by hand above
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(rows):
+            block = src[r0 : r1 + 1, c0 : c1 + 1].reshape(-1, 4)
+            union = torch.stack([block[:, 0].min(), block[:, 1].min(), block[:, 2].max(), block[:, 3].max()])
+            torch.testing.assert_close(tiles[i, j], union)
+    assert onevision_max_patches("anyres_max_9") == 9
+    for bad in ("anyres", "anyres_max_0", "max_9", 9):
+        with pytest.raises(ValueError, match="anyres_max_N"):
+            onevision_max_patches(bad)

@@ -17,28 +17,15 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PretrainedConfig, ProcessorMixin
 
-from vh_lens import _geometry
+from vh_lens import image_tokens
 from vh_lens import fast_attention as fast_attention_module
 from vh_lens.data.sample import Sample, load_rgb
+from vh_lens.image_tokens import ImageTokens
 from vh_lens.layout import ImageGrid, ImageLayout, TokenLayout
 from vh_lens.prompts import build_prompt, known_format
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
 ImageInput = Image.Image | str | Path
-_CLS_TOWERS = {"clip_vision_model": 1, "siglip_vision_model": 0}
-"""Vision tower ``model_type`` -> number of tokens it puts before the patch tokens (CLS)."""
-
-
-@dataclass(frozen=True, eq=False)
-class _Image:
-    """One image of an unpadded sample: its positions, newline positions and grids."""
-
-    positions: Int[Tensor, " n"]
-    newline_positions: Int[Tensor, " n_nl"]
-    grids: tuple[tuple[str, Tensor, Tensor], ...]  # (name, positions [r, c], cell boxes [r, c, 4])
-    image_size: tuple[int, int]
-
-
 @dataclass(frozen=True, eq=False)
 class _Seq:
     """One sample, unpadded: ids, spliced embeddings and where the image tokens are."""
@@ -47,7 +34,7 @@ class _Seq:
     embeds: Float[Tensor, "n d_model"]
     n_prompt: int
     image_positions: Int[Tensor, " n_img"]
-    images: tuple[_Image, ...]
+    images: tuple[ImageTokens, ...]
     pixel_values: Tensor | None
     prompt: str
 
@@ -184,7 +171,7 @@ class LlavaLens(nn.Module):
         pad = tok.pad_token_id if tok.pad_token_id is not None else getattr(config.text_config, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
         self.prompt_format = known_format(config.text_config.model_type, config.text_config.vocab_size)
-        self._n_lead = self._leading_image_tokens()
+        self._n_lead = image_tokens.leading_image_tokens(config)  # refuses towers / strategies it cannot lay out
         lm.tokenizer = None  # tokenisation is the processor's; TransformerLens never re-tokenises
 
     # ------------------------------------------------------------------ properties
@@ -385,9 +372,11 @@ class LlavaLens(nn.Module):
             ids = torch.cat([ids, torch.tensor(self._answer_ids(prompt, answer), dtype=torch.long)])
         embeds = self.lm.embed(ids.to(self.device)[None])[0]
         image_positions = (ids == self.image_token_id).nonzero().flatten()
-        layouts: tuple[_Image, ...] = ()
+        layouts: tuple[ImageTokens, ...] = ()
         if images:
-            layouts = self._image_layouts([im.size for im in images], image_positions)
+            sizes = [im.size for im in images]
+            ip = self.processor.image_processor
+            layouts = image_tokens.split_image_tokens(self.config, ip, sizes, image_positions, self._n_lead)
             features = self._image_features(enc)
             mask = self.vision.get_placeholder_mask(
                 ids[None].to(self.device), inputs_embeds=embeds[None], image_features=features
@@ -419,87 +408,6 @@ class LlavaLens(nn.Module):
         if isinstance(feats, (list, tuple)):
             feats = torch.cat(list(feats), dim=0)
         return feats.reshape(-1, feats.shape[-1]).to(self.device)
-
-    def _leading_image_tokens(self) -> int:
-        """Tokens an image puts before its patch grid: the CLS token kept by strategy ``"full"``.
-
-        Raises ``ValueError`` for a combination Hugging Face would run with a silently wrong
-        layout or not at all (a tower without a CLS token under strategy ``"default"``, which
-        drops the first patch instead), or a tower whose leading tokens are unknown.
-        """
-        tower = getattr(self.config.vision_config, "model_type", None)
-        if tower not in _CLS_TOWERS:
-            raise ValueError(f"unsupported vision tower {tower!r}: supported {sorted(_CLS_TOWERS)}")
-        if self.kind == "vipllava":
-            return 0  # ViP-LLaVA always drops the CLS token
-        strategy = getattr(self.config, "vision_feature_select_strategy", "default")
-        cls = _CLS_TOWERS[tower]
-        if strategy == "default" and cls == 0:
-            raise ValueError(
-                f"vision_feature_select_strategy 'default' drops the first token, but the {tower} tower has no CLS "
-                "token: it would drop a real patch (SigLIP checkpoints use 'full')"
-            )
-        if strategy not in ("default", "full"):
-            raise ValueError(f"unsupported vision_feature_select_strategy {strategy!r}")
-        lead = cls if strategy == "full" else 0
-        if lead and self.kind != "llava":
-            raise ValueError(f"a {self.kind} model cannot keep the CLS token (strategy 'full' with a {tower} tower)")
-        return lead
-
-    def _image_layouts(self, sizes: Sequence[tuple[int, int]], image_positions: Tensor) -> tuple[_Image, ...]:
-        """Split the image positions among the images, each by its own geometry."""
-        shares = [self._image_geometry(size, multi=len(sizes) > 1) for size in sizes]
-        counts = [n for n, _, _ in shares]
-        if sum(counts) != image_positions.numel():
-            raise RuntimeError(
-                f"{self.kind} layout: the prompt holds {image_positions.numel()} image tokens but the geometry of its "
-                f"{len(sizes)} image(s) gives {counts} (sum {sum(counts)})"
-            )
-        out, start = [], 0
-        for size, (n, grids, newline) in zip(sizes, shares):
-            pos = image_positions[start : start + n]
-            start += n
-            out.append(
-                _Image(
-                    positions=pos,
-                    newline_positions=pos[newline],
-                    grids=tuple((name, pos[local], boxes) for name, local, boxes in grids),
-                    image_size=tuple(size),
-                )
-            )
-        return tuple(out)
-
-    def _image_geometry(self, image_size: tuple[int, int], multi: bool):
-        """``(n_tokens, grids, newline)`` of one image, in indices ``0..n_tokens-1`` of its tokens;
-        grids are ``(name, local positions [r, c], cell boxes [r, c, 4])``."""
-        ip = self.processor.image_processor
-        vc = self.config.vision_config
-        tiled = self.kind == "llava_next" or (self.kind == "llava_onevision" and not multi)
-        if tiled:
-            if self.kind == "llava_next":
-                base, tiles = _geometry.cell_boxes_llava_next(
-                    image_size, ip, self.config.image_grid_pinpoints, vc.image_size, vc.patch_size
-                )
-            else:
-                base, tiles = _geometry.cell_boxes_onevision(
-                    image_size, ip, self.config.image_grid_pinpoints, vc.image_size, vc.patch_size,
-                    self.config.vision_aspect_ratio,
-                )
-            g = base.shape[0] * base.shape[1]
-            rows, cols = tiles.shape[:2]
-            n = _geometry.llava_next_token_count(base, tiles)
-            rest = torch.arange(g, n).view(rows, cols + 1)
-            grids = (("base", torch.arange(g).view(base.shape[:2]), base), ("tiles", rest[:, :cols], tiles))
-            return n, grids, rest[:, cols].clone()
-        # one grid: LLaVA-1.5 / ViP-LLaVA / SigLIP LLaVA, and each image of a multi-image
-        # OneVision prompt (pad to square, resize; one image-newline token after the grid)
-        boxes = _geometry.cell_boxes_llava(image_size, ip, vc.patch_size)
-        cells = boxes.shape[0] * boxes.shape[1]
-        lead = self._n_lead
-        grids = (("base", torch.arange(lead, lead + cells).view(boxes.shape[:2]), boxes),)
-        if self.kind == "llava_onevision":
-            return cells + 1, grids, torch.tensor([cells])
-        return lead + cells, grids, torch.zeros(0, dtype=torch.long)
 
     def _collate(self, seqs: Sequence[_Seq]) -> LlavaBatch:
         pad_embed = self.lm.embed(torch.tensor([[self.pad_token_id]], device=self.device))[0, 0]

@@ -77,6 +77,13 @@ def test_onevision_downsampled_tiles_match_hugging_face(processed):
     assert len(set(batch.attention_mask.sum(-1).tolist())) > 1, "the batch must be padded"
     tiles = batch.layout[1].grid("tiles")
     assert tiles.shape == (8, 8), "the 150x160 image must be downsampled from 12x12"
+    # the spliced features at our newline positions are the model's image_newline vector, and
+    # only there: one per tile row, right after it
+    newline = hf.model.image_newline.detach()
+    for i, lay in enumerate(batch.layout):
+        is_newline = (batch.embeds[i] - newline).abs().amax(-1) == 0
+        assert torch.equal(is_newline.nonzero().flatten(), lay.newline_positions)
+        assert torch.equal(lay.newline_positions, lay.grid("tiles").positions[:, -1] + 1)
     _check_against_hf(model, hf, processor, batch, [[im] for im in images], onevision=True)
 
 

@@ -108,9 +108,11 @@ class TokenLayout:
     Attributes:
         seq_len: length of the padded sequence.
         n_pad: number of left-padding positions (``0 .. n_pad-1``).
-        image_positions: ``[n_image_tokens]`` positions holding image features (LLaVA-NeXT
-            newline tokens included, as the model sees them as image features).
-        newline_positions: ``[n_newline]`` LLaVA-NeXT image-newline positions (empty otherwise).
+        image_positions: ``[n_image_tokens]`` positions holding image features, of every image
+            (LLaVA-NeXT / OneVision newline tokens and a CLS token kept by strategy ``"full"``
+            included, as the model sees them as image features).
+        newline_positions: ``[n_newline]`` LLaVA-NeXT / OneVision image-newline positions of
+            every image (empty otherwise).
         text_positions: ``[n_text]`` every other non-padding position (BOS included).
         query_position: the answer query: the last prompt position.
         grids: the image grids (empty for a text-only sample; with several images, every

@@ -26,6 +26,8 @@ from vh_lens.prompts import build_prompt, known_format
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
 ImageInput = Image.Image | str | Path
+
+
 @dataclass(frozen=True, eq=False)
 class _Seq:
     """One sample, unpadded: ids, spliced embeddings and where the image tokens are."""

@@ -366,3 +366,30 @@ def test_downsampled_cell_box_is_the_union_of_its_sources():
     for bad in ("anyres", "anyres_max_0", "max_9", 9):
         with pytest.raises(ValueError, match="anyres_max_N"):
             onevision_max_patches(bad)
+
+
+def test_vision_towers_the_layout_cannot_follow_are_refused(tmp_path):
+    from vh_lens.image_tokens import leading_image_tokens
+
+    hf, processor = tiny_pair("llava_interleave", "qwen2")
+    assert leading_image_tokens(hf.config) == 0
+    config = hf.config.__class__.from_dict(hf.config.to_dict())
+    config.vision_feature_select_strategy = "default"  # would drop a real SigLIP patch
+    with pytest.raises(ValueError, match="no CLS token: it would drop a real patch"):
+        leading_image_tokens(config)
+    hf.save_pretrained(tmp_path)  # a folder is refused before the vision and language weights are read
+    processor.save_pretrained(tmp_path)
+    raw = (tmp_path / "config.json").read_text().replace('"vision_feature_select_strategy": "full"',
+                                                         '"vision_feature_select_strategy": "default"')
+    (tmp_path / "config.json").write_text(raw)
+    with pytest.raises(ValueError, match="would drop a real patch"):
+        vh_lens.load_llava(tmp_path)
+    clip, _ = tiny_pair("llava", "llama")
+    full = clip.config.__class__.from_dict(clip.config.to_dict())
+    full.vision_feature_select_strategy = "full"
+    assert leading_image_tokens(full) == 1  # LLaVA keeps the CLS token before the grid
+    nxt, _ = tiny_pair("llava_next", "llama")
+    full_next = nxt.config.__class__.from_dict(nxt.config.to_dict())
+    full_next.vision_feature_select_strategy = "full"
+    with pytest.raises(ValueError, match="cannot keep the CLS token"):
+        leading_image_tokens(full_next)

@@ -470,7 +470,10 @@ def build_vision(config: PretrainedConfig, src: TensorSource) -> nn.Module:
 
     Built on the meta device, then only the vision weights are materialised and read.
     """
+    from vh_lens.image_tokens import leading_image_tokens
+
     model_cls = check_config(config)
+    leading_image_tokens(config)  # refuse a tower / strategy the layout cannot follow before reading weights
     with torch.device("meta"):
         full = model_cls(config)
     vision = full.model

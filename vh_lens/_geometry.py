@@ -186,8 +186,14 @@ def _resize_crop_steps(
     return ys, xs, height, width
 
 
-def _llava_steps(image_size: tuple[int, int], image_processor: Any) -> tuple[list[_Step], list[_Step], int, int]:
-    """Steps (y, x) of a LLaVA-1.5 processor and the processed ``(height, width)``."""
+def _llava_steps(
+    image_size: tuple[int, int], image_processor: Any, pad_to_square: bool | None = None
+) -> tuple[list[_Step], list[_Step], int, int]:
+    """Steps (y, x) of a LLaVA-1.5 processor and the processed ``(height, width)``.
+
+    ``pad_to_square``: ``None``: as the processor does (``do_pad`` with a ``pad_to_square``
+    method); ``True``: always (OneVision's several-images path pads whatever ``do_pad`` says).
+    """
     _check_backend(image_processor)
     width, height = (int(v) for v in image_size)
     if width <= 0 or height <= 0:
@@ -195,7 +201,8 @@ def _llava_steps(image_size: tuple[int, int], image_processor: Any) -> tuple[lis
     ys: list[_Step] = []
     xs: list[_Step] = []
     do_pad = bool(getattr(image_processor, "do_pad", False))
-    pad_to_square = do_pad and hasattr(image_processor, "pad_to_square")
+    if pad_to_square is None:
+        pad_to_square = do_pad and hasattr(image_processor, "pad_to_square")
     if pad_to_square and height != width:
         # LlavaImageProcessorPil.pad_to_square: centred, start = (max_dim - dim) // 2.
         side = max(height, width)
@@ -223,7 +230,7 @@ def _processed_size(image_size: tuple[int, int], image_processor: Any) -> tuple[
 
 
 def cell_boxes_llava(
-    image_size: tuple[int, int], image_processor: Any, patch_size: int
+    image_size: tuple[int, int], image_processor: Any, patch_size: int, *, pad_to_square: bool | None = None
 ) -> Float[Tensor, "rows cols 4"]:
     """Region of the original image that each vision patch of a LLaVA-1.5 image covers.
 
@@ -235,6 +242,9 @@ def cell_boxes_llava(
         image_size: ``(width, height)`` of the original image.
         image_processor: a PIL backend ``CLIPImageProcessorPil`` or ``LlavaImageProcessorPil``.
         patch_size: the vision tower's patch size.
+        pad_to_square: ``None`` (default): pad to a square when the processor does; ``True``:
+            always, as ``LlavaOnevisionImageProcessorPil`` does for each of several images in
+            one prompt (whatever its ``do_pad``).
 
     Returns:
         ``[rows, cols, 4]`` boxes ``(left, top, right, bottom)``, rows = processed height //
@@ -248,8 +258,7 @@ def cell_boxes_llava(
     """
     if patch_size <= 0:
         raise ValueError(f"patch_size must be positive, got {patch_size}")
-    ys, xs, height, width = _llava_steps(image_size, image_processor)
-    img_w, img_h = (int(v) for v in image_size)
+    ys, xs, height, width = _llava_steps(image_size, image_processor, pad_to_square)
     rows, cols = height // patch_size, width // patch_size
     if rows == 0 or cols == 0:
         raise ValueError(f"processed image {height}x{width} (h x w) is smaller than one {patch_size}px patch")

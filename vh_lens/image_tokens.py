@@ -106,7 +106,8 @@ def _image_geometry(config: Any, image_processor: Any, image_size: tuple[int, in
         rest = torch.arange(g, n).view(rows, cols + 1)
         grids = (("base", torch.arange(g).view(base.shape[:2]), base), ("tiles", rest[:, :cols], tiles))
         return n, grids, rest[:, cols].clone()
-    boxes = _geometry.cell_boxes_llava(image_size, image_processor, vc.patch_size)
+    several = kind == "llava_onevision"  # OneVision pads each of several images to a square, always
+    boxes = _geometry.cell_boxes_llava(image_size, image_processor, vc.patch_size, pad_to_square=True if several else None)
     cells = boxes.shape[0] * boxes.shape[1]
     grids = (("base", torch.arange(lead, lead + cells).view(boxes.shape[:2]), boxes),)
     if kind == "llava_onevision":  # one image of several: one image-newline token after the grid

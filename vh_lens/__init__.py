@@ -23,6 +23,8 @@ _EXPORTS = {
     "LlavaBatch": "vh_lens.model",
     "TokenLayout": "vh_lens.layout",
     "ImageGrid": "vh_lens.layout",
+    "ImageLayout": "vh_lens.layout",
+    "LlavaOnevisionImageOnlyProcessor": "vh_lens.onevision",
     # paper A: visual heads
     "scan_visual_heads": "vh_lens.visual_heads",
     "visual_head_hooks": "vh_lens.visual_heads",

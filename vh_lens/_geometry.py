@@ -12,6 +12,15 @@ transform, with the processor's own rounding:
   preserving resize, centred padding, tiling), of which the model keeps the rows or columns
   that :func:`transformers.models.llava_next.modeling_llava_next.unpad_image` keeps.
 
+- LLaVA-OneVision (``LlavaOnevisionImageProcessorPil``): as LLaVA-NeXT (views resized to a
+  square, no crop), then the unpadded tile grid is shrunk by bilinear interpolation when it
+  holds more than about ``N`` base grids (``vision_aspect_ratio="anyres_max_N"``); a shrunk
+  cell's box is the union of the boxes of the cells it mixes (:func:`cell_boxes_onevision`).
+  With several images in one prompt OneVision does no tiling: each image is padded to a
+  square and resized (:func:`cell_boxes_llava` follows that).
+- SigLIP towers (``SiglipImageProcessorPil``: resize to a fixed square, no crop) go through
+  :func:`cell_boxes_llava` as well.
+
 Each axis is handled on its own (every step is separable) with exact rational arithmetic, so
 neighbouring cells share their edges exactly. Only PIL backend processors are supported: the
 torchvision backend pads a too small image for centre cropping differently.
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+import math
 from fractions import Fraction
 from typing import Any
 
@@ -29,7 +39,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["cell_boxes_llava", "cell_boxes_llava_next", "llava_next_token_count"]
+__all__ = [
+    "cell_boxes_llava",
+    "cell_boxes_llava_next",
+    "cell_boxes_onevision",
+    "llava_next_token_count",
+    "onevision_max_patches",
+]
 
 
 @dataclass(frozen=True)
@@ -81,8 +97,9 @@ def _boxes(
     xs: Sequence[tuple[Fraction, Fraction]], ys: Sequence[tuple[Fraction, Fraction]]
 ) -> Float[Tensor, "rows cols 4"]:
     """Combine per-column x intervals and per-row y intervals into ``[rows, cols, 4]`` boxes."""
-    x = torch.tensor([[float(lo), float(hi)] for lo, hi in xs], dtype=torch.float64)
-    y = torch.tensor([[float(lo), float(hi)] for lo, hi in ys], dtype=torch.float64)
+    # reshape: an axis can hold no cells (unpadding of an extreme aspect ratio keeps none)
+    x = torch.tensor([[float(lo), float(hi)] for lo, hi in xs], dtype=torch.float64).reshape(-1, 2)
+    y = torch.tensor([[float(lo), float(hi)] for lo, hi in ys], dtype=torch.float64).reshape(-1, 2)
     rows, cols = y.shape[0], x.shape[0]
     boxes = torch.stack(
         [
@@ -169,8 +186,14 @@ def _resize_crop_steps(
     return ys, xs, height, width
 
 
-def _llava_steps(image_size: tuple[int, int], image_processor: Any) -> tuple[list[_Step], list[_Step], int, int]:
-    """Steps (y, x) of a LLaVA-1.5 processor and the processed ``(height, width)``."""
+def _llava_steps(
+    image_size: tuple[int, int], image_processor: Any, pad_to_square: bool | None = None
+) -> tuple[list[_Step], list[_Step], int, int]:
+    """Steps (y, x) of a LLaVA-1.5 processor and the processed ``(height, width)``.
+
+    ``pad_to_square``: ``None``: as the processor does (``do_pad`` with a ``pad_to_square``
+    method); ``True``: always (OneVision's several-images path pads whatever ``do_pad`` says).
+    """
     _check_backend(image_processor)
     width, height = (int(v) for v in image_size)
     if width <= 0 or height <= 0:
@@ -178,7 +201,8 @@ def _llava_steps(image_size: tuple[int, int], image_processor: Any) -> tuple[lis
     ys: list[_Step] = []
     xs: list[_Step] = []
     do_pad = bool(getattr(image_processor, "do_pad", False))
-    pad_to_square = do_pad and hasattr(image_processor, "pad_to_square")
+    if pad_to_square is None:
+        pad_to_square = do_pad and hasattr(image_processor, "pad_to_square")
     if pad_to_square and height != width:
         # LlavaImageProcessorPil.pad_to_square: centred, start = (max_dim - dim) // 2.
         side = max(height, width)
@@ -206,7 +230,7 @@ def _processed_size(image_size: tuple[int, int], image_processor: Any) -> tuple[
 
 
 def cell_boxes_llava(
-    image_size: tuple[int, int], image_processor: Any, patch_size: int
+    image_size: tuple[int, int], image_processor: Any, patch_size: int, *, pad_to_square: bool | None = None
 ) -> Float[Tensor, "rows cols 4"]:
     """Region of the original image that each vision patch of a LLaVA-1.5 image covers.
 
@@ -218,6 +242,9 @@ def cell_boxes_llava(
         image_size: ``(width, height)`` of the original image.
         image_processor: a PIL backend ``CLIPImageProcessorPil`` or ``LlavaImageProcessorPil``.
         patch_size: the vision tower's patch size.
+        pad_to_square: ``None`` (default): pad to a square when the processor does; ``True``:
+            always, as ``LlavaOnevisionImageProcessorPil`` does for each of several images in
+            one prompt (whatever its ``do_pad``).
 
     Returns:
         ``[rows, cols, 4]`` boxes ``(left, top, right, bottom)``, rows = processed height //
@@ -231,8 +258,7 @@ def cell_boxes_llava(
     """
     if patch_size <= 0:
         raise ValueError(f"patch_size must be positive, got {patch_size}")
-    ys, xs, height, width = _llava_steps(image_size, image_processor)
-    img_w, img_h = (int(v) for v in image_size)
+    ys, xs, height, width = _llava_steps(image_size, image_processor, pad_to_square)
     rows, cols = height // patch_size, width // patch_size
     if rows == 0 or cols == 0:
         raise ValueError(f"processed image {height}x{width} (h x w) is smaller than one {patch_size}px patch")
@@ -293,6 +319,21 @@ def cell_boxes_llava_next(
         ...                                     336, 14)   # doctest: +SKIP
         >>> llava_next_token_count(base, tiles)             # doctest: +SKIP
     """
+    base, tiles = _next_axes(image_size, image_processor, image_grid_pinpoints, vision_image_size, patch_size)
+    return _boxes(*base), _boxes(*tiles)
+
+
+_Axes = tuple[list[tuple[Fraction, Fraction]], list[tuple[Fraction, Fraction]]]
+
+
+def _next_axes(
+    image_size: tuple[int, int],
+    image_processor: Any,
+    image_grid_pinpoints: Sequence[Sequence[int]],
+    vision_image_size: int,
+    patch_size: int,
+) -> tuple[_Axes, _Axes]:
+    """``((base_x, base_y), (tile_x, tile_y))`` cell intervals of :func:`cell_boxes_llava_next`."""
     from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
     from transformers.image_utils import ChannelDimension
 
@@ -331,10 +372,8 @@ def cell_boxes_llava_next(
 
     # Base view: the whole image resized to (base_h, base_w), then the per-view steps.
     ys, xs = view_steps(base_h, base_w)
-    base = _boxes(
-        _map_back(_cells(g, patch_size), [_resize_step(width, base_w), *xs]),
-        _map_back(_cells(g, patch_size), [_resize_step(height, base_h), *ys]),
-    )
+    base_x = _map_back(_cells(g, patch_size), [_resize_step(width, base_w), *xs])
+    base_y = _map_back(_cells(g, patch_size), [_resize_step(height, base_h), *ys])
 
     # Tile view: best resolution, aspect-preserving resize, centred padding, tiles.
     best_h, best_w = select_best_resolution((height, width), pinpoints)
@@ -353,11 +392,9 @@ def cell_boxes_llava_next(
     tile_x = [(lo + (k // g) * tile, hi + (k // g) * tile) for k in cols_kept for lo, hi in [local_x[k % g]]]
     # LlavaNextImageProcessorPil._get_padding_size: paste offset (target - size) // 2.
     pad_y, pad_x = (best_h - new_h) // 2, (best_w - new_w) // 2
-    tiles = _boxes(
-        _map_back(tile_x, [_resize_step(width, new_w), _shift_step(new_w, -pad_x)]),
-        _map_back(tile_y, [_resize_step(height, new_h), _shift_step(new_h, -pad_y)]),
-    )
-    return base, tiles
+    tile_x = _map_back(tile_x, [_resize_step(width, new_w), _shift_step(new_w, -pad_x)])
+    tile_y = _map_back(tile_y, [_resize_step(height, new_h), _shift_step(new_h, -pad_y)])
+    return (base_x, base_y), (tile_x, tile_y)
 
 
 def llava_next_token_count(base: Tensor, tiles: Tensor) -> int:
@@ -368,3 +405,90 @@ def llava_next_token_count(base: Tensor, tiles: Tensor) -> int:
         tiles: ``[rows, cols, 4]`` tile cell boxes (one image-newline token ends each row).
     """
     return int(base.shape[0] * base.shape[1] + tiles.shape[0] * (tiles.shape[1] + 1))
+
+
+def onevision_max_patches(vision_aspect_ratio: str) -> int:
+    """``N`` of OneVision's ``vision_aspect_ratio="anyres_max_N"`` (as the modeling code reads it)."""
+    import re
+
+    if not isinstance(vision_aspect_ratio, str) or re.fullmatch(r"anyres_max_[1-9][0-9]*", vision_aspect_ratio) is None:
+        raise ValueError(f"vision_aspect_ratio must be 'anyres_max_N' with N >= 1, got {vision_aspect_ratio!r}")
+    return int(vision_aspect_ratio[len("anyres_max_"):])
+
+
+def _bilinear_sources(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """For each output index of a bilinear resize ``n_in -> n_out`` along one axis, the first
+    and last input index it mixes with a non-zero weight.
+
+    The weights are PyTorch's own (``interpolate(mode="bilinear", align_corners=False)``, as
+    ``LlavaOnevisionModel.pack_image_features`` calls it), read off the resize of an identity
+    matrix, so an output that lands exactly on one input index mixes only that one.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"a bilinear resize of {n_in} cells to {n_out} has no cells (Hugging Face cannot run it either)")
+    eye = torch.eye(n_in, dtype=torch.float32)[None, :, :, None]  # channel c = one-hot input c
+    weights = torch.nn.functional.interpolate(eye, size=[n_out, 1], mode="bilinear")[0, :, :, 0]  # [in, out]
+    out = []
+    for j in range(n_out):
+        src = (weights[:, j] != 0).nonzero().flatten()
+        out.append((int(src.min()), int(src.max())))
+    return out
+
+
+def _union(intervals: Sequence[tuple[Fraction, Fraction]], first: int, last: int) -> tuple[Fraction, Fraction]:
+    """The smallest interval holding ``intervals[first..last]`` (zero-length ones sit at the
+    content border, so min and max give the union)."""
+    part = intervals[first : last + 1]
+    return min(lo for lo, _ in part), max(hi for _, hi in part)
+
+
+def cell_boxes_onevision(
+    image_size: tuple[int, int],
+    image_processor: Any,
+    image_grid_pinpoints: Sequence[Sequence[int]],
+    vision_image_size: int,
+    patch_size: int,
+    vision_aspect_ratio: str,
+) -> tuple[Float[Tensor, "g g 4"], Float[Tensor, "rows cols 4"]]:
+    """Regions of the original image seen by a LLaVA-OneVision image's base and tile cells.
+
+    The base view and the unpadded tile grid are LLaVA-NeXT's (:func:`cell_boxes_llava_next`;
+    OneVision's processor resizes each view to a square without cropping). Then, as in
+    ``LlavaOnevisionModel.pack_image_features``: with ``(H, W)`` the unpadded grid, ``g`` the
+    base grid side and ``N`` from ``"anyres_max_N"``, ``ratio = sqrt(H * W / (N * g**2))``; if
+    ``ratio > 1.1`` the grid is resized bilinearly (``align_corners=False``) to
+    ``(int(H // ratio), int(W // ratio))``. A cell of the resized grid is a weighted mean of up
+    to 2 x 2 neighbouring source cells; its box is the union of the boxes of the source cells
+    with a non-zero weight (so neighbouring shrunk cells overlap, and a box "touches" a shrunk
+    cell when it touches any source cell that cell mixes). Without resizing the boxes are
+    those of the unpadded grid.
+
+    Args:
+        image_size: ``(width, height)`` of the original image.
+        image_processor: a ``LlavaOnevisionImageProcessorPil``.
+        image_grid_pinpoints: the model config's ``image_grid_pinpoints``.
+        vision_image_size: ``vision_config.image_size``.
+        patch_size: ``vision_config.patch_size``.
+        vision_aspect_ratio: the model config's ``vision_aspect_ratio`` (``"anyres_max_9"``).
+
+    Returns:
+        ``(base, tiles)`` boxes ``(left, top, right, bottom)`` in original pixels; tokens come
+        as base (row-major), then each tile row followed by one image-newline token (count:
+        :func:`llava_next_token_count`).
+
+    Example:
+        >>> base, tiles = cell_boxes_onevision((1000, 500), proc, cfg.image_grid_pinpoints,   # doctest: +SKIP
+        ...                                    384, 14, "anyres_max_9")
+    """
+    max_patches = onevision_max_patches(vision_aspect_ratio)
+    (base_x, base_y), (tile_x, tile_y) = _next_axes(
+        image_size, image_processor, image_grid_pinpoints, vision_image_size, patch_size
+    )
+    g = vision_image_size // patch_size
+    rows, cols = len(tile_y), len(tile_x)
+    ratio = math.sqrt(rows * cols / (max_patches * g**2))
+    if ratio > 1.1:
+        new_rows, new_cols = int(rows // ratio), int(cols // ratio)
+        tile_y = [_union(tile_y, a, b) for a, b in _bilinear_sources(rows, new_rows)]
+        tile_x = [_union(tile_x, a, b) for a, b in _bilinear_sources(cols, new_cols)]
+    return _boxes(base_x, base_y), _boxes(tile_x, tile_y)

@@ -23,6 +23,7 @@ from transformers import (
     AutoConfig,
     LlavaForConditionalGeneration,
     LlavaNextForConditionalGeneration,
+    LlavaOnevisionForConditionalGeneration,
     PretrainedConfig,
     PreTrainedModel,
     VipLlavaForConditionalGeneration,
@@ -42,6 +43,7 @@ SUPPORTED_MODELS: dict[str, type[PreTrainedModel]] = {
     "llava": LlavaForConditionalGeneration,
     "llava_next": LlavaNextForConditionalGeneration,
     "vipllava": VipLlavaForConditionalGeneration,
+    "llava_onevision": LlavaOnevisionForConditionalGeneration,
 }
 """Hugging Face ``model_type`` -> class of the supported LLaVA families."""
 
@@ -356,7 +358,10 @@ def build_vision(config: PretrainedConfig, src: TensorSource, dtype: torch.dtype
     Raises:
         CheckpointError: a tensor of the model is missing from the checkpoint or has another shape.
     """
+    from vh_lens.image_tokens import leading_image_tokens
+
     model_cls = check_config(config)
+    leading_image_tokens(config)  # refuse a tower / strategy the layout cannot follow before reading weights
     with torch.device("meta"):
         full = model_cls(config)
     tied = full.lm_head.weight is full.get_input_embeddings().weight
@@ -504,6 +509,12 @@ def load_processor(folder: Path):
 
     if not any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"no processor files (preprocessor_config.json, tokenizer files) in {folder}")
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
+    config_file = folder / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "llava_onevision":
+        from vh_lens.onevision import load_onevision_processor
+
+        processor = load_onevision_processor(folder)  # images only: HF's wants a torchvision video processor
+    else:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
     processor.tokenizer.padding_side = "left"
     return processor

@@ -17,13 +17,15 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PretrainedConfig, ProcessorMixin
 
-from vh_lens import _geometry
+from vh_lens import image_tokens
 from vh_lens import fast_attention as fast_attention_module
 from vh_lens.data.sample import Sample, load_rgb
-from vh_lens.layout import ImageGrid, TokenLayout
+from vh_lens.image_tokens import ImageTokens
+from vh_lens.layout import ImageGrid, ImageLayout, TokenLayout
 from vh_lens.prompts import build_prompt, known_format
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
+ImageInput = Image.Image | str | Path
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,9 +36,7 @@ class _Seq:
     embeds: Float[Tensor, "n d_model"]
     n_prompt: int
     image_positions: Int[Tensor, " n_img"]
-    newline_positions: Int[Tensor, " n_nl"]
-    grids: tuple[tuple[str, Tensor, Tensor], ...]  # (name, positions [r, c], cell boxes [r, c, 4])
-    image_size: tuple[int, int] | None
+    images: tuple[ImageTokens, ...]
     pixel_values: Tensor | None
     prompt: str
 
@@ -51,7 +51,8 @@ class LlavaBatch:
         embeds: ``[batch, pos, d_model]`` token embeddings with the image features spliced in
             at the image-token positions (the residual stream before layer 0).
         layout: one :class:`~vh_lens.layout.TokenLayout` per sample.
-        pixel_values: per sample, the processor's pixel values (``None`` for text only).
+        pixel_values: per sample, the processor's pixel values of all its images (``None`` for
+            text only).
         prompts: the prompt text of each sample (chat template applied).
     """
 
@@ -97,17 +98,29 @@ def _collate(seqs: Sequence[_Seq], pad_id: int, pad_embed: Tensor) -> LlavaBatch
         is_image = torch.zeros(n, dtype=torch.bool)
         is_image[s.image_positions] = True
         text = (~is_image).nonzero().flatten()
+        images = tuple(
+            ImageLayout(
+                index=k,
+                positions=im.positions + pad,
+                newline_positions=im.newline_positions + pad,
+                grids=tuple(ImageGrid(name, pos + pad, boxes) for name, pos, boxes in im.grids),
+                image_size=im.image_size,
+            )
+            for k, im in enumerate(s.images)
+        )
+        empty = torch.zeros(0, dtype=torch.long)
         layouts.append(
             TokenLayout(
                 seq_len=length,
                 n_pad=pad,
                 image_positions=s.image_positions + pad,
-                newline_positions=s.newline_positions + pad,
+                newline_positions=torch.cat([im.newline_positions for im in images]) if images else empty,
                 text_positions=text[text < s.n_prompt] + pad,
                 query_position=pad + s.n_prompt - 1,
-                grids=tuple(ImageGrid(name, pos + pad, boxes) for name, pos, boxes in s.grids),
-                image_size=s.image_size,
+                grids=tuple(g for im in images for g in im.grids),
+                image_size=images[0].image_size if len(images) == 1 else None,
                 answer_positions=torch.arange(s.n_prompt, n) + pad,
+                images=images,
             )
         )
     return LlavaBatch(
@@ -160,6 +173,7 @@ class LlavaLens(nn.Module):
         pad = tok.pad_token_id if tok.pad_token_id is not None else getattr(config.text_config, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
         self.prompt_format = known_format(config.text_config.model_type, config.text_config.vocab_size)
+        self._n_lead = image_tokens.leading_image_tokens(config)  # refuses towers / strategies it cannot lay out
         lm.tokenizer = None  # tokenisation is the processor's; TransformerLens never re-tokenises
 
     # ------------------------------------------------------------------ properties
@@ -200,7 +214,7 @@ class LlavaLens(nn.Module):
     @torch.no_grad()
     def prepare(
         self,
-        images: Sequence[Image.Image | str | Path | None] | None = None,
+        images: Sequence[ImageInput | Sequence[ImageInput] | None] | None = None,
         questions: Sequence[str] | None = None,
         prompts: Sequence[str] | None = None,
         answers: Sequence[str | None] | None = None,
@@ -208,40 +222,75 @@ class LlavaLens(nn.Module):
         """Tokenise, process images, splice image features, pad on the left.
 
         Args:
-            images: one image (PIL image or path) per sample, or ``None`` (for all samples or
-                for one) for text only. RGBA, palette and grayscale images are converted.
-            questions: questions, wrapped in the chat template with the image placeholder.
-            prompts: raw prompt texts holding the image placeholder (``"<image>"``) where the
-                sample has an image. Give ``questions`` or ``prompts``, not both.
+            images: per sample, one image (PIL image or path), a list of images (several
+                images in one prompt, in placeholder order), or ``None`` / ``[]`` for text only;
+                or ``None`` for all samples. RGBA, palette and grayscale images are converted.
+            questions: questions, wrapped in the chat template with one image placeholder per
+                image (before the question).
+            prompts: raw prompt texts holding one image placeholder (``"<image>"``) per image
+                of the sample, in order. Give ``questions`` or ``prompts``, not both.
             answers: optional text appended after each prompt (teacher forcing); its positions
                 are ``layout.answer_positions`` and the query position stays the last prompt one.
 
         Returns:
-            A :class:`LlavaBatch`.
+            A :class:`LlavaBatch`; ``batch.layout[i].images`` holds one
+            :class:`~vh_lens.layout.ImageLayout` per image of sample ``i``.
+
+        Raises:
+            ValueError: mismatched lengths, a string where a list of texts belongs, or a
+                prompt whose image placeholders do not match its images.
 
         Example:
             >>> batch = model.prepare(images=[img], questions=["How many dogs are there?"])  # doctest: +SKIP
+            >>> batch = model.prepare(images=[[img_a, img_b]],                                # doctest: +SKIP
+            ...                       prompts=["USER: <image> <image> Which is larger? ASSISTANT:"])
         """
         if (questions is None) == (prompts is None):
             raise ValueError("prepare: give either questions= or prompts= (exactly one)")
-        texts = list(questions if questions is not None else prompts)  # type: ignore[arg-type]
+        name = "questions" if questions is not None else "prompts"
+        given = questions if questions is not None else prompts
+        if isinstance(given, str):
+            raise ValueError(f"prepare: {name} must be a list of strings, got one string (wrap it: [{name[:-1]}])")
+        texts = list(given)  # type: ignore[arg-type]
         if not texts:
             raise ValueError("empty batch: no questions or prompts given")
+        if any(not isinstance(t, str) for t in texts):
+            raise ValueError(f"prepare: every item of {name} must be a string")
         if images is None:
             images = [None] * len(texts)
+        if isinstance(images, (str, Path, Image.Image)):
+            raise ValueError("prepare: images must be a list with one entry per prompt, got a single image")
         images = list(images)
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images for {len(texts)} prompts: give one image (or None) per prompt")
-        if answers is not None and len(answers) != len(texts):
-            raise ValueError(f"got {len(answers)} answers for {len(texts)} prompts")
+        if answers is not None:
+            if isinstance(answers, str):
+                raise ValueError("prepare: answers must be a list of strings (or None), got one string")
+            if len(answers) != len(texts):
+                raise ValueError(f"got {len(answers)} answers for {len(texts)} prompts")
         seqs = []
         for i, (image, text) in enumerate(zip(images, texts)):
-            img = load_rgb(image)
-            prompt = self.format_question(text, has_image=img is not None) if questions is not None else text
-            self._check_placeholders(i, prompt, img is not None)
+            imgs = [load_rgb(x) for x in self._image_list(i, image)]
+            if questions is not None:
+                prompt = self.format_question(text, has_image=bool(imgs))
+                if len(imgs) > 1:  # one placeholder per image, before the question
+                    prompt = prompt.replace(self.image_token, " ".join([self.image_token] * len(imgs)), 1)
+            else:
+                prompt = text
+            self._check_placeholders(i, prompt, len(imgs))
             answer = answers[i] if answers is not None else None
-            seqs.append(self._encode(prompt, img, answer))
+            seqs.append(self._encode(prompt, imgs, answer))
         return self._collate(seqs)
+
+    @staticmethod
+    def _image_list(i: int, image: Any) -> list:
+        if image is None:
+            return []
+        if isinstance(image, (list, tuple)):
+            if any(x is None for x in image):
+                raise ValueError(f"prompt {i}: its image list holds None")
+            return list(image)
+        return [image]
 
     def prepare_samples(
         self,
@@ -289,14 +338,16 @@ class LlavaLens(nn.Module):
             )
         return self._collate(seqs)
 
-    def _check_placeholders(self, i: int, prompt: str, has_image: bool) -> None:
+    def _check_placeholders(self, i: int, prompt: str, n_images: int) -> None:
         count = prompt.count(self.image_token)
-        if has_image and count == 0:
-            raise ValueError(f"prompt {i} has an image but no image placeholder {self.image_token!r}: {prompt!r}")
-        if has_image and count > 1:
-            raise ValueError(f"prompt {i} holds {count} image placeholders {self.image_token!r} for one image")
-        if not has_image and count:
+        if count == n_images:
+            return
+        if n_images == 0:
             raise ValueError(f"prompt {i} holds {count} image placeholder(s) {self.image_token!r} but no image was given")
+        if count == 0:
+            raise ValueError(f"prompt {i} has {n_images} image(s) but no image placeholder {self.image_token!r}: {prompt!r}")
+        given = "1 image was" if n_images == 1 else f"{n_images} images were"
+        raise ValueError(f"prompt {i} holds {count} image placeholders {self.image_token!r} but {given} given")
 
     def _answer_ids(self, prompt: str, answer: str) -> list[int]:
         """The answer's tokens as they follow the prompt (a space between, unless the prompt ends in one)."""
@@ -308,12 +359,14 @@ class LlavaLens(nn.Module):
             return full[len(base) :]
         return tok(answer, add_special_tokens=False).input_ids
 
-    def _encode(self, prompt: str, image: Image.Image | None, answer: str | None) -> _Seq:
-        if image is None:
+    def _encode(self, prompt: str, images: Sequence[Image.Image], answer: str | None) -> _Seq:
+        if not images:
             enc = self.processor.tokenizer(prompt, return_tensors="pt")
             pixel_values = None
         else:
-            enc = self.processor(images=[image], text=[prompt], return_tensors="pt")
+            # OneVision reads a nested list as "these images share one prompt" (no tiling then).
+            arg = [list(images)] if self.kind == "llava_onevision" else list(images)
+            enc = self.processor(images=arg, text=[prompt], return_tensors="pt")
             pixel_values = enc["pixel_values"]
         ids = enc["input_ids"][0]
         n_prompt = int(ids.shape[0])
@@ -321,64 +374,42 @@ class LlavaLens(nn.Module):
             ids = torch.cat([ids, torch.tensor(self._answer_ids(prompt, answer), dtype=torch.long)])
         embeds = self.lm.embed(ids.to(self.device)[None])[0]
         image_positions = (ids == self.image_token_id).nonzero().flatten()
-        grids: tuple = ()
-        newline = torch.zeros(0, dtype=torch.long)
-        if image is not None:
-            image_sizes = enc.get("image_sizes")
-            features = self._image_features(pixel_values, image_sizes)
+        layouts: tuple[ImageTokens, ...] = ()
+        if images:
+            sizes = [im.size for im in images]
+            ip = self.processor.image_processor
+            layouts = image_tokens.split_image_tokens(self.config, ip, sizes, image_positions, self._n_lead)
+            features = self._image_features(enc)
             mask = self.vision.get_placeholder_mask(
                 ids[None].to(self.device), inputs_embeds=embeds[None], image_features=features
-            )[0]
+            )
+            mask = (mask[0] if isinstance(mask, tuple) else mask)[0]  # OneVision also returns a video mask
             embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
-            grids, newline = self._grids(image.size, image_positions)
         return _Seq(
             input_ids=ids.cpu(),
             embeds=embeds,
             n_prompt=n_prompt,
             image_positions=image_positions,
-            newline_positions=newline,
-            grids=grids,
-            image_size=image.size if image is not None else None,
+            images=layouts,
             pixel_values=pixel_values,
             prompt=prompt,
         )
 
-    def _image_features(self, pixel_values: Tensor, image_sizes: Tensor | None) -> Tensor:
+    def _image_features(self, enc: Any) -> Tensor:
         projector = next(self.vision.multi_modal_projector.parameters())
-        pixel_values = pixel_values.to(projector.device, projector.dtype)
+        pixel_values = enc["pixel_values"].to(projector.device, projector.dtype)
         if self.kind == "llava_next":
-            out = self.vision.get_image_features(pixel_values=pixel_values, image_sizes=image_sizes)
+            out = self.vision.get_image_features(pixel_values=pixel_values, image_sizes=enc["image_sizes"])
+        elif self.kind == "llava_onevision":
+            out = self.vision.get_image_features(
+                pixel_values=pixel_values, image_sizes=enc["image_sizes"], batch_num_images=enc["batch_num_images"]
+            )
         else:
             out = self.vision.get_image_features(pixel_values=pixel_values)
         feats = out.pooler_output
         if isinstance(feats, (list, tuple)):
             feats = torch.cat(list(feats), dim=0)
         return feats.reshape(-1, feats.shape[-1]).to(self.device)
-
-    def _grids(self, image_size: tuple[int, int], image_positions: Tensor):
-        ip = self.processor.image_processor
-        vc = self.config.vision_config
-        strategy = getattr(self.config, "vision_feature_select_strategy", "default")
-        empty = torch.zeros(0, dtype=torch.long)
-        if self.kind == "llava_next":
-            base, tiles = _geometry.cell_boxes_llava_next(
-                image_size, ip, self.config.image_grid_pinpoints, vc.image_size, vc.patch_size
-            )
-            g = base.shape[0] * base.shape[1]
-            rows, cols = tiles.shape[:2]
-            if _geometry.llava_next_token_count(base, tiles) != image_positions.numel():
-                raise RuntimeError(
-                    f"LLaVA-NeXT layout: {image_positions.numel()} image tokens but the geometry gives "
-                    f"{_geometry.llava_next_token_count(base, tiles)}"
-                )
-            rest = image_positions[g:].view(rows, cols + 1)
-            grids = (("base", image_positions[:g].view(base.shape[:2]), base), ("tiles", rest[:, :cols], tiles))
-            return grids, rest[:, cols].clone()
-        boxes = _geometry.cell_boxes_llava(image_size, ip, vc.patch_size)
-        positions = image_positions[1:] if strategy == "full" else image_positions
-        if positions.numel() != boxes.shape[0] * boxes.shape[1]:
-            raise RuntimeError(f"layout: {positions.numel()} image tokens for a {tuple(boxes.shape[:2])} patch grid")
-        return (("base", positions.view(boxes.shape[:2]), boxes),), empty
 
     def _collate(self, seqs: Sequence[_Seq]) -> LlavaBatch:
         pad_embed = self.lm.embed(torch.tensor([[self.pad_token_id]], device=self.device))[0, 0]
@@ -428,9 +459,20 @@ class LlavaLens(nn.Module):
         """Greedy decoding with a key-value cache; ``[batch, max_new_tokens]`` new token ids.
 
         After a sample emits EOS its remaining tokens are the pad id.
+
+        Raises:
+            ValueError: ``max_new_tokens`` below 1, or the prompt plus the new tokens would run
+                past the model's context (checked before anything runs).
         """
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int of at least 1, got {max_new_tokens!r}")
+        needed = int(batch.input_ids.shape[1]) + max_new_tokens - 1  # the last new token is not fed back
+        if batch.input_ids.shape[1] <= self.cfg.n_ctx < needed:  # a too long prompt: _inputs says so
+            raise ValueError(
+                f"generating {max_new_tokens} tokens after {batch.input_ids.shape[1]} positions needs a context of "
+                f"{needed}, more than the model's {self.cfg.n_ctx}: ask for at most "
+                f"{self.cfg.n_ctx - batch.input_ids.shape[1] + 1} new tokens or load with vh_lens.load_llava(..., n_ctx=...)"
+            )
         x, kw = self._inputs(batch)
         b = len(batch)
         cache = TransformerLensKeyValueCache.init_cache(self.lm.cfg, self.device, b)

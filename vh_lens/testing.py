@@ -21,20 +21,28 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
     LlavaProcessor,
     MistralConfig,
     Phi3Config,
     PreTrainedModel,
     ProcessorMixin,
     Qwen2Config,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
     VipLlavaConfig,
     VipLlavaForConditionalGeneration,
 )
 
 from vh_lens._tokenizer import IMAGE_TOKEN, build_word_tokenizer
+from vh_lens.onevision import LlavaOnevisionImageOnlyProcessor
 from vh_lens.prompts import LLAVA_15_CHAT_TEMPLATE
 
-Kind = Literal["llava", "llava_next", "vip_llava"]
+Kind = Literal["llava", "llava_interleave", "llava_next", "llava_onevision", "vip_llava"]
+Vision = Literal["clip", "siglip"]
+VIDEO_TOKEN = "<video>"
 Backbone = Literal["llama", "mistral", "qwen2", "phi3"]
 
 TINY_WORDS = (
@@ -52,13 +60,17 @@ FAMILIES: tuple[tuple[str, str, int | None], ...] = (
     ("llava_next", "llama", None),
     ("llava_next", "mistral", None),
     ("vip_llava", "llama", None),
+    ("llava_interleave", "qwen2", None),  # LLaVA with a SigLIP tower (no CLS, strategy "full")
+    ("llava_onevision", "qwen2", 2),  # SigLIP, anyres_max tiles with bilinear downsampling
 )
 """``(kind, backbone, n_kv_heads)`` of the families checked against Hugging Face."""
 
 _TEXT_CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "phi3": Phi3Config}
 _MODEL_CLASSES = {
     "llava": (LlavaConfig, LlavaForConditionalGeneration),
+    "llava_interleave": (LlavaConfig, LlavaForConditionalGeneration),
     "llava_next": (LlavaNextConfig, LlavaNextForConditionalGeneration),
+    "llava_onevision": (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration),
     "vip_llava": (VipLlavaConfig, VipLlavaForConditionalGeneration),
 }
 
@@ -83,6 +95,8 @@ def tiny_llava(
     text_overrides: dict | None = None,
     vision_overrides: dict | None = None,
     config_overrides: dict | None = None,
+    vision: Vision | None = None,
+    vision_aspect_ratio: str = "anyres_max_4",
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A random-weight Hugging Face LLaVA model and its processor, small enough for CPU tests.
 
@@ -93,8 +107,11 @@ def tiny_llava(
     :func:`vh_lens.load_llava` reads.
 
     Args:
-        kind: ``"llava"`` (LLaVA-1.5), ``"llava_next"`` (anyres tiles and image-newline
-            tokens) or ``"vip_llava"`` (features from several CLIP layers).
+        kind: ``"llava"`` (LLaVA-1.5), ``"llava_interleave"`` (``LlavaForConditionalGeneration``
+            with a SigLIP tower, as llava-interleave checkpoints), ``"llava_next"`` (anyres
+            tiles and image-newline tokens), ``"llava_onevision"`` (SigLIP, anyres tiles up to
+            ``vision_aspect_ratio``, image-newline tokens; an images-only processor) or
+            ``"vip_llava"`` (features from several CLIP layers).
         backbone: the language model: ``"llama"``, ``"mistral"``, ``"qwen2"`` or ``"phi3"``.
         seed: seed of the weights.
         n_kv_heads: key/value heads (grouped-query attention when fewer than ``n_heads``).
@@ -102,6 +119,12 @@ def tiny_llava(
         image_size: the vision tower's input size; the image grid is ``image_size // patch_size``.
         rope_parameters: passed to the text config (e.g. Llama-3's ``{"rope_type": "llama3", ...}``).
         image_pad: LLaVA-1.5 only: pad images to a square instead of centre cropping.
+        vision: ``"clip"`` (a CLS token, centre crop; strategy ``"default"``) or ``"siglip"``
+            (no CLS token, the image resized to a square; strategy ``"full"``). Default: SigLIP
+            for ``"llava_interleave"`` and ``"llava_onevision"``, CLIP otherwise. ViP-LLaVA and
+            LLaVA-NeXT take CLIP only.
+        vision_aspect_ratio: OneVision only: ``"anyres_max_N"``; tile features beyond about
+            ``N`` base grids are downsampled (bilinear), as in the real checkpoints' ``anyres_max_9``.
         text_overrides, vision_overrides, config_overrides: extra keyword arguments of the text,
             vision and LLaVA configs (e.g. ``text_overrides={"attention_bias": True}``), applied
             last; the processor follows ``vision_feature_select_strategy``.
@@ -116,7 +139,14 @@ def tiny_llava(
         raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(_MODEL_CLASSES)}")
     if backbone not in _TEXT_CONFIGS:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(_TEXT_CONFIGS)}")
-    tokenizer = build_word_tokenizer(TINY_WORDS)
+    if vision is None:
+        vision = "siglip" if kind in ("llava_interleave", "llava_onevision") else "clip"
+    if vision not in ("clip", "siglip") or (vision == "siglip" and kind in ("llava_next", "vip_llava")):
+        raise ValueError(f"vision {vision!r} is not available for kind {kind!r}")
+    if kind == "llava_interleave":
+        kind = "llava"
+    onevision = kind == "llava_onevision"
+    tokenizer = build_word_tokenizer(TINY_WORDS, extra_special=(IMAGE_TOKEN, VIDEO_TOKEN) if onevision else (IMAGE_TOKEN,))
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if n_kv_heads is None:
         n_kv_heads = n_heads // 2 if backbone == "mistral" else n_heads
@@ -139,16 +169,19 @@ def tiny_llava(
     if backbone == "mistral":
         text_kwargs["sliding_window"] = None
     text_config = _TEXT_CONFIGS[backbone](**{**text_kwargs, **(text_overrides or {})})
-    vision_config = CLIPVisionConfig(
+    vision_kwargs = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=vision_layers,
         num_attention_heads=4,
         image_size=image_size,
         patch_size=patch_size,
-        projection_dim=32,
         **(vision_overrides or {}),
     )
+    if vision == "siglip":
+        vision_config = SiglipVisionConfig(vision_use_head=False, **vision_kwargs)
+    else:
+        vision_config = CLIPVisionConfig(projection_dim=32, **vision_kwargs)
     config_cls, model_cls = _MODEL_CLASSES[kind]
     common = dict(
         vision_config=vision_config,
@@ -171,9 +204,25 @@ def tiny_llava(
                 **overrides,
             }
         )
-    else:
+    elif onevision:
         config = config_cls(
-            **{"vision_feature_layer": -2, "vision_feature_select_strategy": "default", **common, **overrides}
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+            image_grid_pinpoints=[[a * image_size, b * image_size] for a in (1, 2, 3) for b in (1, 2, 3)],
+            vision_aspect_ratio=vision_aspect_ratio,
+            video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+            **common,
+            **overrides,
+        )
+    else:
+        strategy = "full" if vision == "siglip" else "default"
+        config = config_cls(
+            **{
+                "vision_feature_layer": -1 if vision == "siglip" else -2,
+                "vision_feature_select_strategy": strategy,
+                **common,
+                **overrides,
+            }
         )
     config._attn_implementation = "eager"
     config.text_config._attn_implementation = "eager"
@@ -184,12 +233,34 @@ def tiny_llava(
     _reinit_(model, seed=seed, std=init_std)
     model.eval()
 
-    processor = _tiny_processor(kind, tokenizer, image_size, patch_size, config, image_pad=image_pad)
+    processor = _tiny_processor(kind, tokenizer, image_size, patch_size, config, image_pad=image_pad, vision=vision)
     return model, processor
 
 
-def _tiny_processor(kind, tokenizer, image_size, patch_size, config, *, image_pad=False):
-    common_ip = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+def _tiny_processor(kind, tokenizer, image_size, patch_size, config, *, image_pad=False, vision="clip"):
+    square = {"height": image_size, "width": image_size}
+    if kind == "llava_onevision":
+        return LlavaOnevisionImageOnlyProcessor(
+            image_processor=LlavaOnevisionImageProcessorPil(size=square, image_grid_pinpoints=config.image_grid_pinpoints),
+            tokenizer=tokenizer,
+            num_image_tokens=(image_size // patch_size) ** 2,
+            vision_feature_select_strategy="full",
+            vision_aspect_ratio=config.vision_aspect_ratio,
+            chat_template=LLAVA_15_CHAT_TEMPLATE,
+            image_token=IMAGE_TOKEN,
+            video_token=VIDEO_TOKEN,
+        )
+    if vision == "siglip":  # llava-interleave: SigLIP resizes to a square, no CLS token
+        return LlavaProcessor(
+            image_processor=SiglipImageProcessorPil(size=square),
+            tokenizer=tokenizer,
+            patch_size=patch_size,
+            vision_feature_select_strategy="full",
+            num_additional_image_tokens=0,
+            chat_template=LLAVA_15_CHAT_TEMPLATE,
+            image_token=IMAGE_TOKEN,
+        )
+    common_ip = dict(size={"shortest_edge": image_size}, crop_size=square)
     if kind == "llava_next":
         image_processor = LlavaNextImageProcessorPil(image_grid_pinpoints=config.image_grid_pinpoints, **common_ip)
         processor_cls = LlavaNextProcessor

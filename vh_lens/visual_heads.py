@@ -168,17 +168,28 @@ def detection_score(
 
 
 def _batch_masks(
-    layouts: Sequence[TokenLayout], boxes: Sequence[Box | None] | None, min_overlap: float
+    layouts: Sequence[TokenLayout], boxes: Sequence[Box | None] | None, min_overlap: float, image: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(image, region, text)`` key masks ``[batch, seq]``.
+
+    ``image=None``: the tokens of every image of a sample count as image tokens; ``image=k``:
+    only those of its image ``k`` (a text-only sample has none; a sample with images but no
+    image ``k`` is an error), and the box is on image ``k``. Other images' tokens are never text.
+    """
     if boxes is not None and len(boxes) != len(layouts):
         raise ValueError(f"got {len(boxes)} boxes for {len(layouts)} layouts")
-    image = torch.stack([lay.image_mask for lay in layouts])
+    if image is not None and (isinstance(image, bool) or not isinstance(image, int) or image < 0):
+        raise ValueError(f"image must be None (all images) or a 0-based image index, got {image!r}")
+    for i, lay in enumerate(layouts):
+        if image is not None and lay.has_image and image >= lay.n_images:
+            raise ValueError(f"sample {i} holds {lay.n_images} image(s): it has no image {image}")
+    img = torch.stack([lay.image_token_mask(image) if lay.has_image else lay.image_mask for lay in layouts])
     text = torch.stack([lay.text_mask for lay in layouts])
-    region = torch.zeros_like(image)
+    region = torch.zeros_like(img)
     for i, box in enumerate(boxes or ()):
         if box is not None:
-            region[i] = layouts[i].region_mask(box, min_overlap)
-    return image, region, text
+            region[i] = layouts[i].region_mask(box, min_overlap, image=image)
+    return img, region, text
 
 
 class _HookSetup:
@@ -193,6 +204,7 @@ class _HookSetup:
         boxes: Sequence[Box | None] | None,
         min_overlap: float,
         caller: str,
+        image: int | None = None,
     ):
         if not layouts:
             raise ValueError(f"{caller} needs at least one layout")
@@ -213,7 +225,7 @@ class _HookSetup:
         if bool((query < n_pad).any()):
             raise ValueError(f"a query position lies in the left padding: {query.tolist()} vs n_pad {n_pad.tolist()}")
         self.query, self.n_pad = query, n_pad
-        self.masks = _batch_masks(layouts, boxes, min_overlap)
+        self.masks = _batch_masks(layouts, boxes, min_overlap, image)
         self.add = sink.add if isinstance(sink, _HasAdd) else sink
         self._on_device: dict[tuple[torch.device, int], tuple[Tensor, ...]] = {}
 
@@ -247,6 +259,7 @@ def visual_head_hooks(
     query_positions: Sequence[int] | Tensor | None = None,
     boxes: Sequence[Box | None] | None = None,
     min_overlap: float = 0.0,
+    image: int | None = None,
 ) -> list[tuple[str | Callable[[str], bool], HookFn]]:
     """Hooks that reduce every layer's attention at the query rows to visual-head metrics.
 
@@ -268,6 +281,10 @@ def visual_head_hooks(
         boxes: one box ``(left, top, right, bottom)`` in original-image pixels or ``None`` per
             sample, for the region weight (mapped with ``layout.region_mask``).
         min_overlap: minimum fraction of a patch the box must cover (0: any overlap).
+        image: with several images per prompt, which image's tokens are the "image" of the
+            image weight and concentration (0-based; the box is then on that image);
+            ``None`` (default): all images together (the box needs a one-image sample). Tokens
+            of the other images count as neither image nor text.
 
     Returns:
         ``[(hook_name, hook_fn), ...]`` for ``run_with_hooks(fwd_hooks=...)``.
@@ -277,7 +294,7 @@ def visual_head_hooks(
         >>> hooks = visual_head_hooks(batch.layout, acc, n_layers=model.cfg.n_layers)  # doctest: +SKIP
         >>> model.run_with_hooks(batch, fwd_hooks=hooks)                     # doctest: +SKIP
     """
-    prep = _HookSetup(layouts, sink, n_layers, query_positions, boxes, min_overlap, "visual_head_hooks")
+    prep = _HookSetup(layouts, sink, n_layers, query_positions, boxes, min_overlap, "visual_head_hooks", image)
 
     def hook_fn(pattern: Float[Tensor, "batch head q k"], *, hook: HookPoint, layer: int) -> None:
         batch, _, q_len, k_len = pattern.shape
@@ -306,6 +323,7 @@ def visual_head_qk_hooks(
     query_positions: Sequence[int] | Tensor | None = None,
     boxes: Sequence[Box | None] | None = None,
     min_overlap: float = 0.0,
+    image: int | None = None,
 ) -> list[tuple[str | Callable[[str], bool], HookFn]]:
     """The metrics of :func:`visual_head_hooks`, from the queries and keys instead of the pattern.
 
@@ -319,7 +337,7 @@ def visual_head_qk_hooks(
 
     Args:
         lm: the HookedTransformer (``model.lm``); see :func:`qk_hooks_supported`.
-        layouts, sink, query_positions, boxes, min_overlap: as :func:`visual_head_hooks`.
+        layouts, sink, query_positions, boxes, min_overlap, image: as :func:`visual_head_hooks`.
 
     Returns:
         ``[(hook_name, hook_fn), ...]`` for ``run_with_hooks(fwd_hooks=...)``.
@@ -327,7 +345,7 @@ def visual_head_qk_hooks(
     if not qk_hooks_supported(lm):
         raise ValueError("visual_head_qk_hooks needs a rotary causal backbone (Llama, Mistral, Qwen2, Phi-3)")
     n_layers = len(lm.blocks)
-    prep = _HookSetup(layouts, sink, n_layers, query_positions, boxes, min_overlap, "visual_head_qk_hooks")
+    prep = _HookSetup(layouts, sink, n_layers, query_positions, boxes, min_overlap, "visual_head_qk_hooks", image)
     queries: dict[int, Tensor] = {}
 
     def q_hook(q: Float[Tensor, "batch pos head d_head"], *, hook: HookPoint, layer: int) -> None:

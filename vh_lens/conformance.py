@@ -143,6 +143,10 @@ def _window(value, config) -> str | None:
     return None
 
 
+def _feature_strategy_full(value, config) -> str | None:
+    return None if value == "full" else "a SigLIP tower has no CLS token to drop: only 'full' is exact"
+
+
 def _feature_strategy_next(value, config) -> str | None:
     return None if value == "default" else "the anyres grid needs the CLS token dropped ('default')"
 
@@ -151,7 +155,7 @@ def _feature_strategy_next(value, config) -> str | None:
 
 _T = "tests/test_conformance.py::test_honoured_field_matches_hugging_face"
 _FAMILY = "tests/test_model.py::test_logits_and_patterns_match_hugging_face"
-_VISION_BRANCH = None  # OneVision / SigLIP rows: proved by the vision branch's family test
+_ONEVISION_TILES = "tests/test_onevision.py::test_onevision_downsampled_tiles_match_hugging_face"
 _HF = "Hugging Face module"
 _EVAL = "no effect in eval: Hugging Face applies dropout only in training, TransformerLens has none"
 
@@ -212,12 +216,12 @@ def _text_rules(cls: str) -> list[FieldRule]:
 
 def _llava_rules(cls: str) -> list[FieldRule]:
     onevision = cls == "LlavaOnevisionConfig"
-    test = _VISION_BRANCH if onevision else _T
+    test = _FAMILY if onevision else _T
     rules = [
-        FieldRule(cls, "text_config", "honoured", "sub-config, checked field by field", _VISION_BRANCH if onevision else _FAMILY),
-        FieldRule(cls, "vision_config", "honoured", "sub-config, checked field by field", _VISION_BRANCH if onevision else _FAMILY),
+        FieldRule(cls, "text_config", "honoured", "sub-config, checked field by field", _FAMILY),
+        FieldRule(cls, "vision_config", "honoured", "sub-config, checked field by field", _FAMILY),
         FieldRule(cls, "image_token_index", "honoured", "vh_lens splices the image features at this token, as Hugging Face does",
-                  _VISION_BRANCH if onevision else _FAMILY),
+                  _FAMILY),
         FieldRule(cls, "tie_word_embeddings", "honoured",
                   "conversion: tied -> the unembedding is the token embedding; untied -> lm_head.weight is required", test),
         FieldRule(cls, "projector_hidden_act", "honoured", _HF + " (projector)", test),
@@ -237,19 +241,21 @@ def _llava_rules(cls: str) -> list[FieldRule]:
                                _HF + " and vh_lens layout; refused: anything but 'default'", _FAMILY, _feature_strategy_next))
     if cls in ("LlavaNextConfig", "LlavaOnevisionConfig"):
         rules.append(FieldRule(cls, "image_grid_pinpoints", "honoured", _HF + " and vh_lens layout (anyres tiles)",
-                               _VISION_BRANCH if onevision else _FAMILY))
+                               _FAMILY))
     if onevision:
         rules += [
-            FieldRule(cls, "vision_feature_select_strategy", "honoured", _HF + " and vh_lens layout", _VISION_BRANCH),
-            FieldRule(cls, "vision_aspect_ratio", "honoured", _HF + " and vh_lens layout (anyres_max_N)", _VISION_BRANCH),
+            FieldRule(cls, "vision_feature_select_strategy", "honoured",
+                      _HF + " and vh_lens layout; refused: anything but 'full' (SigLIP has no CLS token)", _FAMILY,
+                      _feature_strategy_full),
+            FieldRule(cls, "vision_aspect_ratio", "honoured", _HF + " and vh_lens layout (anyres_max_N)", _ONEVISION_TILES),
             FieldRule(cls, "video_token_index", "inert", "vh_lens passes images only"),
         ]
     return rules
 
 
 def _vision_rules(cls: str) -> list[FieldRule]:
-    test = _VISION_BRANCH if cls == "SiglipVisionConfig" else _T
-    family = _VISION_BRANCH if cls == "SiglipVisionConfig" else _FAMILY
+    test = _FAMILY if cls == "SiglipVisionConfig" else _T
+    family = _FAMILY
     rules = [
         FieldRule(cls, "hidden_size", "honoured", _HF, family),
         FieldRule(cls, "intermediate_size", "honoured", _HF, family),

@@ -164,4 +164,5 @@ def attribution_patch(
         for j, (mask, head) in enumerate(zip(sites.masks, sites.heads)):
             c = contrib if head is None else contrib[:, :, head]
             out[i, j] = float(c[mask.to(c.device)].sum())
-    return _result(sites, "attribution", layers, normalise(out, m_c, m_r), m_c, m_r, metric, clean, description)
+    effect = normalise(out, m_c - m_r, 0.0)  # out estimates m_patched - m(r)
+    return _result(sites, "attribution", layers, effect, m_c, m_r, metric, clean, description)

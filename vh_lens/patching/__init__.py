@@ -25,7 +25,7 @@ from vh_lens.patching.corruptions import (
 from vh_lens.patching.heads import detect_head
 from vh_lens.patching.metrics import METRICS, AnswerMetric, answer_logprob_metric, logit_diff_metric, normalise
 from vh_lens.patching.patch import activation_patch, attribution_patch
-from vh_lens.patching.result import PatchingResult, effect_share
+from vh_lens.patching.result import PatchingResult, effect_share, merge
 from vh_lens.patching.sites import RESID_ACTIVATIONS, Sites, grid_boxes, head_sites, position_sites, region_sites
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "grid_boxes",
     "head_sites",
     "logit_diff_metric",
+    "merge",
     "noise_box",
     "noise_image_embeddings",
     "normalise",

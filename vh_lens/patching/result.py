@@ -155,6 +155,47 @@ class PatchingResult:
         )
 
 
+def merge(results: list[PatchingResult]) -> PatchingResult:
+    """Results of several batches of one experiment as one, as if run as one batch.
+
+    The metric is a mean over samples, so the merged ``m(c)``, ``m(r)`` and each patched (or
+    estimated) metric are the means weighted by ``n_samples``, and the effect is normalised
+    again with the merged ``m(c) - m(r)``.
+
+    Raises:
+        ValueError: no results, or results of different grids, layers, labels or metrics.
+    """
+    if not results:
+        raise ValueError("merge: no results")
+    first = results[0]
+    key = (first.grid, first.method, first.activation, first.layers, first.labels, first.metric)
+    for r in results[1:]:
+        if (r.grid, r.method, r.activation, r.layers, r.labels, r.metric) != key:
+            raise ValueError("merge: the results differ in grid, method, activation, layers, labels or metric")
+    n = sum(r.n_samples for r in results)
+    clean = sum(r.clean_metric * r.n_samples for r in results) / n
+    corrupt = sum(r.corrupt_metric * r.n_samples for r in results) / n
+    delta = sum(r.delta.double() * r.n_samples for r in results) / n
+    gap = clean - corrupt
+    if not abs(gap) > 1e-6 * max(1.0, abs(clean)):
+        raise ValueError(f"merge: the merged clean and corrupted metrics are equal ({clean:.6g}): nothing to normalise by")
+    return PatchingResult(
+        effect=(delta / gap).float(),
+        grid=first.grid,
+        method=first.method,
+        activation=first.activation,
+        layers=first.layers,
+        labels=first.labels,
+        clean_metric=clean,
+        corrupt_metric=corrupt,
+        metric=first.metric,
+        boxes=first.boxes,
+        image_size=first.image_size,
+        n_samples=n,
+        description=first.description,
+    )
+
+
 def effect_share(result: PatchingResult, inside: torch.Tensor, layer: int | None = None) -> float:
     """Share of the positive effect of one layer's row that lies at the indices ``inside``.
 

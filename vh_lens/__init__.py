@@ -86,7 +86,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    if name in ("data", "plotting", "testing", "toy"):
+    if name in ("data", "plotting", "testing", "toy", "patching"):
         return importlib.import_module(f"vh_lens.{name}")
     raise AttributeError(f"module 'vh_lens' has no attribute {name!r}")
 

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("scan", "mask", "lens", "probe")
+COMMANDS = ("scan", "mask", "lens", "probe", "patch")
 
 
 def build_parser() -> argparse.ArgumentParser:

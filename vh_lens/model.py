@@ -19,6 +19,7 @@ from transformers import PretrainedConfig, ProcessorMixin
 
 from vh_lens import image_tokens
 from vh_lens import fast_attention as fast_attention_module
+from vh_lens import tl_native
 from vh_lens.data.sample import Sample, load_rgb
 from vh_lens.image_tokens import ImageTokens
 from vh_lens.layout import ImageGrid, ImageLayout, TokenLayout
@@ -68,9 +69,25 @@ class LlavaBatch:
         return int(self.input_ids.shape[0])
 
     @property
+    def shape(self) -> torch.Size:
+        """``input_ids.shape``, ``(batch, pos)``: what TransformerLens' patching reads of its "tokens"."""
+        return self.input_ids.shape
+
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        """``input_ids.size(dim)``."""
+        return self.input_ids.size() if dim is None else self.input_ids.size(dim)
+
+    @property
     def query_positions(self) -> Int[Tensor, " batch"]:
         """``[batch]`` the answer query (last prompt) position of each sample."""
         return torch.tensor([lay.query_position for lay in self.layout], dtype=torch.long)
+
+    def with_embeds(self, embeds: Float[Tensor, "batch pos d_model"]) -> LlavaBatch:
+        """The same batch with other spliced embeddings (e.g. noised image features); ids and layout kept."""
+        if embeds.shape != self.embeds.shape:
+            raise ValueError(f"with_embeds: got shape {tuple(embeds.shape)}, the batch's embeddings are {tuple(self.embeds.shape)}")
+        seqs = tuple(replace(s, embeds=embeds[i, lay.n_pad :].to(s.embeds)) for i, (s, lay) in enumerate(zip(self._seqs, self.layout)))
+        return replace(self, embeds=embeds, _seqs=seqs)
 
     def to(self, device: torch.device | str) -> LlavaBatch:
         return replace(
@@ -175,6 +192,7 @@ class LlavaLens(nn.Module):
         self.prompt_format = known_format(config.text_config.model_type, config.text_config.vocab_size)
         self._n_lead = image_tokens.leading_image_tokens(config)  # refuses towers / strategies it cannot lay out
         lm.tokenizer = None  # tokenisation is the processor's; TransformerLens never re-tokenises
+        tl_native.Splicer(self.image_token_id).install(lm)  # the image enters through hook_embed
 
     # ------------------------------------------------------------------ properties
 
@@ -417,7 +435,8 @@ class LlavaLens(nn.Module):
 
     # ------------------------------------------------------------------ running
 
-    def _inputs(self, batch: LlavaBatch) -> tuple[Tensor, dict[str, Any]]:
+    def _inputs(self, batch: LlavaBatch) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """``(ids, spliced embeddings, keyword arguments)`` for a run of ``lm`` on the batch."""
         if not isinstance(batch, LlavaBatch):
             raise TypeError(f"expected a LlavaBatch from model.prepare(...), got {type(batch).__name__}")
         if batch.input_ids.shape[1] > self.cfg.n_ctx:
@@ -428,25 +447,55 @@ class LlavaLens(nn.Module):
         mask = batch.attention_mask.to(self.device)
         # Without padding the mask changes nothing: leave it out, and TransformerLens takes its
         # faster path (plain causal mask, positions 0..n-1).
-        return batch.embeds.to(self.device), {
-            "start_at_layer": 0,
+        return batch.input_ids.to(self.device), batch.embeds.to(self.device), {
             "attention_mask": None if bool(mask.all()) else mask,
         }
 
+    def _splice(self, ids: Tensor, embeds: Tensor):
+        """Context: the next ``lm`` run on ``ids`` gets ``embeds`` out of ``lm.embed`` (:mod:`vh_lens.tl_native`)."""
+        return self.lm._vh_splicer.splice(ids, embeds)
+
     def forward(self, batch: LlavaBatch, **kwargs: Any) -> Float[Tensor, "batch pos d_vocab"]:
-        """Logits ``[batch, pos, d_vocab]``; extra keyword arguments go to the HookedTransformer."""
-        x, kw = self._inputs(batch)
-        return self.lm(x, **kw, **kwargs)
+        """Logits ``[batch, pos, d_vocab]``; extra keyword arguments go to the HookedTransformer.
+
+        ``lm`` runs on the batch's ids; the spliced embeddings (image features at the image
+        positions) are the output of ``hook_embed``.
+        """
+        ids, embeds, kw = self._inputs(batch)
+        with self._splice(ids, embeds):
+            return self.lm(ids, **kw, **kwargs)
 
     def run_with_hooks(self, batch: LlavaBatch, fwd_hooks: HookList = (), bwd_hooks: HookList = (), **kwargs: Any):
         """``HookedTransformer.run_with_hooks`` on the spliced sequence; hooks are removed afterwards, also on error."""
-        x, kw = self._inputs(batch)
-        return self.lm.run_with_hooks(x, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kw, **kwargs)
+        ids, embeds, kw = self._inputs(batch)
+        with self._splice(ids, embeds):
+            return self.lm.run_with_hooks(ids, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kw, **kwargs)
 
     def run_with_cache(self, batch: LlavaBatch, **kwargs: Any) -> tuple[Tensor, ActivationCache]:
-        """``HookedTransformer.run_with_cache`` on the spliced sequence (use ``names_filter`` to keep it small)."""
-        x, kw = self._inputs(batch)
-        return self.lm.run_with_cache(x, **kw, **kwargs)
+        """``HookedTransformer.run_with_cache`` on the spliced sequence (use ``names_filter`` to keep it small).
+
+        The cache's ``hook_embed`` holds the spliced embeddings, so its decompositions
+        (``decompose_resid``, ``get_full_resid_decomposition``, ``logit_attrs``) include the image.
+        """
+        ids, embeds, kw = self._inputs(batch)
+        with self._splice(ids, embeds):
+            return self.lm.run_with_cache(ids, **kw, **kwargs)
+
+    def reset_hooks(self, *args: Any, **kwargs: Any) -> None:
+        """``HookedTransformer.reset_hooks`` of ``lm``."""
+        self.lm.reset_hooks(*args, **kwargs)
+
+    def to_tokens(self, x: LlavaBatch | str | Sequence[str]) -> Int[Tensor, "batch pos"]:
+        """Token ids of a batch (image placeholders expanded) or of image-free text (see :func:`vh_lens.tl_native.to_tokens`)."""
+        return tl_native.to_tokens(self, x)
+
+    def to_str_tokens(self, batch: LlavaBatch) -> list[list[str]]:
+        """Per sample, a string per position; image tokens read ``<img:base r3c4>`` (:func:`vh_lens.tl_native.str_tokens`)."""
+        return tl_native.str_tokens(self, batch)
+
+    def test_prompt(self, image: Any, question: str, answer: str, *, top_k: int = 5) -> tl_native.PromptTest:
+        """Rank and probability of each answer token after the image and question (:func:`vh_lens.tl_native.test_prompt`)."""
+        return tl_native.test_prompt(self, image, question, answer, top_k=top_k)
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: HookList = (), bwd_hooks: HookList = (), **kwargs: Any) -> Iterator[LlavaLens]:
@@ -473,11 +522,12 @@ class LlavaLens(nn.Module):
                 f"{needed}, more than the model's {self.cfg.n_ctx}: ask for at most "
                 f"{self.cfg.n_ctx - batch.input_ids.shape[1] + 1} new tokens or load with vh_lens.load_llava(..., n_ctx=...)"
             )
-        x, kw = self._inputs(batch)
+        ids, embeds, _ = self._inputs(batch)
         b = len(batch)
         cache = TransformerLensKeyValueCache.init_cache(self.lm.cfg, self.device, b)
-        mask = cache.append_attention_mask(batch.attention_mask.to(self.device))
-        logits = self.lm(x, start_at_layer=0, attention_mask=mask, past_kv_cache=cache)
+        # lm appends each step's attention mask to the cache itself (tokens in, not embeddings)
+        with self._splice(ids, embeds):
+            logits = self.lm(ids, attention_mask=batch.attention_mask.to(self.device), past_kv_cache=cache)
         eos = self.tokenizer.eos_token_id
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
         out = []
@@ -491,9 +541,11 @@ class LlavaLens(nn.Module):
                     break
             if step == max_new_tokens - 1:
                 break
-            emb = self.lm.embed(nxt[:, None])
-            mask = cache.append_attention_mask(torch.ones((b, 1), dtype=mask.dtype, device=self.device))
-            logits = self.lm(emb, start_at_layer=0, attention_mask=mask, past_kv_cache=cache)
+            step_ids = nxt[:, None]
+            ones = torch.ones((b, 1), dtype=batch.attention_mask.dtype, device=self.device)
+            # a generated token is embedded as text, as Hugging Face does after the prompt
+            with self._splice(step_ids, self.lm.embed(step_ids)):
+                logits = self.lm(step_ids, attention_mask=ones, past_kv_cache=cache)
         return torch.stack(out, dim=1)
 
     def generate(self, batch: LlavaBatch, max_new_tokens: int = 8, **kwargs: Any) -> list[str]:

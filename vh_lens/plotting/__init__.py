@@ -8,6 +8,7 @@ from vh_lens.plotting.functional import (
 )
 from vh_lens.plotting.lens import plot_answer_prob_heatmap, plot_rank_per_layer
 from vh_lens.plotting.masking import plot_masking_curves
+from vh_lens.plotting.patching import plot_attribution_vs_activation, plot_effect_heatmap, plot_effect_on_image
 from vh_lens.plotting.visual_heads import (
     plot_head_attention_on_image,
     plot_head_heatmap,
@@ -18,6 +19,9 @@ from vh_lens.plotting.visual_heads import (
 
 __all__ = [
     "plot_answer_prob_heatmap",
+    "plot_attribution_vs_activation",
+    "plot_effect_heatmap",
+    "plot_effect_on_image",
     "plot_function_head_maps",
     "plot_function_overlap",
     "plot_heads_per_layer",

@@ -341,3 +341,17 @@ def test_detect_head_on_an_image_prompt():
         assert torch.allclose(scores[l], want, atol=1e-5)
     with pytest.raises(ValueError, match="one sample"):
         patching.detect_head(model, _batch(model, 2), "previous_token_head")
+
+
+def test_str_tokens_name_the_image_when_a_prompt_holds_several():
+    model = tiny_lens("llava_next", "llama")
+    images = [striped_image((70, 40), 0), striped_image((50, 90), 1)]
+    batch = model.prepare(images=[images, [images[0]]], questions=["how many dogs?", "is there a cat"])
+    str_toks = model.to_str_tokens(batch)
+    lay = batch.layout[0]
+    for image in lay.images:
+        first = int(image.grids[0].positions[0, 0])
+        assert str_toks[0][first] == f"<img{image.index}:base r0c0>"
+    marked = [str_toks[0][p] for p in lay.image_positions.tolist()]
+    assert len(set(marked)) == len(marked)  # every image position has its own marker
+    assert str_toks[1][int(batch.layout[1].images[0].grids[0].positions[0, 0])] == "<img:base r0c0>"

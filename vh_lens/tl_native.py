@@ -111,18 +111,22 @@ def image_token_labels(layout: Any) -> dict[int, str]:
 
     Grid cells read ``<img:{grid} r{row}c{col}>`` (``grid`` is ``base`` or ``tiles``), LLaVA-NeXT
     newline tokens ``<img:newline {k}>``, any other image position (the CLS feature of the
-    ``"full"`` strategy) ``<img:{k}>``, ``k`` its index among the image positions.
+    ``"full"`` strategy) ``<img:{k}>``, ``k`` its index among the image's positions. With several
+    images in the prompt the marker names the image: ``<img1:base r0c0>`` is image 1's.
     """
     labels: dict[int, str] = {}
-    for grid in layout.grids:
-        rows, cols = grid.shape
-        for r in range(rows):
-            for c in range(cols):
-                labels[int(grid.positions[r, c])] = f"<img:{grid.name} r{r}c{c}>"
-    for k, p in enumerate(layout.newline_positions.tolist()):
-        labels[int(p)] = f"<img:newline {k}>"
-    for k, p in enumerate(layout.image_positions.tolist()):
-        labels.setdefault(int(p), f"<img:{k}>")
+    images = tuple(getattr(layout, "images", ()))
+    for image in images:
+        tag = "img" if len(images) == 1 else f"img{image.index}"
+        for grid in image.grids:
+            rows, cols = grid.shape
+            for r in range(rows):
+                for c in range(cols):
+                    labels[int(grid.positions[r, c])] = f"<{tag}:{grid.name} r{r}c{c}>"
+        for k, p in enumerate(image.newline_positions.tolist()):
+            labels[int(p)] = f"<{tag}:newline {k}>"
+        for k, p in enumerate(image.positions.tolist()):
+            labels.setdefault(int(p), f"<{tag}:{k}>")
     return labels
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import glob
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -140,27 +139,41 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise ValueError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
 
 
+def finish_interrupted(out: Path) -> None:
+    """Finish a publish of ``out`` that a killed run left half done, and delete its temporary folders.
+
+    A run killed between the two renames of :func:`vh_lens._io.publish` leaves a journal beside
+    ``out``; the complete new output it names is moved into place. Leftover ``.{out}.*.partial``
+    (killed while writing) and ``.{out}.*.old`` folders are removed.
+    """
+    from vh_lens._io import recover_publish, remove_stale
+
+    out = Path(out).absolute()
+    recover_publish(out.parent / f".{out.name}.publish.json")
+    stem = glob.escape(f".{out.name}.")
+    remove_stale(out.parent, [f"{stem}*.partial", f"{stem}*.old"])
+
+
 @contextlib.contextmanager
 def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it becomes ``out``, on error it is removed.
 
     An existing ``out`` is replaced only with ``overwrite`` and only once the new output is
-    complete. Parent folders created here are removed again when the run fails.
+    complete, in one step (:func:`vh_lens._io.publish`: a failure or a kill leaves the old output
+    or the new one, whole). Temporary folders of earlier killed runs are removed first. Folders
+    and files get the umask's permissions. Parent folders created here are removed again when
+    the run fails.
     """
+    from vh_lens._io import make_temp_dir, publish
+
     out = Path(out).absolute()
+    finish_interrupted(out)
     _check_out(out, overwrite)
     created = next((p for p in reversed([out.parent, *out.parent.parents]) if not p.exists()), None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.", ".partial")
     try:
         yield tmp
-        if out.is_dir() and any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish([(tmp, out)], out.parent / f".{out.name}.publish.json")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created is not None:

@@ -46,6 +46,12 @@ def _reserve(path: Path) -> Path:
     raise FileExistsError(f"could not create a temporary file beside {path}")  # pragma: no cover
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -71,6 +77,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) recreate the file owner-only
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):  # cleaning up must not hide the original error
@@ -241,10 +248,10 @@ def publish(moves: Sequence[tuple[PathLike, PathLike]], journal: PathLike) -> No
     journal = Path(journal)
     pairs = [(Path(s), Path(t)) for s, t in moves]
     trash = make_temp_dir(journal.parent, f".{journal.name}.", ".old")
-    write_json(journal, {"moves": [[str(s), str(t)] for s, t in pairs], "trash": str(trash)})
     put_away: list[tuple[Path, Path]] = []
     moved: list[tuple[Path, Path]] = []
     try:
+        write_json(journal, {"moves": [[str(s), str(t)] for s, t in pairs], "trash": str(trash)})
         for i, (_, target) in enumerate(pairs):
             if target.exists() or target.is_symlink():
                 os.replace(target, trash / str(i))
@@ -258,8 +265,8 @@ def publish(moves: Sequence[tuple[PathLike, PathLike]], journal: PathLike) -> No
                 os.replace(target, source)
             for kept, target in put_away:
                 os.replace(kept, target)
-            journal.unlink()
-            _remove(trash)
+            journal.unlink(missing_ok=True)
+        _remove(trash)
         raise
     journal.unlink()
     _remove(trash)

@@ -184,7 +184,7 @@ def finish_interrupted(out: Path) -> None:
     out = Path(out).absolute()
     recover_publish(out.parent / f".{out.name}.publish.json")
     stem = glob.escape(f".{out.name}.")
-    remove_stale(out.parent, [f"{stem}*.partial", f"{stem}*.old"])
+    remove_stale(out.parent, [f"{stem}*.partial", f"{stem}*.old", f".{stem}publish.json.*.tmp"])
 
 
 @contextlib.contextmanager

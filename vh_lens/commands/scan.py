@@ -24,13 +24,17 @@ Output folder ``--out``:
 - ``checkpoint/``: the running statistics, saved every ``--checkpoint-every`` samples.
   Rerunning the same command after an interruption continues from there and ends with the
   result of an uninterrupted run; a larger ``--limit`` (or ``--n-samples``) extends a finished
-  run. The checkpoint remembers the run's settings and refuses another model, data set or
-  option (``--overwrite`` starts afresh).
+  run. The checkpoint remembers the run's settings and the fingerprints of what it read
+  (:mod:`vh_lens.fingerprint`: checkpoint files, data file, images) and refuses another model,
+  data set or option, or the same paths with other contents, naming the file that changed
+  (``--overwrite`` starts afresh).
 
 ``scores/`` and ``report.html`` appear only at the end, complete (written in a temporary
-folder and renamed). Bad input (a missing data file, model folder or image, a malformed file)
-is found before anything is written: the command then exits with status 1 and a one-line
-message.
+folder and moved into place together, :func:`vh_lens._io.publish`). Bad input (a missing data
+file, model folder or image, a malformed file, an image that does not decode, a box outside its
+image, a prompt longer than the context) is found before anything is written: the command then
+exits with status 1 and a one-line message listing the bad items by file and line;
+``--skip-bad`` leaves them out instead and records how many in the scores' metadata.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def test_crash_after_a_checkpoint_leaves_no_result_and_the_rerun_finishes(files,
 
     monkeypatch.setattr(visual_heads, "_write_checkpoint", write_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        main(_args(files, out, "--checkpoint-every", "2"))
+        main(_args(files, out, "--checkpoint-every", "2", "--debug"))
     assert calls == [1]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint"]  # no scores, no report
     assert json.loads((out / "checkpoint" / "checkpoint.json").read_text())["count"] == 2

@@ -46,6 +46,12 @@ def _reserve(path: Path) -> Path:
     raise FileExistsError(f"could not create a temporary file beside {path}")  # pragma: no cover
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -71,6 +77,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) recreate the file owner-only
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):  # cleaning up must not hide the original error
@@ -188,3 +195,116 @@ def read_json(path: PathLike, *, expected_format: str | None = None, what: str |
         if found != expected_format:
             raise ValueError(f"{path.parent} holds no saved {what or expected_format} (format={found!r})")
     return info
+
+
+# --------------------------------------------------------------------------------------------
+# Folders of results: made with the umask's permissions, published in one step
+
+
+def make_temp_dir(parent: PathLike, prefix: str, suffix: str) -> Path:
+    """Create a new, empty folder ``{prefix}{random}{suffix}`` in ``parent`` (created if needed).
+
+    Unlike :func:`tempfile.mkdtemp` (owner-only ``0o700``) the folder gets the permissions a
+    plain ``mkdir`` gives (``0o777 & ~umask``), so what is renamed out of it into place is
+    readable as the user's other files are.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"could not create a temporary folder in {parent}")  # pragma: no cover
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def publish(moves: Sequence[tuple[PathLike, PathLike]], journal: PathLike) -> None:
+    """Move each complete ``source`` over its ``target`` as one step: all the new ones or none.
+
+    Each ``source`` (a file or folder, complete when this is called) replaces its ``target``;
+    previous targets go into a trash folder beside ``journal`` and are deleted at the end. The
+    journal (a JSON file naming the moves) is written first: if the process is killed between
+    the renames, :func:`recover_publish` on the journal (run by the next run) finishes them, so
+    the targets end up all new. On an exception (``KeyboardInterrupt`` included) the renames
+    done so far are undone: the targets are all old again. Sources and targets must lie on one
+    file system (siblings of ``journal``'s folder, in practice).
+
+    Args:
+        moves: ``(source, target)`` pairs.
+        journal: the journal file (must not exist).
+    """
+    journal = Path(journal)
+    pairs = [(Path(s), Path(t)) for s, t in moves]
+    trash = make_temp_dir(journal.parent, f".{journal.name}.", ".old")
+    put_away: list[tuple[Path, Path]] = []
+    moved: list[tuple[Path, Path]] = []
+    try:
+        write_json(journal, {"moves": [[str(s), str(t)] for s, t in pairs], "trash": str(trash)})
+        for i, (_, target) in enumerate(pairs):
+            if target.exists() or target.is_symlink():
+                os.replace(target, trash / str(i))
+                put_away.append((trash / str(i), target))
+        for source, target in pairs:
+            os.replace(source, target)
+            moved.append((source, target))
+    except BaseException:
+        with contextlib.suppress(OSError):  # undo: the previous result comes back whole
+            for source, target in reversed(moved):
+                os.replace(target, source)
+            for kept, target in put_away:
+                os.replace(kept, target)
+            journal.unlink(missing_ok=True)
+        _remove(trash)
+        raise
+    journal.unlink()
+    _remove(trash)
+
+
+def recover_publish(journal: PathLike) -> bool:
+    """Finish a :func:`publish` that a killed process left half done (no-op without ``journal``).
+
+    Returns:
+        Whether there was a journal to act on.
+    """
+    journal = Path(journal)
+    if not journal.is_file():
+        return False
+    info = json.loads(journal.read_text(encoding="utf-8"))
+    trash = Path(info["trash"])
+    trash.mkdir(exist_ok=True)
+    for i, (source, target) in enumerate(info["moves"]):
+        source, target = Path(source), Path(target)
+        if source.exists():
+            if target.exists() or target.is_symlink():
+                os.replace(target, trash / f"stale-{i}")
+            os.replace(source, target)
+    journal.unlink()
+    _remove(trash)
+    return True
+
+
+def remove_stale(folder: PathLike, patterns: Sequence[str]) -> list[Path]:
+    """Delete the entries of ``folder`` matching any glob of ``patterns`` (temporary leftovers).
+
+    Returns:
+        The entries removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = sorted({p for pattern in patterns for p in folder.glob(pattern)})
+    for path in gone:
+        _remove(path)
+    return gone

@@ -2,6 +2,12 @@
 
 Each subcommand lives in ``vh_lens/commands/<name>.py`` with ``register(subparsers)`` adding its
 parser and setting ``func`` to a function of the parsed arguments that returns an exit code.
+
+Errors: every exception a command raises is printed as one line, ``vh-lens CMD: error: ...``,
+and the exit code is 1; ``--debug`` (any subcommand) lets it propagate with its traceback. A
+``KeyboardInterrupt`` is not caught here: ``vh-lens scan`` turns one during the scan into a
+message and exit code 130 (the checkpoint stays for the rerun); elsewhere Python's default
+applies (traceback, exit code 130).
 """
 
 from __future__ import annotations
@@ -28,7 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--debug", action="store_true", help="on an error, show the full traceback instead of one line"
+        )
     return parser
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: its message (lines joined with "; "), with its type unless a plain input error."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or repr(err)
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = f"missing key {err.args[0]!r}"
+    plain = isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError))
+    return text if plain else f"{type(err).__name__}: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"vh-lens {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # every library error becomes one line (a KeyboardInterrupt is not caught)
+        if getattr(args, "debug", False):
+            raise
+        print(f"vh-lens {args.command}: error: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 1
 
 

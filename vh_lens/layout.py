@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from vh_lens.data.sample import Box
+from vh_lens.data.sample import Box, as_box
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,12 +226,8 @@ class TokenLayout:
 
 
 def check_box(box: Box, image_size: tuple[int, int]) -> None:
-    """Raise ``ValueError`` unless ``box`` is a non-empty box that lies within the image."""
-    if len(box) != 4:
-        raise ValueError(f"box must be (left, top, right, bottom), got {box!r}")
-    left, top, right, bottom = (float(v) for v in box)
+    """Raise ``ValueError`` unless ``box`` is a finite, non-empty box that lies within the image."""
+    left, top, right, bottom = as_box(box)
     width, height = image_size
-    if right <= left or bottom <= top:
-        raise ValueError(f"box {tuple(box)} is empty: right must exceed left and bottom exceed top")
     if left < 0 or top < 0 or right > width or bottom > height:
         raise ValueError(f"box {tuple(box)} lies outside the image of size {width}x{height} (width x height)")

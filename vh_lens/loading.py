@@ -90,15 +90,76 @@ def read_config(folder: Path) -> PretrainedConfig:
         raise NotADirectoryError(f"checkpoint path is not a folder: {folder}")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in checkpoint folder {folder}")
+    check_no_remote_code(folder)
     raw = json.loads((folder / "config.json").read_text())
-    if raw.get("model_type") not in SUPPORTED_MODELS:
-        arch = raw.get("architectures") or raw.get("model_type")
+    if not isinstance(raw, dict) or raw.get("model_type") not in SUPPORTED_MODELS:
+        model_type = raw.get("model_type") if isinstance(raw, dict) else None
+        arch = raw.get("architectures") if isinstance(raw, dict) else None
         raise UnsupportedModelError(
-            f"unsupported checkpoint {folder}: {arch!r} is not a supported LLaVA. Supported: {supported_list()}"
+            f"unsupported checkpoint {folder}: config.json has model_type {model_type!r}"
+            + (f" (architectures {arch})" if arch else "")
+            + f", not a supported LLaVA model_type ({', '.join(SUPPORTED_MODELS)}). Supported: {supported_list()}"
         )
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     check_config(config)
     return config
+
+
+class RemoteCodeError(ValueError):
+    """The checkpoint asks for code of its own (an ``auto_map``), which vh_lens never runs."""
+
+
+_NOT_CONFIGS = ("tokenizer.json", "vocab.json")  # tokenizer data, never read for classes
+
+
+def _auto_map(value: object, where: str = "") -> tuple[str, object] | None:
+    """The first ``auto_map`` entry anywhere in a JSON value: ``(key path, value)``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "auto_map" and item:
+                return path, item
+            found = _auto_map(item, path)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _auto_map(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def check_no_remote_code(folder: Path) -> None:
+    """Refuse a checkpoint folder whose json files ask for the checkpoint's own code.
+
+    Hugging Face's ``Auto*`` classes load the classes named by an ``auto_map`` (in
+    ``config.json``, ``processor_config.json``, ``preprocessor_config.json``,
+    ``tokenizer_config.json``, ...) from python files in the checkpoint, after asking on stdin
+    whether to run them. vh_lens never runs code from a checkpoint and never prompts: it reads
+    every top-level ``*.json`` of the folder first (``tokenizer.json`` and ``vocab.json`` aside)
+    and refuses any ``auto_map``, naming the file and the entry. It is called by
+    :func:`read_config`, so :func:`load_llava` checks the folder before any Hugging Face
+    loader sees it; the loaders also get ``trust_remote_code=False`` where vh_lens calls them.
+
+    Raises:
+        RemoteCodeError: some json file holds an ``auto_map``.
+        ValueError: a json file of the folder is not valid JSON (named).
+    """
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.name in _NOT_CONFIGS or not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        found = _auto_map(value)
+        if found is not None:
+            key, entry = found
+            raise RemoteCodeError(
+                f"{path} asks for the checkpoint's own code ({key}: {json.dumps(entry)[:200]}); vh_lens never runs "
+                "code from a checkpoint: remove the auto_map to use the standard Hugging Face classes"
+            )
 
 
 # --------------------------------------------------------------------------- config

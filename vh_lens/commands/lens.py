@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from vh_lens._io import write_json
 from vh_lens.commands.mask import (
     add_data_arguments,
     add_model_arguments,
@@ -27,6 +28,7 @@ from vh_lens.commands.mask import (
     load_model,
     load_samples,
     question_formatter,
+    screen_and_record,
     staged_output,
 )
 
@@ -74,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
     samples = load_samples(args)
     fmt = question_formatter(args)
+    model = load_model(args)
+    samples, record = screen_and_record(args, model, samples, format_question=fmt)
     with staged_output(args.out, args.overwrite) as tmp:
-        model = load_model(args)
+        write_json(tmp / "inputs.json", record, indent=2)
         chunks = [(i, samples[i : i + args.batch_size]) for i in range(0, len(samples), args.batch_size)]
         with_answers = all(s.answer is not None for s in samples)
         parts = []

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import glob
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from vh_lens._io import write_json
+from vh_lens.commands._inputs import add_input_arguments, check_data_file
 
 FORMATS = ("mmbench", "pope", "seed", "qbench", "pointqa", "jsonl")
 QUESTION_FORMATS = ("llava", "toy")
@@ -48,6 +50,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         default="llava",
         help="how questions are written: LLaVA's evaluation prompts (default) or the shipped toy model's",
     )
+    add_input_arguments(parser)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +75,7 @@ def check_inputs(args: argparse.Namespace) -> None:
         FileNotFoundError: the data file, image folder or model folder is missing.
         ValueError: an option is out of range, or ``--out`` is in the way.
     """
-    if not args.data.is_file():
-        raise FileNotFoundError(f"data file {args.data} does not exist")
+    check_data_file(args.data)
     needs_images = args.format in ("pope", "seed", "qbench", "pointqa")
     if needs_images and args.images is None:
         raise ValueError(f"--format {args.format} needs --images DIR (the folder of the benchmark's images)")
@@ -100,18 +102,48 @@ def load_samples(args: argparse.Namespace) -> list[Any]:
     )
 
     fmt, path, images, limit = args.format, args.data, args.images, args.limit
+    miss = "skip" if getattr(args, "skip_bad", False) else "error"
     readers: dict[str, Callable[[], Any]] = {
-        "mmbench": lambda: load_mmbench(path, limit=limit),
-        "pope": lambda: load_pope(path, images, limit=limit),
-        "seed": lambda: load_seed_bench(path, images, limit=limit),
-        "qbench": lambda: load_qbench(path, images, limit=limit),
-        "pointqa": lambda: load_pointqa_counting(path, images, limit=limit),
-        "jsonl": lambda: load_jsonl(path, images_dir=images, limit=limit),
+        "mmbench": lambda: load_mmbench(path, limit=limit, on_missing=miss),
+        "pope": lambda: load_pope(path, images, limit=limit, on_missing=miss),
+        "seed": lambda: load_seed_bench(path, images, limit=limit, on_missing=miss),
+        "qbench": lambda: load_qbench(path, images, limit=limit, on_missing=miss),
+        "pointqa": lambda: load_pointqa_counting(path, images, limit=limit, on_missing=miss),
+        "jsonl": lambda: load_jsonl(path, images_dir=images, limit=limit, on_missing=miss),
     }
-    samples = list(readers[fmt]())
+    read = readers[fmt]()
+    samples = list(read)
     if not samples:
         raise ValueError(f"{path} holds no samples")
+    if read.n_skipped:
+        print(f"vh-lens {_command(args)}: left out {read.n_skipped} samples whose image is missing (--skip-bad)",
+              file=sys.stderr)  # fmt: skip
+    args.n_skipped_missing_image = read.n_skipped
     return samples
+
+
+def _command(args: argparse.Namespace) -> str:
+    return str(getattr(args, "command", None) or "mask")
+
+
+def screen_and_record(args: argparse.Namespace, model: Any, samples: list[Any], **kwargs: Any) -> tuple[list[Any], dict]:
+    """Check every sample on ``model`` before anything is written; ``(kept samples, run record)``.
+
+    The record (written by the command as ``inputs.json``) holds the fingerprints of the
+    checkpoint, data file and images and the count of items left out by ``--skip-bad``.
+
+    Raises:
+        vh_lens.commands._inputs.BadInputError: some sample is bad and ``--skip-bad`` is off.
+    """
+    from vh_lens.commands._inputs import input_fingerprint, screen_samples, summary_fingerprint
+
+    screened = screen_samples(
+        model, samples, skip_bad=args.skip_bad, source=str(args.data), command=_command(args), **kwargs
+    )
+    inputs = input_fingerprint(args.model, args.data, screened.samples, args.fingerprint)
+    record = {"command": f"vh-lens {_command(args)}", "inputs": summary_fingerprint(inputs)} | screened.record()
+    record["n_skipped_missing_image"] = int(getattr(args, "n_skipped_missing_image", 0))
+    return screened.samples, record
 
 
 def question_formatter(args: argparse.Namespace) -> Callable[[Any], str] | None:
@@ -140,27 +172,41 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise ValueError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
 
 
+def finish_interrupted(out: Path) -> None:
+    """Finish a publish of ``out`` that a killed run left half done, and delete its temporary folders.
+
+    A run killed between the two renames of :func:`vh_lens._io.publish` leaves a journal beside
+    ``out``; the complete new output it names is moved into place. Leftover ``.{out}.*.partial``
+    (killed while writing) and ``.{out}.*.old`` folders are removed.
+    """
+    from vh_lens._io import recover_publish, remove_stale
+
+    out = Path(out).absolute()
+    recover_publish(out.parent / f".{out.name}.publish.json")
+    stem = glob.escape(f".{out.name}.")
+    remove_stale(out.parent, [f"{stem}*.partial", f"{stem}*.old", f".{stem}publish.json.*.tmp"])
+
+
 @contextlib.contextmanager
 def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it becomes ``out``, on error it is removed.
 
     An existing ``out`` is replaced only with ``overwrite`` and only once the new output is
-    complete. Parent folders created here are removed again when the run fails.
+    complete, in one step (:func:`vh_lens._io.publish`: a failure or a kill leaves the old output
+    or the new one, whole). Temporary folders of earlier killed runs are removed first. Folders
+    and files get the umask's permissions. Parent folders created here are removed again when
+    the run fails.
     """
+    from vh_lens._io import make_temp_dir, publish
+
     out = Path(out).absolute()
+    finish_interrupted(out)
     _check_out(out, overwrite)
     created = next((p for p in reversed([out.parent, *out.parent.parents]) if not p.exists()), None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.", ".partial")
     try:
         yield tmp
-        if out.is_dir() and any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish([(tmp, out)], out.parent / f".{out.name}.publish.json")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created is not None:
@@ -223,8 +269,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--ks must be positive, got {args.ks}")
     scores = VisualHeadScores.load(args.scores)
     samples = load_samples(args)
+    model = load_model(args)
+    samples, record = screen_and_record(args, model, samples, format_question=question_formatter(args))
     with staged_output(args.out, args.overwrite) as tmp:
-        model = load_model(args)
+        write_json(tmp / "inputs.json", record, indent=2)
         result = masking_experiment(
             model,
             samples,

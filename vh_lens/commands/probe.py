@@ -39,7 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from vh_lens._io import write_csv
-from vh_lens.commands.mask import add_model_arguments, add_output_arguments, load_model, staged_output
+from vh_lens.commands._inputs import add_input_arguments, check_data_file
+from vh_lens.commands.mask import (
+    add_model_arguments,
+    add_output_arguments,
+    load_model,
+    screen_and_record,
+    staged_output,
+)
 
 _SUMMARY_FILE = "summary.md"
 
@@ -91,12 +98,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--stream-mb", type=float, default=512.0,
                         help="stream the activations to OUT/activations when larger than this (MiB, default 512)")
     add_output_arguments(parser)
+    add_input_arguments(parser)
     parser.set_defaults(func=run)  # fmt: skip
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-    if not args.data.is_file():
-        raise FileNotFoundError(f"data file {args.data} does not exist")
+    check_data_file(args.data)
     if args.images is not None and not args.images.is_dir():
         raise FileNotFoundError(f"image folder {args.images} does not exist")
     if not args.model.is_dir():
@@ -216,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     selection: dict[str, Any] = {} if args.k is None else {"k": args.k}
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    items = load_cogvision(args.data, images_dir=args.images)
+    items = load_cogvision(args.data, images_dir=args.images, on_missing="skip" if args.skip_bad else "error")
     if args.limit is not None:
         items = items[: args.limit]
     if not items:
@@ -225,10 +232,11 @@ def run(args: argparse.Namespace) -> int:
     if not samples:
         raise ValueError(f"no subquestion of {args.data} has one of the labels {args.functions}")
 
+    t0 = time.perf_counter()
+    model = load_model(args)
+    timings["load_model_s"] = time.perf_counter() - t0
+    samples, record = screen_and_record(args, model, samples, with_answers=args.position == "answer_mean")
     with staged_output(args.out, args.overwrite) as tmp:
-        t0 = time.perf_counter()
-        model = load_model(args)
-        timings["load_model_s"] = time.perf_counter() - t0
         cfg = model.cfg
         size_mb = len(samples) * cfg.n_layers * cfg.n_heads * cfg.d_head * 2 / 2**20
         stream = args.save_activations or size_mb > args.stream_mb
@@ -282,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         timings["total_s"] = time.perf_counter() - start
         info = {"argv": sys.argv[1:], "data": str(args.data), "model": str(args.model), "n_items": len(items),
                 "n_subquestions": len(samples), "functions": list(result.functions), "activations_streamed": stream,
-                "activations_mb": size_mb, "timings": timings, "torch_threads": torch.get_num_threads()}  # fmt: skip
+                "activations_mb": size_mb, "timings": timings, "torch_threads": torch.get_num_threads()} | record  # fmt: skip
         (tmp / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     print(summary_text, end="")
     print(f"wrote {args.out} in {timings['total_s']:.1f} s", file=sys.stderr)

@@ -24,26 +24,30 @@ Output folder ``--out``:
 - ``checkpoint/``: the running statistics, saved every ``--checkpoint-every`` samples.
   Rerunning the same command after an interruption continues from there and ends with the
   result of an uninterrupted run; a larger ``--limit`` (or ``--n-samples``) extends a finished
-  run. The checkpoint remembers the run's settings and refuses another model, data set or
-  option (``--overwrite`` starts afresh).
+  run. The checkpoint remembers the run's settings and the fingerprints of what it read
+  (:mod:`vh_lens.fingerprint`: checkpoint files, data file, images) and refuses another model,
+  data set or option, or the same paths with other contents, naming the file that changed
+  (``--overwrite`` starts afresh).
 
 ``scores/`` and ``report.html`` appear only at the end, complete (written in a temporary
-folder and renamed). Bad input (a missing data file, model folder or image, a malformed file)
-is found before anything is written: the command then exits with status 1 and a one-line
-message.
+folder and moved into place together, :func:`vh_lens._io.publish`). Bad input (a missing data
+file, model folder or image, a malformed file, an image that does not decode, a box outside its
+image, a prompt longer than the context) is found before anything is written: the command then
+exits with status 1 and a one-line message listing the bad items by file and line;
+``--skip-bad`` leaves them out instead and records how many in the scores' metadata.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from vh_lens.commands._inputs import add_input_arguments, check_data_file
 
 FORMATS = ("looktwice", "vip-pointqa", "jsonl")
 QUESTIONS = ("general", "object", "super")
@@ -55,6 +59,9 @@ DEFAULT_N_SAMPLES = 240
 RANDOM_MODEL_NOTE = "demo on a random-weight model: no findings"
 
 _RUN_FILE = "run.json"
+_INPUTS_FILE = "inputs.json"
+_JOURNAL = ".scan-publish.json"
+_STALE = (".scan-*.partial", ".scan-*.old", ".scan-publish.json.*.old", "..scan-publish.json.*.tmp")
 _SCORES = "scores"
 _REPORT = "report.html"
 _CHECKPOINT = "checkpoint"
@@ -130,6 +137,7 @@ def register(subparsers: Any) -> None:
         help="discard a checkpoint of a run with other settings in --out and start afresh",
     )  # fmt: skip
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_input_arguments(out)
     parser.set_defaults(func=run)
 
 
@@ -170,8 +178,7 @@ def check_arguments(args: argparse.Namespace, demo: bool) -> None:
         raise ValueError(f"--data needs --format ({' | '.join(FORMATS)})")
     if args.out is None:
         raise ValueError("--data needs --out DIR (where the scores and the report go)")
-    if not args.data.is_file():
-        raise FileNotFoundError(f"data file {args.data} does not exist")
+    check_data_file(args.data)
     if args.format == "jsonl" and args.question is not None:
         raise ValueError("--question selects a PointQA question type; a jsonl file carries its own questions")
     if args.format != "jsonl" and args.images is None:
@@ -196,13 +203,18 @@ def load_data_samples(args: argparse.Namespace) -> Any:
     from vh_lens.data import MissingImagesError, load_jsonl, load_looktwice, load_vip_pointqa, with_visual_prompt
 
     question = args.question or "general"
+    on_missing = "skip" if args.skip_bad else "error"
     try:
         if args.format == "looktwice":
-            samples = load_looktwice(args.data, args.images, question, args.visual_prompt, limit=args.limit)
+            samples = load_looktwice(
+                args.data, args.images, question, args.visual_prompt, on_missing=on_missing, limit=args.limit
+            )
         elif args.format == "vip-pointqa":
-            samples = load_vip_pointqa(args.data, args.images, question, args.visual_prompt, limit=args.limit)
+            samples = load_vip_pointqa(
+                args.data, args.images, question, args.visual_prompt, on_missing=on_missing, limit=args.limit
+            )
         else:
-            samples = load_jsonl(args.data, images_dir=args.images, limit=args.limit)
+            samples = load_jsonl(args.data, images_dir=args.images, on_missing=on_missing, limit=args.limit)
             if args.visual_prompt:
                 samples = with_visual_prompt(samples)
     except MissingImagesError as err:
@@ -213,6 +225,8 @@ def load_data_samples(args: argparse.Namespace) -> Any:
         ) from None
     if not len(samples):
         raise ValueError(f"{args.data} holds no samples")
+    if samples.n_skipped:
+        print(f"vh-lens scan: left out {samples.n_skipped} samples whose image is missing (--skip-bad)", file=sys.stderr)
     return samples
 
 
@@ -284,16 +298,37 @@ def _run_settings(args: argparse.Namespace, demo: bool, model_name: str) -> dict
     }  # fmt: skip
 
 
-def prepare_checkpoint(out: Path, settings: Mapping[str, Any], *, overwrite: bool, demo: bool, n_samples: int) -> Path:
+def prepare_checkpoint(
+    out: Path,
+    settings: Mapping[str, Any],
+    *,
+    overwrite: bool,
+    demo: bool,
+    n_samples: int,
+    inputs: Mapping[str, Any] | None = None,
+) -> Path:
     """Create ``out/checkpoint`` for this run, or check that the one there belongs to it.
 
+    Args:
+        out: the output folder.
+        settings: what the checkpoint must share with this run (:func:`_run_settings`).
+        overwrite: discard a checkpoint that does not belong to this run.
+        demo: the demo's checkpoint is simply replaced when it does not belong.
+        n_samples: the samples of this run.
+        inputs: the fingerprints of what this run reads
+            (:func:`vh_lens.commands._inputs.input_fingerprint`); a checkpoint whose saved
+            fingerprints differ (the same paths, other contents) is refused.
+
     Raises:
-        ValueError: the checkpoint there was written by a run with other settings, or has
-            already seen more samples than this run has (not for the demo, whose checkpoint
-            is simply replaced).
+        ValueError: the checkpoint there was written by a run with other settings or other
+            input files, or has already seen more samples than this run has (not for the demo,
+            whose checkpoint is simply replaced).
     """
+    from vh_lens.commands._inputs import changed_inputs
+
     ckpt = out / _CHECKPOINT
     run_file = ckpt / _RUN_FILE
+    inputs_file = ckpt / _INPUTS_FILE
     saved = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
     wanted = json.loads(json.dumps(dict(settings)))
     problem = None
@@ -303,7 +338,14 @@ def prepare_checkpoint(out: Path, settings: Mapping[str, Any], *, overwrite: boo
         diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         diff |= {k: (v, None) for k, v in saved.items() if k not in wanted}
         problem = f"{ckpt} is a checkpoint of a run with other settings (then, now): {diff}"
-    else:
+    elif saved is not None and inputs is not None and (ckpt / "checkpoint.json").is_file() and not inputs_file.is_file():
+        problem = f"{ckpt} does not record what its run read (written by an older vh_lens), so it cannot be checked"
+    elif saved is not None and inputs is not None and inputs_file.is_file():
+        changes = changed_inputs(json.loads(inputs_file.read_text(encoding="utf-8")), dict(inputs))
+        if changes:
+            shown = ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "")
+            problem = f"the inputs changed since {ckpt} was written: {shown}"
+    if problem is None:
         seen = _checkpoint_count(ckpt)
         if seen is not None and seen > n_samples:
             problem = f"{ckpt} has already seen {seen} samples but this run has only {n_samples} (a smaller --limit?)"
@@ -319,6 +361,8 @@ def prepare_checkpoint(out: Path, settings: Mapping[str, Any], *, overwrite: boo
     from vh_lens._io import write_json
 
     write_json(run_file, wanted, indent=2, sort_keys=True)
+    if inputs is not None:
+        write_json(inputs_file, dict(inputs), indent=1, sort_keys=True)
     return ckpt
 
 
@@ -333,29 +377,29 @@ def _checkpoint_count(ckpt: Path) -> int | None:
 
 
 def _publish(out: Path, write: Any) -> None:
-    """Write the final files into a temporary folder inside ``out``, then rename them into place.
+    """Write the final files into a temporary folder inside ``out``, then move them into place in one step.
 
-    ``write(tmp)`` creates ``tmp/scores/`` and ``tmp/report.html``; existing ones in ``out``
-    are replaced only once both are complete.
+    ``write(tmp)`` creates ``tmp/scores/`` and ``tmp/report.html``; they replace the ones in
+    ``out`` together (:func:`vh_lens._io.publish`): a failure leaves the previous pair, a kill
+    between the renames is finished by the next run (:func:`finish_interrupted`).
     """
-    tmp = Path(tempfile.mkdtemp(prefix=".scan-", suffix=".partial", dir=out))
-    trash: Path | None = None
+    from vh_lens._io import make_temp_dir, publish
+
+    tmp = make_temp_dir(out, ".scan-", ".partial")
     try:
         write(tmp)
-        if (out / _SCORES).exists():
-            trash = Path(tempfile.mkdtemp(prefix=".scan-", suffix=".old", dir=out))
-            os.replace(out / _SCORES, trash / _SCORES)
-        try:
-            os.replace(tmp / _SCORES, out / _SCORES)
-        except BaseException:
-            if trash is not None:  # put the previous result back
-                os.replace(trash / _SCORES, out / _SCORES)
-            raise
-        os.replace(tmp / _REPORT, out / _REPORT)
+        publish([(tmp / _SCORES, out / _SCORES), (tmp / _REPORT, out / _REPORT)], out / _JOURNAL)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+
+
+def finish_interrupted(out: Path) -> None:
+    """Finish a publish that a killed run left half done; delete temporary folders of killed runs."""
+    from vh_lens._io import recover_publish, remove_stale
+
+    if recover_publish(out / _JOURNAL):
+        print(f"vh-lens scan: finished publishing the result of an interrupted run in {out}", file=sys.stderr)
+    remove_stale(out, _STALE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,13 +464,28 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
         print(f"NOTE: the toy checkpoint is not installed at {toy_path()}; {note}.", file=sys.stderr)
     print(f"vh-lens scan: {model_name} on {len(samples)} samples of {source}", file=sys.stderr)
 
+    from vh_lens.commands._inputs import input_fingerprint, screen_samples, summary_fingerprint
     from vh_lens.report import write_scan_report
     from vh_lens.visual_heads import scan_visual_heads
 
+    extra: dict[str, Any] = {}
+    if not demo:  # every sample checked before anything is written (the demo's are generated)
+        screened = screen_samples(
+            model, samples, skip_bad=args.skip_bad, source=str(args.data), command="scan",
+            extra_tokens=1 if args.query == "answer_token" else 0,
+        )  # fmt: skip
+        extra = screened.record() | {"n_skipped_missing_image": int(getattr(samples, "n_skipped", 0))}
+        samples = screened.samples
+    model_dir = toy_path() if demo and note is None else (None if demo else args.model)
+    inputs = input_fingerprint(model_dir, None if demo else args.data, samples, args.fingerprint)
     out.mkdir(parents=True, exist_ok=True)
+    finish_interrupted(out)
     settings = _run_settings(args, demo, model_name)
-    ckpt = prepare_checkpoint(out, settings, overwrite=args.overwrite, demo=demo, n_samples=len(samples))
-    metadata = {"command": "vh-lens scan", "model": model_name, "data": source}
+    ckpt = prepare_checkpoint(
+        out, settings, overwrite=args.overwrite, demo=demo, n_samples=len(samples), inputs=inputs
+    )
+    metadata = {"command": "vh-lens scan", "model": model_name, "data": source, "inputs": summary_fingerprint(inputs)}
+    metadata |= extra
     if note is not None:
         metadata["note"] = note
     try:

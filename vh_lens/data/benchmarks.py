@@ -250,6 +250,8 @@ def load_pope(
 
     def build(where: str, record: Mapping[str, Any], image: Path) -> Sample:
         question = _required(record, "text", where)
+        if not isinstance(question, str):
+            raise ValueError(f"{where}: 'text' (the question) must be a string, got {type(question).__name__}")
         if question.rstrip().endswith(_SHORT_ANSWER_SUFFIX):
             question = question.rstrip()[: -len(_SHORT_ANSWER_SUFFIX)].rstrip()
         label = record.get("label")

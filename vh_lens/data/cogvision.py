@@ -240,10 +240,14 @@ def _parse_item(record: Mapping[str, Any], *, index: int, stem: str, root: Path,
         return value
 
     # "question" doubles as a subquestion key only inside the chain, so items are safe.
-    question = _text(take("question"))
+    try:
+        question = _text(take("question"))
+        answer_text = _text(take("answer"))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
     if not question:
         raise ValueError(f"{where}: no main question (keys {list(record)})")
-    answer = take("answer")
+    answer = _pick(record, _ITEM_KEYS["answer"])[1]
     chain = take("subquestions")
     if not isinstance(chain, list) or not chain:
         raise ValueError(f"{where}: no chain of subquestions (looked for {_ITEM_KEYS['subquestions']})")
@@ -267,7 +271,7 @@ def _parse_item(record: Mapping[str, Any], *, index: int, stem: str, root: Path,
     return CogItem(
         image=image,
         question=question,
-        answer=None if answer is None else _text(answer),
+        answer=None if answer is None else answer_text,
         subquestions=tuple(subs),
         item_id=str(item_id) if item_id is not None else f"{stem}:{index}",
         metadata={k: v for k, v in record.items() if k not in used},

@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from vh_lens.data._images import SampleSet
-from vh_lens.data.sample import Box, Sample, load_rgb
+from vh_lens.data.sample import Box, Sample, as_box, load_rgb
 
 Color = tuple[int, int, int]
 RED: Color = (255, 0, 0)
@@ -44,13 +44,7 @@ def _check_style(color: Color, width: int | None, alpha: int) -> Color:
 
 
 def _check_box(box: Box) -> Box:
-    values = tuple(float(v) for v in box)
-    if len(values) != 4:
-        raise ValueError(f"box must be (left, top, right, bottom), got {box!r}")
-    left, top, right, bottom = values
-    if right <= left or bottom <= top:
-        raise ValueError(f"box {values} is empty: right must exceed left and bottom exceed top")
-    return values  # type: ignore[return-value]
+    return as_box(box)
 
 
 def draw_box(

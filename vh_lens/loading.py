@@ -137,7 +137,8 @@ def check_no_remote_code(folder: Path) -> None:
     ``config.json``, ``processor_config.json``, ``preprocessor_config.json``,
     ``tokenizer_config.json``, ...) from python files in the checkpoint, after asking on stdin
     whether to run them. vh_lens never runs code from a checkpoint and never prompts: it reads
-    every top-level ``*.json`` of the folder first (``tokenizer.json`` and ``vocab.json`` aside)
+    every top-level ``*.json`` of the folder first (``tokenizer.json``, ``vocab.json`` and weight
+    indexes aside)
     and refuses any ``auto_map``, naming the file and the entry. It is called by
     :func:`read_config`, so :func:`load_llava` checks the folder before any Hugging Face
     loader sees it; the loaders also get ``trust_remote_code=False`` where vh_lens calls them.
@@ -147,7 +148,8 @@ def check_no_remote_code(folder: Path) -> None:
         ValueError: a json file of the folder is not valid JSON (named).
     """
     for path in sorted(Path(folder).glob("*.json")):
-        if path.name in _NOT_CONFIGS or not path.is_file():
+        if path.name in _NOT_CONFIGS or path.name.endswith(".safetensors.index.json") or not path.is_file():
+            # a weight index names shards, never classes; its own errors are the weight reader's
             continue
         try:
             value = json.loads(path.read_text(encoding="utf-8"))

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from test_catalogue import write_evil_checkpoint
 
 import vh_lens._io as io_mod
-from vh_lens._io import publish, recover_publish
+from vh_lens._io import check_published, publish, recover_publish, write_json
 from vh_lens.cli import main
 from vh_lens.commands import scan as scan_command
 from vh_lens.data import load_rgb
@@ -254,7 +254,11 @@ def test_a_kill_mid_publish_is_finished_by_the_next_run(tmp_path, kill_at) -> No
         assert not recover_publish(out / ".j.json")
         assert _state(out) == ("old", "old")
         return
+    for target in ("scores", "report.html"):  # until recovered, readers refuse the half-published pair
+        with pytest.raises(ValueError, match="unfinished publish"):
+            check_published(out / target)
     assert recover_publish(out / ".j.json")
+    check_published(out / "scores")
     assert _state(out) == ("new", "new")
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "scores"]
 
@@ -323,3 +327,19 @@ def test_any_error_is_one_line_and_debug_shows_the_traceback(data, tmp_path, mon
     assert err == ["vh-lens scan: error: RuntimeError: deep failure; second line (--debug shows the traceback)"]
     with pytest.raises(RuntimeError, match="deep failure"):
         main([*argv, "--debug"])
+
+
+def test_result_loaders_refuse_a_half_published_folder(tmp_path) -> None:
+    """The journal of a killed publish makes VisualHeadScores.load and read_json-based loaders refuse."""
+    from vh_lens.masking import MaskingResult
+    from vh_lens.scores import VisualHeadScores
+
+    out = tmp_path / "out"
+    (out / "scores").mkdir(parents=True)
+    write_json(out / ".scan-publish.json", {"moves": [[str(tmp_path / "x"), str(out / "scores")]], "trash": str(out / ".t")})
+    with pytest.raises(ValueError, match="unfinished publish"):
+        VisualHeadScores.load(out / "scores")
+    (out / "masking.json").write_text("{}")
+    write_json(tmp_path / ".mask.publish.json", {"moves": [[str(tmp_path / "y"), str(out)]], "trash": str(tmp_path / ".t")})
+    with pytest.raises(ValueError, match="unfinished publish"):
+        MaskingResult.load(out)

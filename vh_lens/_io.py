@@ -186,9 +186,11 @@ def read_json(path: PathLike, *, expected_format: str | None = None, what: str |
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the ``"format"`` field is not ``expected_format``.
+        ValueError: the ``"format"`` field is not ``expected_format``, or the file's folder is
+            part of an unfinished :func:`publish`.
     """
     path = Path(path)
+    check_published(path.parent)
     info = json.loads(path.read_text(encoding="utf-8"))
     if expected_format is not None:
         found = info.get("format") if isinstance(info, dict) else None
@@ -270,6 +272,30 @@ def publish(moves: Sequence[tuple[PathLike, PathLike]], journal: PathLike) -> No
         raise
     journal.unlink()
     _remove(trash)
+
+
+def check_published(path: PathLike) -> None:
+    """Refuse to read ``path`` while a :func:`publish` that moves something onto it is unfinished.
+
+    A run killed between the renames of :func:`publish` leaves its journal (a hidden json file
+    beside the targets) until the next run finishes the moves; until then the targets may come
+    from two runs, so a reader must not take them. Result loaders call this first.
+
+    Raises:
+        ValueError: a journal in ``path``'s folder names ``path`` (or a folder holding it) as a target.
+    """
+    path = Path(path).absolute()
+    for journal in path.parent.glob(".*.json"):  # journals are hidden json files naming moves and a trash
+        try:
+            info = json.loads(journal.read_text(encoding="utf-8"))
+            moves = info["moves"] if isinstance(info, dict) and "trash" in info else []
+        except (OSError, ValueError, KeyError):
+            moves = []
+        if any(Path(target).absolute() == path for _, target in moves):
+            raise ValueError(
+                f"{path} is from an unfinished publish (a run was killed while moving its results into place, "
+                f"journal {journal}): rerun the command to finish it, or remove the folder"
+            )
 
 
 def recover_publish(journal: PathLike) -> bool:

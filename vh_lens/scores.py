@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vh_lens._io import load_tensors, save_tensors, write_csv, write_json
+from vh_lens._io import check_published, load_tensors, save_tensors, write_csv, write_json
 
 METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "concentration", "detection")
 """The per-head metrics every :class:`VisualHeadScores` carries, in a fixed order."""
@@ -341,9 +341,11 @@ class VisualHeadScores:
 
         Raises:
             FileNotFoundError: the directory lacks ``metadata.json`` or ``scores.safetensors``.
-            ValueError: the files are not visual-head scores or disagree with each other.
+            ValueError: the files are not visual-head scores or disagree with each other, or a
+                killed run left them half published (:func:`vh_lens._io.check_published`).
         """
         directory = Path(directory)
+        check_published(directory)
         meta_path, tensor_path = directory / _METADATA_FILE, directory / _TENSORS_FILE
         for p in (meta_path, tensor_path):
             if not p.is_file():

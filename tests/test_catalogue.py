@@ -203,6 +203,38 @@ def _corrupt_and_outside(env: Env) -> list[str]:
     return env.scan_argv(env.jsonl(rows), env.path("out"))
 
 
+def _nan_weight(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    name = sorted(n for n in tensors if n.endswith("down_proj.weight"))[0]
+    tensors[name][0, :3] = NAN
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _truncate_weights(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1000])
+
+
+def _header_not_json(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:12] = b"@@@@"
+    path.write_bytes(bytes(data))
+
+
+def _mlp_bias(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["mlp_bias"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _generate_past_context(env: Env) -> Any:
+    model = tiny_lens()
+    batch = model.prepare(images=[striped_image((40, 30))], questions=["how many?"])
+    return model.generate_tokens(batch, max_new_tokens=model.cfg.n_ctx)
+
+
 @dataclass(frozen=True)
 class Case:
     """One bad input: ``run(env)`` must raise ``error`` with ``match`` in its message."""
@@ -253,6 +285,24 @@ CASES: list[Case] = [
     Case("torch tensor as an image", lambda env: load_rgb(torch.zeros(3, 8, 8)), ValueError, "torch Tensor"),
     Case("torch tensor as an image, prepare",
          lambda env: tiny_lens().prepare(images=[torch.zeros(3, 8, 8)], questions=["q?"]), ValueError, "torch Tensor"),
+    Case("NaN in a checkpoint tensor", lambda env: vh_lens.load_llava(env.model_copy(_nan_weight)), ValueError,
+         r"checkpoint tensor .*down_proj.weight in model.safetensors holds 3 NaN values"),
+    Case("NaN in a checkpoint tensor, scan",
+         cli(lambda env: env.scan_argv(env.jsonl([env.row(0)]), env.path("out"), model=env.model_copy(_nan_weight))),
+         CliError, r"down_proj.weight .*holds 3 NaN values"),
+    Case("truncated safetensors file", lambda env: vh_lens.load_llava(env.model_copy(_truncate_weights)),
+         vh_lens.CheckpointError, r"model.safetensors"),
+    Case("safetensors header not JSON", lambda env: vh_lens.load_llava(env.model_copy(_header_not_json)),
+         vh_lens.CheckpointError, r"model.safetensors"),
+    Case("config field TransformerLens cannot express", lambda env: vh_lens.load_llava(env.model_copy(_mlp_bias)),
+         UnsupportedModelError, r"LlamaConfig.mlp_bias = True"),
+    Case("questions given as one string", lambda env: tiny_lens().prepare(images=[None], questions="how many?"),
+         (TypeError, ValueError), r"questions"),
+    Case("more images than placeholders",
+         lambda env: tiny_lens().prepare(images=[[striped_image(), striped_image()]],
+                                         prompts=["USER: <image>\nhow many? ASSISTANT:"]),
+         ValueError, r"prompt 0 holds 1 image placeholder.* but 2 images were given"),
+    Case("generate past the context", _generate_past_context, ValueError, r"more than the model's \d+"),
 ]
 # fmt: on
 

@@ -18,13 +18,10 @@ PATCH = "vision_tower.embeddings.patch_embedding.weight"
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    hf, processor = tiny_pair("llava", "llama")
-    folder = tmp_path_factory.mktemp("ckpt") / "model"
-    hf.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    assert (folder / "model.safetensors").is_file()
-    return folder
+def saved(tiny_checkpoint):
+    """The session's tiny saved checkpoint (conftest); tests corrupt copies of it."""
+    assert (tiny_checkpoint / "model.safetensors").is_file()
+    return tiny_checkpoint
 
 
 @pytest.fixture

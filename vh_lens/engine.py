@@ -245,6 +245,7 @@ def iter_batches(
     format_question: Callable[[Any], str] | None = None,
     preparer: Preparer | None = None,
     skip: int = 0,
+    offset: int = 0,
 ) -> Iterator[PreparedBatch]:
     """Prepare ``samples`` lazily, ``batch_size`` at a time (for streaming runs).
 
@@ -258,6 +259,8 @@ def iter_batches(
         preparer: prepare each chunk yourself (``preparer(model, samples, start)``); replaces
             ``answers`` and ``format_question``.
         skip: samples to skip first (a resumed run); they are consumed, not prepared.
+        offset: index in the whole data set of the first sample of ``samples`` (when the caller
+            has consumed some already); batches' :attr:`PreparedBatch.start` count from it.
     """
     _check_batch_size(batch_size)
     if preparer is None:
@@ -265,7 +268,7 @@ def iter_batches(
     it = iter(samples)
     for _ in itertools.islice(it, skip):
         pass
-    start = skip
+    start = offset + skip
     while chunk := list(itertools.islice(it, batch_size)):
         yield preparer(model, chunk, start)
         start += len(chunk)

@@ -18,12 +18,12 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from vh_lens.core.hooks import FwdHook, act_name
+from vh_lens.core.hooks import FwdHook, act_name, query_positions
 from vh_lens.core.layout import TokenLayout
 from vh_lens.data.sample import Box
 from vh_lens.visual_heads.metrics import head_metrics
 
-__all__ = ["MetricSink", "qk_hooks_supported", "query_positions", "visual_head_hooks", "visual_head_qk_hooks"]
+__all__ = ["MetricSink", "qk_hooks_supported", "visual_head_hooks", "visual_head_qk_hooks"]
 
 MetricSink = Callable[[int, Mapping[str, Tensor]], None]
 """``sink(layer, metrics)``: where the hooks put each layer's ``[batch, head]`` metrics."""
@@ -32,20 +32,6 @@ MetricSink = Callable[[int, Mapping[str, Tensor]], None]
 @runtime_checkable
 class _HasAdd(Protocol):
     def add(self, layer: int, metrics: Mapping[str, Tensor]) -> None: ...
-
-
-def query_positions(layouts: Sequence[Any], positions: Sequence[int] | Tensor | None = None) -> Tensor:
-    """``[batch]`` long tensor of the positions to read: ``positions``, or each layout's ``query_position``.
-
-    Raises:
-        ValueError: not one position per layout.
-    """
-    if positions is None:
-        return torch.tensor([int(lay.query_position) for lay in layouts], dtype=torch.long)
-    query = torch.as_tensor(positions, dtype=torch.long).flatten()
-    if query.numel() != len(layouts):
-        raise ValueError(f"got {query.numel()} query positions for {len(layouts)} layouts")
-    return query
 
 
 def _batch_masks(

@@ -9,10 +9,10 @@ Three pieces:
 - :class:`Condition`: a named set of forward hooks (an ablation, a steering, nothing). A
   condition may declare its first hooked layer (:attr:`Condition.first_layer`), so a later
   sweep can start at it.
-- a :class:`Reducer`: what a run computes. Per batch, the engine asks the reducer for the
-  hooks that read activations (:meth:`Reducer.hooks`), runs the forward pass with the
-  condition's hooks first and the reducer's after, and hands the output to
-  :meth:`Reducer.update`. :meth:`Reducer.result` gives the result; :meth:`Reducer.state_dict`
+- a :class:`Reducer`: what a run computes. The condition's hooks are attached for the whole
+  run (``model.hooks``; with each batch for models without it). Per batch, the engine asks the
+  reducer for the hooks that read activations (:meth:`Reducer.hooks`, attached after the
+  condition's), runs the forward pass and hands the output to :meth:`Reducer.update`. :meth:`Reducer.result` gives the result; :meth:`Reducer.state_dict`
   / :meth:`Reducer.load_state_dict` resume a run; :meth:`Reducer.merge` folds the reducer of
   the following samples into this one (data-parallel runs merge the ranks' reducers in rank
   order, so the result equals a run over all samples in one process).
@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -244,6 +245,7 @@ def iter_batches(
     format_question: Callable[[Any], str] | None = None,
     preparer: Preparer | None = None,
     skip: int = 0,
+    offset: int = 0,
 ) -> Iterator[PreparedBatch]:
     """Prepare ``samples`` lazily, ``batch_size`` at a time (for streaming runs).
 
@@ -257,6 +259,8 @@ def iter_batches(
         preparer: prepare each chunk yourself (``preparer(model, samples, start)``); replaces
             ``answers`` and ``format_question``.
         skip: samples to skip first (a resumed run); they are consumed, not prepared.
+        offset: index in the whole data set of the first sample of ``samples`` (when the caller
+            has consumed some already); batches' :attr:`PreparedBatch.start` count from it.
     """
     _check_batch_size(batch_size)
     if preparer is None:
@@ -264,7 +268,7 @@ def iter_batches(
     it = iter(samples)
     for _ in itertools.islice(it, skip):
         pass
-    start = skip
+    start = offset + skip
     while chunk := list(itertools.islice(it, batch_size)):
         yield preparer(model, chunk, start)
         start += len(chunk)
@@ -440,10 +444,15 @@ def run(
     if total is None and hasattr(batches, "__len__"):
         total = len(batches)  # type: ignore[arg-type]
     context = torch.enable_grad() if grad else torch.no_grad()
-    with context, tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False) as bar:
+    # The condition's hooks are attached once for the whole run (``model.hooks``, removed at the
+    # end, also on error) where the model allows it; else they go with each batch.
+    whole_run = hasattr(model, "hooks")
+    per_batch = [] if whole_run else list(condition.fwd_hooks)
+    attached = model.hooks(fwd_hooks=list(condition.fwd_hooks)) if whole_run else contextlib.nullcontext()
+    with context, attached, tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False) as bar:
         for item in batches:
             item = _move(item, device)
-            hooks = list(condition.fwd_hooks) + list(reducer.hooks(item))
+            hooks = per_batch + list(reducer.hooks(item))
             output = reducer.forward(model, item, hooks)
             reducer.update(output, item)
             if on_batch is not None:

@@ -21,6 +21,7 @@ removed afterwards, also when it raises.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -437,7 +438,7 @@ class AccuracyReducer(Reducer):
         prepared = item.answers
         if not isinstance(prepared, AnswerBatch) or prepared.method != self.method:
             raise ValueError(f"AccuracyReducer({self.method!r}) needs batches prepared with answers={self.method!r}")
-        with model.hooks(fwd_hooks=fwd_hooks):
+        with model.hooks(fwd_hooks=fwd_hooks) if fwd_hooks else contextlib.nullcontext():
             if self.method == "generate":
                 return model.generate(prepared.batch, max_new_tokens=self.max_new_tokens)
             return model(prepared.batch)  # [batch, pos, d_vocab]

@@ -23,12 +23,16 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.utils import get_act_name
 
+from vh_lens.core.config import resolve_config
+from vh_lens.core.hooks import act_name
 from vh_lens.core.io import atomic_path, read_json, write_json
 from vh_lens.data.sample import Sample
+from vh_lens.engine import PreparedBatch, Reducer, iter_batches
+from vh_lens.engine import run as engine_run
+from vh_lens.functional_heads.config import CollectionConfig
 
-__all__ = ["HeadActivations", "Position", "collect_head_activations"]
+__all__ = ["CollectionConfig", "HeadActivations", "HeadActivationsReducer", "Position", "collect_head_activations"]
 
 Position = Literal["last_prompt", "answer_mean"]
 
@@ -183,17 +187,93 @@ def _as_samples(items_or_samples: Sequence[Any], context: str) -> list[Sample]:
     raise ValueError("items_or_samples must be all Sample or all CogItem objects")
 
 
+class HeadActivationsReducer(Reducer):
+    """The engine's reducer for :func:`collect_head_activations`: each head's ``hook_z`` at one position.
+
+    Writes batch ``item`` into rows ``item.indices`` of ``store`` (a tensor, or a numpy array /
+    memmap), through one ``hook_z`` hook per layer that averages the read positions
+    (:func:`_position_weights`) in float32. :meth:`merge` copies the other reducer's rows in.
+
+    Args:
+        store: ``[n_samples, n_layers, n_heads, d_head]`` float16/float32, written in place.
+        position: ``"last_prompt"`` or ``"answer_mean"``.
+    """
+
+    def __init__(self, store: Tensor | np.ndarray, position: Position) -> None:
+        self.store, self.position = store, position
+        self.filled: list[tuple[int, int]] = []
+        self._out: Tensor | None = None
+
+    def hooks(self, item: PreparedBatch) -> list[Any]:
+        layouts = item.layouts
+        weights = _position_weights(layouts, self.position, int(layouts[0].seq_len))
+        n_layers, n_heads, d_head = self.store.shape[1:]
+        self._out = out = torch.empty(len(item), n_layers, n_heads, d_head)
+        return [(act_name("z", layer), partial(_store_z, layer=layer, weights=weights, out=out)) for layer in range(n_layers)]
+
+    def update(self, output: Any, item: PreparedBatch) -> None:
+        self._write(item.start, self._out)
+        self._out = None
+
+    def _write(self, start: int, rows: Tensor) -> None:
+        stop = start + len(rows)
+        if isinstance(self.store, Tensor):
+            self.store[start:stop] = rows.to(self.store.dtype)
+        else:
+            self.store[start:stop] = rows.numpy().astype(self.store.dtype)
+        self.filled.append((start, stop))
+
+    def result(self) -> Tensor | np.ndarray:
+        return self.store
+
+    def _rows(self, start: int, stop: int) -> Tensor:
+        chunk = self.store[start:stop]
+        return chunk.float() if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk, dtype=np.float32))
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"filled": [[start, stop], ...], "rows": [n_filled, layer, head, d_head] float32}``."""
+        rows = [self._rows(a, b) for a, b in self.filled]
+        empty = torch.empty(0, *self.store.shape[1:])
+        return {"filled": [list(r) for r in self.filled], "rows": torch.cat(rows) if rows else empty}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.filled = []
+        offset = 0
+        for start, stop in state["filled"]:
+            self._write(int(start), state["rows"][offset : offset + stop - start])
+            offset += stop - start
+
+    def merge(self, other: Reducer) -> None:
+        if not isinstance(other, HeadActivationsReducer) or tuple(other.store.shape) != tuple(self.store.shape):
+            raise ValueError("can only merge a HeadActivationsReducer of the same shape")
+        for start, stop in other.filled:
+            if other.store is self.store:
+                self.filled.append((start, stop))
+            else:
+                self._write(start, other._rows(start, stop))
+
+
+def _answer_preparer(model: Any, chunk: Sequence[Any], start: int) -> PreparedBatch:
+    """Batches with each sample's gold answer tokens appended (for ``position="answer_mean"``)."""
+    return PreparedBatch(start, tuple(chunk), model.prepare_samples(list(chunk), with_answers=True))
+
+
 def collect_head_activations(
     model: Any,
     items_or_samples: Sequence[Any],
-    position: Position = "last_prompt",
-    batch_size: int = 8,
+    position: Position | None = None,
+    batch_size: int | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
-    dtype: torch.dtype = torch.float16,
-    context: Literal["chain", "none"] = "chain",
+    dtype: torch.dtype | str | None = None,
+    context: Literal["chain", "none"] | None = None,
+    *,
+    config: CollectionConfig | Mapping[str, Any] | None = None,
 ) -> HeadActivations:
     """Record every head's ``hook_z`` at one position per sample.
+
+    The samples are prepared batch by batch (:func:`vh_lens.engine.iter_batches`) and run by
+    :func:`vh_lens.engine.run` with a :class:`HeadActivationsReducer`.
 
     Args:
         model: A vh_lens model wrapper: ``model.cfg`` (``n_layers``, ``n_heads``, ``d_head``),
@@ -208,71 +288,54 @@ def collect_head_activations(
             the label, ``metadata["group"]`` the group, else the sample's index), or
             :class:`~vh_lens.data.cogvision.CogItem` objects (turned into one sample per
             subquestion with :func:`~vh_lens.data.cogvision.subquestion_samples`).
-        position: ``"last_prompt"``: the query position (last prompt token);
+        position: ``"last_prompt"`` (default): the query position (last prompt token);
             ``"answer_mean"``: the mean over the positions that predict the gold answer's
             tokens (teacher forcing): the query position and all answer tokens but the last.
-        batch_size: Samples per forward pass.
+        batch_size: Samples per forward pass (default 8).
         out_dir: If given, stream the activations to ``out_dir/acts.npy`` (a float16 memmap;
             memory stays at one batch) and return them memory-mapped.
         progress: Show a progress bar.
-        dtype: Storage dtype (float16 or float32; the hook reads in float32).
-        context: For CogItems, the subquestion context (see ``subquestion_samples``).
+        dtype: Storage dtype (``torch.float16``, the default, or ``torch.float32``, or their
+            names; the hook reads in float32).
+        context: For CogItems, the subquestion context (see ``subquestion_samples``; default
+            ``"chain"``).
+        config: The settings as a :class:`~vh_lens.functional_heads.config.CollectionConfig`
+            (or its dict); the arguments above override its fields (``None``: keep the config's).
 
     Returns:
-        ``acts [n_samples, n_layers, n_heads, d_head]`` with labels and groups.
+        ``acts [n_samples, n_layers, n_heads, d_head]`` with labels and groups;
+        ``metadata["config"]`` holds the settings.
 
     Example:
         >>> acts = collect_head_activations(model, items, out_dir="runs/cogqa_acts")  # doctest: +SKIP
     """
-    if position not in ("last_prompt", "answer_mean"):
-        raise ValueError(f"position must be 'last_prompt' or 'answer_mean', got {position!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if dtype not in (torch.float16, torch.float32):
-        raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
-    samples = _as_samples(items_or_samples, context)
+    if isinstance(dtype, torch.dtype):
+        dtype = {torch.float16: "float16", torch.float32: "float32"}.get(dtype, str(dtype))
+    given = {"position": position, "batch_size": batch_size, "dtype": dtype, "context": context}
+    conf = resolve_config(CollectionConfig, config, {k: v for k, v in given.items() if v is not None})
+    samples = _as_samples(items_or_samples, conf.context)
     if not samples:
         raise ValueError("no samples to collect")
-    n_layers, n_heads, d_head = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head
-    shape = (len(samples), n_layers, n_heads, d_head)
+    shape = (len(samples), model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
     labels = tuple(str(s.metadata.get("function") or "") for s in samples)
     groups = tuple(s.metadata.get("group", i) for i, s in enumerate(samples))
-    metadata = {"position": position, "hook": "attn.hook_z", "n_samples": len(samples)}
-
-    starts = range(0, len(samples), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="head activations", unit="batch")
+    metadata = {"position": conf.position, "hook": "attn.hook_z", "n_samples": len(samples), "config": conf.to_dict()}
 
     def fill(store: Tensor | np.ndarray) -> None:
-        with torch.no_grad():
-            for start in starts:
-                chunk = samples[start : start + batch_size]
-                if position == "answer_mean":
-                    batch = model.prepare_samples(chunk, with_answers=True)
-                else:
-                    batch = model.prepare_samples(chunk)
-                weights = _position_weights(batch.layout, position, int(batch.layout[0].seq_len))
-                out = torch.empty(len(chunk), n_layers, n_heads, d_head)
-                hooks = [(get_act_name("z", layer), partial(_store_z, layer=layer, weights=weights, out=out))
-                         for layer in range(n_layers)]
-                model.run_with_hooks(batch, fwd_hooks=hooks)
-                if isinstance(store, Tensor):
-                    store[start : start + len(chunk)] = out.to(dtype)
-                else:
-                    store[start : start + len(chunk)] = out.numpy().astype(store.dtype)
+        preparer = _answer_preparer if conf.position == "answer_mean" else None
+        batches = iter_batches(model, samples, batch_size=conf.batch_size, preparer=preparer)
+        engine_run(model, batches, HeadActivationsReducer(store, conf.position),  # type: ignore[arg-type]
+                   progress=progress, desc="head activations", total=-(-len(samples) // conf.batch_size))  # fmt: skip
 
     if out_dir is None:
-        acts = torch.empty(shape, dtype=dtype)
+        acts = torch.empty(shape, dtype=getattr(torch, conf.dtype))
         fill(acts)
         return HeadActivations(acts=acts, labels=labels, groups=groups, metadata=metadata)
 
     out_dir = Path(out_dir)
-    np_dtype = np.float16 if dtype == torch.float16 else np.float32
     # streamed into a temporary file beside acts.npy, renamed over it once complete
     with atomic_path(out_dir / _ACTS_FILE) as partial_path:
-        store = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np_dtype, shape=shape)
+        store = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np.dtype(conf.dtype), shape=shape)
         try:
             fill(store)
             store.flush()

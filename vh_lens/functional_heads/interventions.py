@@ -45,19 +45,22 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm import tqdm
 
-from vh_lens.analysis.interventions import Hooks, ablate_heads, scale_heads, shift_heads
-from vh_lens.data.sample import Sample
 from vh_lens import engine
-from vh_lens.evaluation.scoring import AccuracyReducer, EvalMethod, check_eval_options
+from vh_lens.analysis.interventions import ablate_heads, scale_heads, shift_heads
+from vh_lens.core.config import resolve_config
+from vh_lens.core.hooks import FwdHooks, Head, random_heads
+from vh_lens.data.sample import Sample
+from vh_lens.evaluation.scoring import AccuracyReducer
 from vh_lens.functional_heads.activations import HeadActivations
+from vh_lens.functional_heads.config import DEFAULT_ALPHA, InterventionConfig
 from vh_lens.functional_heads.probes import ProbeResult
-from vh_lens.functional_heads.report import EMPHASES, MODES, REMOVALS, FunctionInterventionReport, InterventionRun
+from vh_lens.functional_heads.report import FunctionInterventionReport, InterventionRun
 from vh_lens.functional_heads.selection import FunctionDirections, mean_difference_directions
 
 __all__ = [
     "DEFAULT_ALPHA",
+    "InterventionConfig",
     "function_hooks",
     "intervene_on_functions",
     "random_heads",
@@ -65,64 +68,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Head = tuple[int, int]
 Mode = Literal["remove", "emphasise"]
 Removal = Literal["zero", "mean", "scale"]
 Emphasis = Literal["scale", "shift"]
 
-_MAIN_ANSWERS = ("final_step", "item")
-DEFAULT_ALPHA: Mapping[tuple[str, str], float] = {
-    ("remove", "scale"): 1e-5,
-    ("emphasise", "scale"): 2.0,
-    ("emphasise", "shift"): 5.0,
-}
-"""``alpha`` when none is given: the tiny removal factor, the emphasis factor, the shift strength
-in units of ``sigma`` (the group's 5)."""
-
 
 # --------------------------------------------------------------------------------------------
-# Head sets and hooks
-
-
-def random_heads(n_layers: int, n_heads: int, k: int, exclude: Sequence[Head] = (), seed: int = 0) -> list[Head]:
-    """``k`` distinct heads drawn uniformly from those not in ``exclude``: the random control.
-
-    The draw is a seeded permutation of the eligible heads (in layer-major order), so it
-    depends only on ``seed``, the model's shape and ``exclude``.
-
-    Raises:
-        ValueError: fewer than ``k`` heads are eligible, or ``k < 1``.
-
-    Example:
-        >>> random_heads(2, 4, 2, exclude=[(0, 0), (1, 3)], seed=0)  # doctest: +SKIP
-        [(1, 1), (0, 2)]
-    """
-    if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
-    taken = {(int(layer), int(head)) for layer, head in exclude}
-    eligible = [(layer, head) for layer in range(n_layers) for head in range(n_heads) if (layer, head) not in taken]
-    if len(eligible) < k:
-        raise ValueError(f"cannot draw {k} random heads: only {len(eligible)} heads are not excluded")
-    perm = torch.randperm(len(eligible), generator=torch.Generator().manual_seed(int(seed)))
-    return [eligible[int(i)] for i in perm[:k]]
-
-
-def _resolve_alpha(mode: str, method: str, alpha: float | None) -> float | None:
-    if (mode, method) in DEFAULT_ALPHA:
-        return float(DEFAULT_ALPHA[(mode, method)] if alpha is None else alpha)
-    if alpha is not None:
-        raise ValueError(f"alpha is not used by removal={method!r} (only by 'scale', and by emphasis)")
-    return None
-
-
-def _check_mode(mode: str, removal: str, emphasis: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "remove" and removal not in REMOVALS:
-        raise ValueError(f"removal must be one of {REMOVALS}, got {removal!r}")
-    if mode == "emphasise" and emphasis not in EMPHASES:
-        raise ValueError(f"emphasis must be one of {EMPHASES}, got {emphasis!r}")
-    return removal if mode == "remove" else emphasis
+# Hooks (the random control is :func:`vh_lens.core.hooks.random_heads`, in draw order)
 
 
 def function_hooks(
@@ -136,7 +88,7 @@ def function_hooks(
     means: Float[Tensor, "n_layers n_heads d_head"] | None = None,
     directions: FunctionDirections | None = None,
     cfg: Any | None = None,
-) -> Hooks:
+) -> FwdHooks:
     """Hooks on ``hook_z`` that remove or emphasise ``heads`` (one per touched layer).
 
     Args:
@@ -158,8 +110,8 @@ def function_hooks(
     Example:
         >>> hooks = function_hooks([(1, 2)], "Retrieval", mode="emphasise", directions=dirs)  # doctest: +SKIP
     """
-    method = _check_mode(mode, removal, emphasis)
-    alpha = _resolve_alpha(mode, method, alpha)
+    settings = InterventionConfig(mode=mode, removal=removal, emphasis=emphasis, alpha=alpha)
+    method, alpha = settings.method, settings.resolved_alpha
     heads = [(int(layer), int(head)) for layer, head in heads]
     if method == "zero":
         return ablate_heads(heads, "zero", cfg=cfg)
@@ -178,7 +130,7 @@ def function_hooks(
 
 
 # --------------------------------------------------------------------------------------------
-# The experiment
+# The experiment: plan -> engine -> report
 
 
 def _split_samples(
@@ -216,34 +168,116 @@ def _split_samples(
     return subs, mains, len(data) - len(subs)
 
 
+def _check_inputs(model_cfg: Any, probes: ProbeResult, acts: HeadActivations | None, conf: InterventionConfig) -> tuple[str, ...]:
+    """The functions to intervene on, after checking the probes' and activations' shapes."""
+    cfg = model_cfg
+    if (probes.n_layers, probes.n_heads) != (cfg.n_layers, cfg.n_heads):
+        raise ValueError(f"probes are for {probes.n_layers} layers x {probes.n_heads} heads, the model has "
+                         f"{cfg.n_layers} x {cfg.n_heads}")  # fmt: skip
+    fns = tuple(probes.functions if conf.functions is None else dict.fromkeys(conf.functions))
+    unknown = [f for f in fns if f not in probes.functions]
+    if unknown or not fns:
+        raise ValueError(f"unknown or no functions {unknown}; probed: {list(probes.functions)}")
+    if acts is not None and (acts.n_layers, acts.n_heads, acts.d_head) != (cfg.n_layers, cfg.n_heads, cfg.d_head):
+        raise ValueError(f"acts are [.., {acts.n_layers}, {acts.n_heads}, {acts.d_head}], the model has "
+                         f"{cfg.n_layers} layers x {cfg.n_heads} heads x {cfg.d_head}")  # fmt: skip
+    return fns
+
+
+def _hook_inputs(
+    conf: InterventionConfig, probes: ProbeResult, fns: tuple[str, ...], acts: HeadActivations | None,
+    directions: FunctionDirections | None,
+) -> tuple[Tensor | None, FunctionDirections | None]:
+    """The head means (mean removal) and the directions (shift emphasis) the hooks need."""
+    means = None
+    if conf.mode == "remove" and conf.method == "mean":
+        if acts is None:
+            raise ValueError("removal='mean' needs acts (the probed head activations) for the heads' means")
+        means = acts.head_means()
+    if conf.mode == "emphasise" and conf.method == "shift":
+        if directions is None:
+            if acts is None:
+                raise ValueError("emphasis='shift' needs acts (or directions) for the mean-difference directions")
+            directions = mean_difference_directions(acts, functions=fns, indices=probes.train_index)
+        missing = [f for f in fns if f not in directions.functions]
+        if missing:
+            raise ValueError(f"directions lack the functions {missing}")
+    return means, directions
+
+
+def _plan(
+    model_cfg: Any, probes: ProbeResult, fns: tuple[str, ...], conf: InterventionConfig,
+    means: Tensor | None, directions: FunctionDirections | None,
+) -> tuple[list[engine.Condition], list[str]]:
+    """One condition per function and head set (its functional heads, then one random draw per seed).
+
+    Planned before any forward pass, so bad options surface first. A function whose head count
+    exceeds the number of other heads gets no random control (listed in the second value).
+    """
+    conditions, skipped = [], []
+    n_all = model_cfg.n_layers * model_cfg.n_heads
+    for f in fns:
+        heads = probes.functional_heads(f, k=conf.k)
+        draws: list[tuple[int | None, list[Head]]] = [(None, heads)]
+        if n_all - len(heads) < len(heads):
+            if conf.control_seeds:
+                logger.warning("function %r: %d heads leave too few other heads for a random control", f, len(heads))
+                skipped.append(f)
+        else:
+            draws += [(s, random_heads(model_cfg.n_layers, model_cfg.n_heads, len(heads), heads, s))
+                      for s in conf.control_seeds]  # fmt: skip
+        for seed, chosen in draws:
+            hooks = function_hooks(chosen, f, mode=conf.mode, removal=conf.removal, emphasis=conf.emphasis,  # type: ignore[arg-type]
+                                   alpha=conf.alpha, means=means, directions=directions, cfg=model_cfg)  # fmt: skip
+            kind = "functional" if seed is None else "random"
+            name = f"{f} (functional)" if seed is None else f"{f} (random, seed {seed})"
+            conditions.append(engine.Condition(name, tuple(hooks), metadata={
+                "function": f, "condition": kind, "seed": seed, "heads": tuple(chosen)}))  # fmt: skip
+    return conditions, skipped
+
+
+def _accuracies(
+    reducer: AccuracyReducer, labels: Sequence[str], functions: Sequence[str], n_main: int
+) -> tuple[dict[str, float], float | None]:
+    """Per-function accuracy over the subquestions (NaN: none) and the main questions' accuracy."""
+    correct = torch.tensor([p.correct for p in reducer.result().predictions], dtype=torch.float32)
+    own = torch.tensor([functions.index(x) for x in labels])
+    onehot = torch.nn.functional.one_hot(own, len(functions)).float()  # [n_sub, n_functions]
+    per_function = (correct[: len(labels)] @ onehot) / onehot.sum(0)
+    main = float(correct[len(labels) :].mean()) if n_main else None
+    return dict(zip(functions, per_function.tolist(), strict=True)), main
+
+
 def intervene_on_functions(
     model: Any,
     items_or_samples: Sequence[Any],
     probes: ProbeResult,
     *,
+    config: InterventionConfig | Mapping[str, Any] | None = None,
     functions: Sequence[str] | None = None,
-    mode: Mode = "remove",
-    removal: Removal = "zero",
-    emphasis: Emphasis = "shift",
+    mode: Mode | None = None,
+    removal: Removal | None = None,
+    emphasis: Emphasis | None = None,
     alpha: float | None = None,
     k: int | None = None,
-    control_seeds: Sequence[int] = (0, 1, 2),
+    control_seeds: Sequence[int] | None = None,
     acts: HeadActivations | None = None,
     directions: FunctionDirections | None = None,
-    eval_method: EvalMethod = "generate",
-    include_main: bool = True,
-    main_answer: Literal["final_step", "item"] = "final_step",
-    context: Literal["chain", "none"] = "chain",
-    batch_size: int = 8,
-    max_new_tokens: int = 16,
+    eval_method: Literal["generate", "score"] | None = None,
+    include_main: bool | None = None,
+    main_answer: Literal["final_step", "item"] | None = None,
+    context: Literal["chain", "none"] | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
     format_question: Callable[[Sample], str] | None = None,
     progress: bool = True,
 ) -> FunctionInterventionReport:
     """Remove or emphasise each function's heads, and as many random heads, and measure accuracy.
 
-    Every evaluation runs over all subquestions labelled with a probed function and the main
-    questions at once (samples prepared once); accuracies are then split by function. The
-    baseline is :func:`vh_lens.evaluation.scoring.evaluate` with no hooks on the same samples.
+    The subquestions labelled with a probed function and the main questions are prepared once
+    (:func:`vh_lens.engine.prepare`) and evaluated without hooks (the baseline, as
+    :func:`vh_lens.evaluation.scoring.evaluate`) and under one :class:`~vh_lens.engine.Condition`
+    per head set (:func:`vh_lens.engine.run_conditions`); accuracies are then split by function.
 
     Args:
         model: A :class:`~vh_lens.LlavaLens` (the one the probes were trained on).
@@ -252,33 +286,21 @@ def intervene_on_functions(
             :func:`~vh_lens.data.cogvision.subquestion_samples` (their metadata give the
             function, and the main question and group for the main-question samples).
         probes: The probe result; selects each function's heads.
-        functions: The functions to intervene on (default: all of ``probes.functions``).
-        mode: ``"remove"`` or ``"emphasise"``.
-        removal: ``"zero"``, ``"mean"`` (needs ``acts``) or ``"scale"`` (by ``alpha``, default 1e-5).
-        emphasis: ``"scale"`` (by ``alpha``, default 2) or ``"shift"`` (``alpha`` default 5; needs
-            ``acts`` or ``directions``).
-        alpha: See ``removal`` / ``emphasis`` and :data:`DEFAULT_ALPHA`.
-        k: Heads per function; ``None``: the elbow of the function's sorted scores.
-        control_seeds: One random control per seed (may be empty). A function whose head
-            count exceeds the number of other heads gets no control (NaN; logged).
+        config: The settings (:class:`~vh_lens.functional_heads.config.InterventionConfig` or
+            its dict; defaults: remove by zeroing, the elbow, seeds 0, 1, 2, generation, 16
+            new tokens, batches of 8). The keyword arguments of the same names override its
+            fields (``None``: keep the config's); see the config for what each means.
+        functions, mode, removal, emphasis, alpha, k, control_seeds, eval_method, include_main,
+            main_answer, context, batch_size, max_new_tokens: The config's fields.
         acts: The probed activations: their per-head means for ``removal="mean"``, and the
             directions for ``emphasis="shift"`` (over ``probes.train_index``).
         directions: Directions for ``emphasis="shift"``, instead of computing them from ``acts``.
-        eval_method: ``"generate"`` (greedy generation, normalised exact match; the default,
-            for open answers) or ``"score"`` (first-token logits; closed answers only).
-        include_main: Also evaluate the main questions.
-        main_answer: The main question's gold answer: ``"final_step"`` (the answer of the
-            chain's last subquestion; CogQA's own answers are worked solutions that exact match
-            cannot hit) or ``"item"`` (the item's answer as given).
-        context: Subquestion context when CogItems are given (see ``subquestion_samples``).
-        batch_size: Samples per forward pass.
-        max_new_tokens: Generation length.
-        format_question: How a sample becomes the user turn (default
-            :func:`vh_lens.evaluation.answers.format_question`, as in :func:`collect_head_activations`).
+        format_question: How a sample becomes the user turn (default: the model's own).
         progress: Show a progress bar over the evaluations.
 
     Returns:
-        A :class:`FunctionInterventionReport`.
+        A :class:`~vh_lens.functional_heads.report.FunctionInterventionReport`;
+        ``metadata["config"]`` holds the settings.
 
     Raises:
         ValueError: bad options, a missing ``acts``, probes of another model's shape, or no
@@ -286,104 +308,51 @@ def intervene_on_functions(
 
     Example:
         >>> report = intervene_on_functions(model, items, probes, acts=acts, removal="mean")  # doctest: +SKIP
-        >>> plot_function_interventions(report)                                              # doctest: +SKIP
+        >>> vh_lens.plot_function_interventions(report)                                       # doctest: +SKIP
     """
-    method = _check_mode(mode, removal, emphasis)
-    alpha = _resolve_alpha(mode, method, alpha)
-    check_eval_options(eval_method, batch_size, max_new_tokens)
-    if main_answer not in _MAIN_ANSWERS:
-        raise ValueError(f"main_answer must be one of {_MAIN_ANSWERS}, got {main_answer!r}")
-    if k is not None and (isinstance(k, bool) or int(k) < 1):
-        raise ValueError(f"k must be a positive int or None, got {k!r}")
-    seeds = tuple(int(s) for s in control_seeds)
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"control_seeds repeat a value: {list(seeds)}")
-    cfg = model.cfg
-    if (probes.n_layers, probes.n_heads) != (cfg.n_layers, cfg.n_heads):
-        raise ValueError(f"probes are for {probes.n_layers} layers x {probes.n_heads} heads, the model has "
-                         f"{cfg.n_layers} x {cfg.n_heads}")  # fmt: skip
-    fns = tuple(probes.functions if functions is None else dict.fromkeys(functions))
-    unknown = [f for f in fns if f not in probes.functions]
-    if unknown or not fns:
-        raise ValueError(f"unknown or no functions {unknown}; probed: {list(probes.functions)}")
-    if acts is not None and (acts.n_layers, acts.n_heads, acts.d_head) != (cfg.n_layers, cfg.n_heads, cfg.d_head):
-        raise ValueError(f"acts are [.., {acts.n_layers}, {acts.n_heads}, {acts.d_head}], the model has "
-                         f"{cfg.n_layers} layers x {cfg.n_heads} heads x {cfg.d_head}")  # fmt: skip
-    means = None
-    if method == "mean" and mode == "remove":
-        if acts is None:
-            raise ValueError("removal='mean' needs acts (the probed head activations) for the heads' means")
-        means = acts.head_means()
-    if mode == "emphasise" and method == "shift" and directions is None:
-        if acts is None:
-            raise ValueError("emphasis='shift' needs acts (or directions) for the mean-difference directions")
-        directions = mean_difference_directions(acts, functions=fns, indices=probes.train_index)
-    if directions is not None and mode == "emphasise" and method == "shift":
-        missing = [f for f in fns if f not in directions.functions]
-        if missing:
-            raise ValueError(f"directions lack the functions {missing}")
+    given = {
+        "functions": functions, "mode": mode, "removal": removal, "emphasis": emphasis, "alpha": alpha, "k": k,
+        "control_seeds": control_seeds, "eval_method": eval_method, "include_main": include_main,
+        "main_answer": main_answer, "context": context, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+    }  # fmt: skip
+    conf = resolve_config(InterventionConfig, config, {key: v for key, v in given.items() if v is not None})
+    fns = _check_inputs(model.cfg, probes, acts, conf)
+    means, directions = _hook_inputs(conf, probes, fns, acts, directions)
+    subs, mains, dropped = _split_samples(items_or_samples, conf.context, probes.functions, conf.main_answer,
+                                          conf.include_main)  # fmt: skip
+    conditions, skipped = _plan(model.cfg, probes, fns, conf, means, directions)
 
-    subs, mains, dropped = _split_samples(items_or_samples, context, probes.functions, main_answer, include_main)
-    samples = subs + mains
+    prepared = engine.prepare(model, subs + mains, batch_size=conf.batch_size, answers=conf.eval_method,
+                              format_question=format_question)  # fmt: skip
+    reducers = engine.run_conditions(
+        model, prepared, [engine.Condition("baseline"), *conditions],
+        lambda _: AccuracyReducer(conf.eval_method, conf.max_new_tokens),  # type: ignore[arg-type]
+        progress=progress, desc=f"interventions ({conf.mode}: {conf.method})",
+    )  # fmt: skip
+
     labels = [str(s.metadata["function"]) for s in subs]
-    counts = {f: labels.count(f) for f in probes.functions}
-
-    # Plan the head sets first: errors surface before any forward pass.
-    plans: list[tuple[str, str, int | None, list[Head]]] = []
-    skipped = []
-    for f in fns:
-        heads = probes.functional_heads(f, k=k)
-        plans.append((f, "functional", None, heads))
-        if cfg.n_layers * cfg.n_heads - len(heads) < len(heads):
-            if seeds:
-                logger.warning("function %r: %d heads leave too few other heads for a random control", f, len(heads))
-                skipped.append(f)
-            continue
-        plans += [(f, "random", s, random_heads(cfg.n_layers, cfg.n_heads, len(heads), heads, s)) for s in seeds]
-
-    prepared = engine.prepare(
-        model, samples, batch_size=batch_size, answers=eval_method, format_question=format_question
-    )
-    own = torch.tensor([probes.functions.index(x) for x in labels])
-    onehot = torch.nn.functional.one_hot(own, len(probes.functions)).float()  # [n_sub, n_functions]
-    bar = tqdm(total=1 + len(plans), desc=f"interventions ({mode}: {method})", unit="eval", disable=not progress)
-
-    def accuracies(hooks: Hooks) -> tuple[dict[str, float], float | None]:
-        reducer = AccuracyReducer(eval_method, max_new_tokens)
-        result = engine.run(model, prepared, reducer, condition=engine.Condition("run", tuple(hooks))).result()
-        bar.update(1)
-        correct = torch.tensor([p.correct for p in result.predictions], dtype=torch.float32)
-        per_function = (correct[: len(subs)] @ onehot) / onehot.sum(0)  # NaN where a function has no subquestion
-        main = float(correct[len(subs) :].mean()) if mains else None
-        return dict(zip(probes.functions, per_function.tolist(), strict=True)), main
-
-    try:
-        baseline, baseline_main = accuracies([])
-        runs = []
-        for f, condition, seed, heads in plans:
-            bar.set_postfix_str(f"{f} ({condition})")
-            hooks = function_hooks(heads, f, mode=mode, removal=removal, emphasis=emphasis, alpha=alpha, means=means,
-                                   directions=directions, cfg=cfg)  # fmt: skip
-            acc, main = accuracies(hooks)
-            runs.append(InterventionRun(f, condition, seed, tuple(heads), acc, main))
-    finally:
-        bar.close()
-
+    baseline, baseline_main = _accuracies(reducers["baseline"], labels, probes.functions, len(mains))
+    runs = []
+    for c in conditions:
+        acc, main = _accuracies(reducers[c.name], labels, probes.functions, len(mains))
+        runs.append(InterventionRun(c.metadata["function"], c.metadata["condition"], c.metadata["seed"],
+                                    c.metadata["heads"], acc, main))  # fmt: skip
     metadata = {
-        "selection": "elbow" if k is None else f"top-{k}",
+        "selection": "elbow" if conf.k is None else f"top-{conf.k}",
         "selection_metric": "balanced_accuracy",
         "probe_source": "ovr" if probes.ovr_balanced_accuracy is not None else "multiclass",
-        "main_answer": main_answer,
-        "context": context if not isinstance(items_or_samples[0], Sample) else "as given",
-        "max_new_tokens": max_new_tokens,
+        "main_answer": conf.main_answer,
+        "context": conf.context if not isinstance(items_or_samples[0], Sample) else "as given",
+        "max_new_tokens": conf.max_new_tokens,
         "positions": "all (every position, while generating)",
         "subquestions_without_probed_function": dropped,
         "controls_skipped": skipped,
         "random_std": "population (ddof=0) over seeds",
         "correctness": "vh_lens.evaluation.answers.is_correct: normalised exact match (strict for open answers)",
+        "config": conf.to_dict(),
     }
     return FunctionInterventionReport(
-        functions=fns, counts=counts, n_main=len(mains), baseline=baseline, baseline_main=baseline_main,
-        runs=tuple(runs), mode=mode, method=method, alpha=alpha, k=k, eval_method=eval_method, seeds=seeds,
-        metadata=metadata,
+        functions=fns, counts={f: labels.count(f) for f in probes.functions}, n_main=len(mains), baseline=baseline,
+        baseline_main=baseline_main, runs=tuple(runs), mode=conf.mode, method=conf.method, alpha=conf.resolved_alpha,
+        k=conf.k, eval_method=conf.eval_method, seeds=conf.control_seeds, metadata=metadata,
     )  # fmt: skip

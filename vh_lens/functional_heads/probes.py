@@ -29,11 +29,13 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from vh_lens.core.config import resolve_config
 from vh_lens.core.io import load_tensors, read_json, save_tensors, write_json
 from vh_lens.functional_heads.activations import HeadActivations
+from vh_lens.functional_heads.config import ProbeConfig
 from vh_lens.functional_heads.selection import jaccard_overlap, select_heads, split_by_group
 
-__all__ = ["Metric", "ProbeResult", "Source", "fit_batched_logistic", "probe_heads"]
+__all__ = ["Metric", "ProbeConfig", "ProbeResult", "Source", "fit_batched_logistic", "probe_heads"]
 
 Source = Literal["ovr", "multiclass"]
 Metric = Literal["accuracy", "balanced_accuracy"]
@@ -233,14 +235,16 @@ def _to_raw(w: Tensor, b: Tensor, mu: Tensor, sd: Tensor) -> tuple[Tensor, Tenso
 def probe_heads(
     acts: HeadActivations,
     functions: Iterable[str] | None = None,
-    seed: int = 0,
-    test_fraction: float = 0.3,
-    mode: Literal["ovr", "multiclass", "both"] = "both",
-    l2: float = 1e-3,
-    steps: int = 200,
-    balanced: bool = True,
+    seed: int | None = None,
+    test_fraction: float | None = None,
+    mode: Literal["ovr", "multiclass", "both"] | None = None,
+    l2: float | None = None,
+    steps: int | None = None,
+    balanced: bool | None = None,
     device: torch.device | str | None = None,
     chunk_layers: int | None = None,
+    *,
+    config: ProbeConfig | Mapping[str, Any] | None = None,
 ) -> ProbeResult:
     """Train a linear probe on every head and score it on held-out main questions.
 
@@ -252,26 +256,30 @@ def probe_heads(
         functions: The labels to probe, in order. ``None``: every non-empty label that has
             samples on both sides of the split (the others are listed in
             ``config["dropped_functions"]``). Samples with other labels are left out.
-        seed: Seed of the group split.
-        test_fraction: Fraction of groups held out.
-        mode: ``"ovr"`` (function vs rest), ``"multiclass"`` (softmax) or ``"both"``.
-        l2: L2 penalty on the (standardised) weights.
-        steps: Maximum L-BFGS iterations.
-        balanced: Weight classes inversely to their frequency (sklearn's ``"balanced"``).
+        seed: Seed of the group split (default 0).
+        test_fraction: Fraction of groups held out (default 0.3).
+        mode: ``"ovr"`` (function vs rest), ``"multiclass"`` (softmax) or ``"both"`` (default).
+        l2: L2 penalty on the (standardised) weights (default 1e-3).
+        steps: Maximum L-BFGS iterations (default 200).
+        balanced: Weight classes inversely to their frequency (sklearn's ``"balanced"``; default on).
         device: Where to fit (default: CPU, or the activations' device).
         chunk_layers: Layers per chunk (default: as many as fit in ~256 MiB of float32).
+        config: The settings as a :class:`~vh_lens.functional_heads.config.ProbeConfig` (or its
+            dict); the arguments above override its fields (``None``: keep the config's).
 
     Returns:
-        A :class:`ProbeResult`.
+        A :class:`ProbeResult`; its ``config`` holds the :class:`ProbeConfig` fields and the counts.
 
     Raises:
         ValueError: an explicitly requested function has no train or no test sample, fewer
             than two functions remain, or the split has fewer than two groups.
     """
-    if mode not in ("ovr", "multiclass", "both"):
-        raise ValueError(f"mode must be 'ovr', 'multiclass' or 'both', got {mode!r}")
-    train_all, test_all = split_by_group(acts.groups, test_fraction, seed)
-    fns, dropped = _resolve_functions(acts.labels, train_all, test_all, functions)
+    given = {"functions": None if functions is None else tuple(functions), "seed": seed, "test_fraction": test_fraction,
+             "mode": mode, "l2": l2, "steps": steps, "balanced": balanced, "chunk_layers": chunk_layers}  # fmt: skip
+    conf = resolve_config(ProbeConfig, config, {k: v for k, v in given.items() if v is not None})
+    mode, l2, steps, balanced = conf.mode, conf.l2, conf.steps, conf.balanced
+    train_all, test_all = split_by_group(acts.groups, conf.test_fraction, conf.seed)
+    fns, dropped = _resolve_functions(acts.labels, train_all, test_all, conf.functions)
     if len(fns) < 2:
         raise ValueError(f"need at least 2 functions to probe, got {list(fns)}")
     index = {f: i for i, f in enumerate(fns)}
@@ -298,7 +306,7 @@ def probe_heads(
                             ("multiclass_bias", (n_f, n_l, n_h))]:
             out[name] = torch.empty(shape)
 
-    step = chunk_layers or acts.layers_per_chunk()
+    step = conf.chunk_layers or acts.layers_per_chunk()
     for l0 in range(0, n_l, step):
         l1 = min(n_l, l0 + step)
         x = einops.rearrange(acts.layers(l0, l1, device), "n l h d -> (l h) n d")
@@ -338,10 +346,11 @@ def probe_heads(
             put("multiclass_weights", w_raw, "(l h) d k -> k l h d")
             put("multiclass_bias", b_raw, "(l h) k -> k l h")
 
-    config = {"seed": seed, "test_fraction": test_fraction, "mode": mode, "l2": l2, "steps": steps,
-              "balanced": balanced, "n_train": len(train), "n_test": len(test), "dropped_functions": list(dropped),
-              "train_counts": onehot_tr.sum(0).int().tolist(), "test_counts": onehot_te.sum(0).int().tolist(),
-              "acts_metadata": dict(acts.metadata)}
+    config = conf.to_dict() | {
+        "n_train": len(train), "n_test": len(test), "dropped_functions": list(dropped),
+        "train_counts": onehot_tr.sum(0).int().tolist(), "test_counts": onehot_te.sum(0).int().tolist(),
+        "acts_metadata": dict(acts.metadata),
+    }  # fmt: skip
     return ProbeResult(functions=fns, train_index=train.cpu(), test_index=test.cpu(), config=config, **out)
 
 
@@ -409,6 +418,11 @@ class ProbeResult:
     @property
     def n_layers(self) -> int:
         return int(self._ref.shape[1])
+
+    @property
+    def probe_config(self) -> ProbeConfig:
+        """The settings the probes were fit with (fields missing from an older result: defaults)."""
+        return ProbeConfig.from_dict({k: self.config[k] for k in ProbeConfig.field_names() if k in self.config})
 
     @property
     def n_heads(self) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vh_lens.core.io import csv_text, nan_to_none, write_text
+from vh_lens.evaluation.stats import mean_std
 
 __all__ = [
     "CONDITIONS",
@@ -91,13 +92,6 @@ class InterventionRun:
         accuracy = {str(k): _check_acc(f"accuracy[{k!r}]", v) for k, v in self.accuracy.items()}
         object.__setattr__(self, "accuracy", accuracy)
         object.__setattr__(self, "main_accuracy", _check_acc("main_accuracy", self.main_accuracy))
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,7 +198,7 @@ class FunctionInterventionReport:
             "main": lambda acc, main: math.nan if main is None else main,
         }
         for scope, get in scopes.items():
-            mean, std = _mean_std([get(r.accuracy, r.main_accuracy) for r in controls])
+            mean, std = mean_std([get(r.accuracy, r.main_accuracy) for r in controls])
             row |= {f"baseline_{scope}": get(self.baseline, self.baseline_main),
                     f"functional_{scope}": get(functional.accuracy, functional.main_accuracy),
                     f"random_{scope}_mean": mean, f"random_{scope}_std": std}  # fmt: skip

@@ -225,9 +225,8 @@ def prepare_answer_batch(
         samples: samples with gold answers (and, for ``"score"``, a fixed candidate list:
             multiple choice, yes/no or counting).
         method: ``"score"`` or ``"generate"``.
-        format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.evaluation.answers.format_question`; :func:`vh_lens.toy.format_question` for the
-            toy model).
+        format_question: how a sample becomes the user turn (default: the model's own,
+            ``model.question_format``).
         offset: index of ``samples[0]`` in the whole data set (for error messages).
 
     Raises:
@@ -408,8 +407,8 @@ def evaluate(
             see the module docstring) or ``"generate"`` (greedy generation, then parsing).
         batch_size: samples per forward pass.
         max_new_tokens: tokens to generate (``"generate"`` only).
-        format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.evaluation.answers.format_question`).
+        format_question: how a sample becomes the user turn (default: the model's own,
+            ``model.question_format``).
         progress: show a tqdm progress bar (on stderr).
 
     Returns:

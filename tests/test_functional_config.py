@@ -101,6 +101,7 @@ def test_collection_config_and_reducer_merge() -> None:
     assert torch.equal(same.acts, whole.acts)
     assert whole.metadata["config"] == {"position": "last_prompt", "batch_size": 3, "dtype": "float32",
                                         "context": "chain"}  # fmt: skip
+    assert whole.metadata["question_format"] == model.question_format  # the model's own format, not passed
     # two processes' halves (same batch boundaries), merged, equal one run over everything
     batches = list(engine.iter_batches(model, samples, batch_size=3))
     shape = (len(samples), model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
@@ -138,4 +139,5 @@ def test_intervention_config_equals_keywords_and_is_recorded(setup) -> None:  # 
     for report in (by_config, by_dict):
         assert report.to_json() == by_keywords.to_json()
     assert by_config.metadata["config"] == conf.to_dict()
+    assert by_config.metadata["question_format"] == lens.question_format
     assert InterventionConfig.from_dict(by_config.metadata["config"]) == conf

@@ -319,7 +319,8 @@ def collect_head_activations(
     shape = (len(samples), model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
     labels = tuple(str(s.metadata.get("function") or "") for s in samples)
     groups = tuple(s.metadata.get("group", i) for i, s in enumerate(samples))
-    metadata = {"position": conf.position, "hook": "attn.hook_z", "n_samples": len(samples), "config": conf.to_dict()}
+    metadata = {"position": conf.position, "hook": "attn.hook_z", "n_samples": len(samples), "config": conf.to_dict(),
+                "question_format": getattr(model, "question_format", None)}  # fmt: skip
 
     def fill(store: Tensor | np.ndarray) -> None:
         preparer = _answer_preparer if conf.position == "answer_mean" else None

@@ -350,6 +350,7 @@ def intervene_on_functions(
         "random_std": "population (ddof=0) over seeds",
         "correctness": "vh_lens.evaluation.answers.is_correct: normalised exact match (strict for open answers)",
         "config": conf.to_dict(),
+        "question_format": "as given" if format_question is not None else getattr(model, "question_format", None),
     }
     return FunctionInterventionReport(
         functions=fns, counts={f: labels.count(f) for f in probes.functions}, n_main=len(mains), baseline=baseline,

@@ -24,7 +24,8 @@ from vh_lens.plotting.functional import (
     plot_sorted_scores,
 )
 from vh_lens.functional_heads.activations import HeadActivations, collect_head_activations
-from vh_lens.functional_heads.probes import ProbeResult, fit_batched_logistic, probe_heads
+from vh_lens.functional_heads.logistic import fit_batched_logistic
+from vh_lens.functional_heads.probes import ProbeResult, probe_heads
 from vh_lens.functional_heads.selection import (
     elbow_index,
     jaccard_overlap,

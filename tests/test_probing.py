@@ -438,6 +438,7 @@ def test_selection_summaries_on_hand_result(tmp_path: Path) -> None:
                     ovr_balanced_accuracy=torch.zeros(2, 2, 4), ovr_weights=torch.zeros(2, 3, 4, 5))
 
 
+@pytest.mark.unchecked_arguments  # passes a method the annotation forbids, to check the error
 def test_select_heads_and_jaccard_by_hand() -> None:
     scores = torch.tensor([[0.2, 0.9, 0.5], [0.9, 0.1, 0.3]])
     assert select_heads(scores, k=3) == [(0, 1), (1, 0), (0, 2)]  # tie 0.9: layer 0 first

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vh_lens.core.config import ExperimentConfig, check_choice, check_ints, check_positive_int
@@ -46,7 +46,9 @@ DEFAULT_ALPHA: Mapping[tuple[str, str], float] = {
 in units of ``sigma`` (the group's 5)."""
 
 
-def _check_functions(functions: tuple[str, ...] | None) -> None:
+def _check_functions(functions: Sequence[str] | None) -> None:
+    if isinstance(functions, str):
+        raise ValueError(f"functions must be a sequence of function labels, not one string: {functions!r}")
     if functions is not None and not all(isinstance(f, str) for f in functions):
         raise ValueError(f"functions must be None or function labels (strings), got {functions!r}")
 
@@ -94,7 +96,7 @@ class ProbeConfig(ExperimentConfig):
         chunk_layers: layers per chunk (``None``: as many as fit in ~256 MiB of float32).
     """
 
-    functions: tuple[str, ...] | None = None
+    functions: Sequence[str] | None = None  # stored as a tuple
     seed: int = 0
     test_fraction: float = 0.3
     mode: str = "both"
@@ -142,13 +144,13 @@ class InterventionConfig(ExperimentConfig):
         max_new_tokens: generation length.
     """
 
-    functions: tuple[str, ...] | None = None
+    functions: Sequence[str] | None = None  # stored as a tuple
     mode: str = "remove"
     removal: str = "zero"
     emphasis: str = "shift"
     alpha: float | None = None
     k: int | None = None
-    control_seeds: tuple[int, ...] = (0, 1, 2)
+    control_seeds: Sequence[int] = (0, 1, 2)  # stored as a tuple
     eval_method: str = "generate"
     include_main: bool = True
     main_answer: str = "final_step"

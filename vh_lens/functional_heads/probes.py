@@ -127,8 +127,10 @@ def probe_heads(
         ValueError: an explicitly requested function has no train or no test sample, fewer
             than two functions remain, or the split has fewer than two groups.
     """
-    given = {"functions": None if functions is None else tuple(functions), "seed": seed, "test_fraction": test_fraction,
-             "mode": mode, "l2": l2, "steps": steps, "balanced": balanced, "chunk_layers": chunk_layers}  # fmt: skip
+    if functions is not None and not isinstance(functions, str):
+        functions = tuple(functions)  # a one-off iterable, kept; a string is refused by the config
+    given = {"functions": functions, "seed": seed, "test_fraction": test_fraction, "mode": mode, "l2": l2,
+             "steps": steps, "balanced": balanced, "chunk_layers": chunk_layers}  # fmt: skip
     conf = resolve_config(ProbeConfig, config, {k: v for k, v in given.items() if v is not None})
     mode, l2, steps, balanced = conf.mode, conf.l2, conf.steps, conf.balanced
     train_all, test_all = split_by_group(acts.groups, conf.test_fraction, conf.seed)

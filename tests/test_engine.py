@@ -300,3 +300,14 @@ def test_logit_lens_samples_equals_per_batch_lens() -> None:
     for name in ("positions", "final_ids", "final_rank", "answer_ids", "answer_rank", "top_ids"):
         assert torch.equal(getattr(got, name), getattr(ref, name)), name
     torch.testing.assert_close(got.answer_prob, ref.answer_prob, rtol=0, atol=0)
+
+
+def test_evaluate_config_equals_keywords() -> None:
+    from vh_lens.evaluation.scoring import EvalConfig
+
+    model = tiny_lens()
+    samples = _samples(3)
+    by_kw = evaluate(model, samples, batch_size=2, progress=False)
+    assert evaluate(model, samples, config=EvalConfig(batch_size=2), progress=False).predictions == by_kw.predictions
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        evaluate(model, samples, config={"batch_size": 0}, progress=False)

@@ -41,7 +41,6 @@ __all__ = [
     "Head",
     "HeadMeans",
     "HeadMeansReducer",
-    "HookFn",
     "Hooks",
     "ablate_heads",
     "head_means",
@@ -49,9 +48,6 @@ __all__ = [
     "scale_heads",
     "shift_heads",
 ]
-
-HookFn = HookFunction
-"""Deprecated alias of :data:`vh_lens.core.hooks.HookFunction` (TransformerLens' hook protocol)."""
 
 Hooks = list[tuple[str, HookFunction]]
 """Hooks for ``run_with_hooks(fwd_hooks=...)``."""

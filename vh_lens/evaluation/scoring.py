@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from vh_lens.core.config import ExperimentConfig, resolve_config
 from vh_lens.data.sample import Sample
 from vh_lens.engine import Condition, PreparedBatch, Reducer, iter_batches, run
 from vh_lens.evaluation.answers import answer_kind, candidate_strings, gold_answer, gold_index, parse_answer
@@ -40,6 +41,7 @@ from vh_lens.evaluation.candidates import candidate_token_ids
 __all__ = [
     "AccuracyReducer",
     "AnswerBatch",
+    "EvalConfig",
     "EvalMethod",
     "EvalResult",
     "Prediction",
@@ -335,6 +337,18 @@ def check_eval_options(method: str, batch_size: int, max_new_tokens: int) -> Non
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
 
 
+@dataclass(frozen=True)
+class EvalConfig(ExperimentConfig):
+    """Settings of :func:`evaluate`: how answers are read, samples per forward pass, generation length."""
+
+    method: str = "score"
+    batch_size: int = 8
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        check_eval_options(self.method, self.batch_size, self.max_new_tokens)
+
+
 class AccuracyReducer(Reducer):
     """The engine's reducer for benchmark accuracy: one :class:`Prediction` per sample.
 
@@ -390,9 +404,10 @@ def evaluate(
     samples: Sequence[Sample],
     *,
     fwd_hooks: HookList = (),
-    method: EvalMethod = "score",
-    batch_size: int = 8,
-    max_new_tokens: int = 8,
+    config: EvalConfig | Mapping[str, Any] | None = None,
+    method: EvalMethod | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
     format_question: Callable[[Sample], str] | None = None,
     progress: bool = True,
 ) -> EvalResult:
@@ -403,6 +418,8 @@ def evaluate(
         samples: samples with gold answers (see :mod:`vh_lens.evaluation.answers` for the kinds).
         fwd_hooks: TransformerLens hooks (e.g. :func:`vh_lens.analysis.interventions.ablate_heads`),
             attached with ``model.hooks`` and removed afterwards, also on error.
+        config: the settings (:class:`EvalConfig` or its dict); ``method``, ``batch_size`` and
+            ``max_new_tokens`` override its fields (defaults ``"score"``, 8, 8).
         method: ``"score"`` (first-token logits of the candidate answers, one forward pass;
             see the module docstring) or ``"generate"`` (greedy generation, then parsing).
         batch_size: samples per forward pass.
@@ -424,7 +441,9 @@ def evaluate(
         >>> ablated = evaluate(model, samples, fwd_hooks=ablate_heads([(3, 1), (4, 7)]))  # doctest: +SKIP
         >>> base.accuracy - ablated.accuracy  # doctest: +SKIP
     """
-    check_eval_options(method, batch_size, max_new_tokens)
+    given = {"method": method, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    conf = resolve_config(EvalConfig, config, {k: v for k, v in given.items() if v is not None})
+    method, batch_size, max_new_tokens = conf.method, conf.batch_size, conf.max_new_tokens  # type: ignore[assignment]
     samples = list(samples)
     if not samples:
         raise ValueError("evaluate: no samples given")

@@ -1,4 +1,6 @@
-"""The ``vh-lens`` command line: ``vh-lens scan | mask | lens | probe ...``.
+"""The ``vh-lens`` command line: ``vh-lens scan | mask | lens | probe | patch | demo-data ...``.
+
+Also ``python -m vh_lens ...``; ``vh-lens --version`` prints the package's version.
 
 Each subcommand lives in ``vh_lens/commands/<name>.py`` with ``register(subparsers)`` adding its
 parser and setting ``func`` to a function of the parsed arguments that returns an exit code.
@@ -17,7 +19,18 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("scan", "mask", "lens", "probe", "patch")
+COMMANDS = ("scan", "mask", "lens", "probe", "patch", "demo-data")
+
+
+def version() -> str:
+    """The installed vh_lens version (the package metadata's), or ``"unknown"`` when it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("vh_lens")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vh-lens",
         description="Visual and functional attention heads of LLaVA models (TransformerLens plugin).",
     )
+    parser.add_argument("--version", action="version", version=f"vh-lens {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        module_name = f"vh_lens.commands.{name.replace('-', '_')}"
         try:
-            module = importlib.import_module(f"vh_lens.commands.{name}")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name != f"vh_lens.commands.{name}":
+            if err.name != module_name:
                 raise
             continue
         module.register(sub)
@@ -54,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["scan", *argv]  # the main job: scan the bundled model (``vh-lens --out DIR`` too)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

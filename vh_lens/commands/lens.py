@@ -27,7 +27,6 @@ from vh_lens.commands.mask import (
     check_inputs,
     load_model,
     load_samples,
-    question_formatter,
     screen_and_record,
     staged_output,
 )
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from vh_lens.plotting.logit_lens import plot_answer_prob_heatmap, plot_rank_per_layer
 
     samples = load_samples(args)
-    fmt = question_formatter(args)
+    fmt = None  # vh_lens.evaluation.answers.format_question, the one format
     model = load_model(args)
     samples, record = screen_and_record(args, model, samples, format_question=fmt)
     with staged_output(args.out, args.overwrite) as tmp:

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from vh_lens.cli import build_parser, main, version
-from vh_lens.data import load_cogvision, load_jsonl, load_looktwice, load_pointqa_counting, load_pope, load_vip_pointqa
+from vh_lens.data import (
+    load_cogvision,
+    load_jsonl,
+    load_looktwice,
+    load_pointqa_counting,
+    load_pope,
+    load_vip_pointqa,
+)
 from vh_lens.data.shapes import COUNT_KINDS, shapes
 from vh_lens.toy import TOY_PATH
 
@@ -70,7 +77,7 @@ def test_looktwice_vip_and_pointqa_read_back_all_question_types(demo) -> None:
             # the plain setting: the scene without any outline drawn
             assert np.array_equal(_pixels(a.image), _pixels(plain[want.metadata["id"]].image))
         if question == "super":  # the drawn pointer is what separates images/ from plain/
-            boxed = [s for s in counting if s.metadata["kind"] == "count_super"][0]
+            boxed = next(s for s in counting if s.metadata["kind"] == "count_super")
             assert not np.array_equal(_pixels(boxed.image), _pixels(plain[boxed.metadata["id"]].image))
     counted = load_pointqa_counting(demo / "looktwice.json", demo / "plain", question="object")
     assert [s.answer for s in counted] == [s.answer for s in counting]
@@ -128,9 +135,9 @@ def test_python_dash_m_runs_the_cli() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-m", "vh_lens", "--version"], capture_output=True, text=True, env=env,
-                          cwd=root, timeout=120)  # fmt: skip
+                          cwd=root, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"vh-lens {version()}"
     done = subprocess.run([sys.executable, "-m", "vh_lens", "demo-data", "--help"], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=120)  # fmt: skip
+                          env=env, cwd=root, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0 and "questions.jsonl" in done.stdout

@@ -29,7 +29,7 @@ TINY = {
 
 def readme_commands(text: str) -> list[list[str]]:
     """The ``vh-lens`` commands of the README's marked example, split as a shell would."""
-    match = re.search(r"<!-- cli-example -->\s*```bash\n(.*?)```\s*<!-- /cli-example -->", text, re.S)
+    match = re.search(r"<!-- cli-example -->\s*```bash\n(.*?)```\s*<!-- /cli-example -->", text, re.DOTALL)
     if match is None:
         raise AssertionError("README.md has no <!-- cli-example --> bash block")
     commands = [shlex.split(line, comments=True) for line in match.group(1).splitlines()]

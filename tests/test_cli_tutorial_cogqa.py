@@ -35,10 +35,10 @@ def _run(monkeypatch, env: str | None, cogqa: str | None = None) -> dict:
         monkeypatch.setenv("VH_LENS_COGQA", env)
     scope = {"os": os, "json": json, "tempfile": tempfile, "Path": Path, "Counter": Counter,
              "load_cogvision": load_cogvision, "subquestion_samples": subquestion_samples}  # fmt: skip
-    exec(params, scope)
+    exec(params, scope)  # noqa: S102 - the notebook's own cell
     if cogqa is not None:
         scope["COGQA"] = cogqa
-    exec(data, scope)
+    exec(data, scope)  # noqa: S102
     return scope
 
 

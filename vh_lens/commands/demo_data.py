@@ -187,7 +187,10 @@ def write_cogvision(path: Path, n: int, seed: int) -> str:
     ``write_cogvision_shapes``) is used when installed; until then :func:`fallback_cog_items`.
     """
     try:
-        from vh_lens.data.cogvision_shapes import cogvision_shapes, write_cogvision_shapes
+        from vh_lens.data.cogvision_shapes import (
+            cogvision_shapes,
+            write_cogvision_shapes,
+        )
     except ImportError:  # TODO(cog): drop the fallback once vh_lens.data.cogvision_shapes is on main
         _write_json(path, fallback_cog_items(n, seed, path.parent))
         return "fallback"

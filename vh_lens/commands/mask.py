@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vh_lens.core.io import write_json
 from vh_lens.commands._inputs import (
     MODEL_HELP,
     add_input_arguments,
@@ -29,6 +28,7 @@ from vh_lens.commands._inputs import (
     check_n_ctx,
     model_path,
 )
+from vh_lens.core.io import write_json
 
 FORMATS = ("mmbench", "pope", "seed", "qbench", "pointqa", "jsonl")
 QUESTION_FORMAT_REMOVED = (
@@ -160,7 +160,11 @@ def screen_and_record(args: argparse.Namespace, model: Any, samples: list[Any], 
     Raises:
         vh_lens.commands._inputs.BadInputError: some sample is bad and ``--skip-bad`` is off.
     """
-    from vh_lens.commands._inputs import input_fingerprint, screen_samples, summary_fingerprint
+    from vh_lens.commands._inputs import (
+        input_fingerprint,
+        screen_samples,
+        summary_fingerprint,
+    )
 
     screened = screen_samples(
         model, samples, skip_bad=args.skip_bad, source=str(args.data), command=_command(args), **kwargs
@@ -282,8 +286,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``vh-lens mask``; returns the exit code."""
     check_inputs(args)
     scores_dir = scores_folder(args.scores)
-    from vh_lens.visual_heads.masking import masking_experiment
     from vh_lens.plotting.masking import plot_masking_curves
+    from vh_lens.visual_heads.masking import masking_experiment
     from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
     if args.metric not in METRICS:

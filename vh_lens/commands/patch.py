@@ -44,8 +44,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vh_lens.commands._inputs import MODEL_HELP, add_n_ctx_argument, check_n_ctx, model_path
-from vh_lens.commands.mask import FORMATS, add_output_arguments, add_question_format_refusal, staged_output
+from vh_lens.commands._inputs import (
+    MODEL_HELP,
+    add_n_ctx_argument,
+    check_n_ctx,
+    model_path,
+)
+from vh_lens.commands.mask import (
+    FORMATS,
+    add_output_arguments,
+    add_question_format_refusal,
+    staged_output,
+)
 
 CORRUPTIONS = ("embed-noise", "grey", "blur", "noise", "other")
 GRIDS = ("heads", "positions", "regions")
@@ -145,9 +155,8 @@ def _model(args: argparse.Namespace) -> Any:
     import torch
 
     import vh_lens
-    from vh_lens.toy import TOY_PATH
-
     from vh_lens.commands._inputs import warn_n_ctx
+    from vh_lens.toy import TOY_PATH
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = vh_lens.load_llava(str(args.model or TOY_PATH), device=args.device, dtype=dtype, n_ctx=args.n_ctx)
@@ -325,7 +334,11 @@ def _markdown(summary: dict[str, Any]) -> str:
 
 def _write_html(path: Path, results: dict[str, Any], image: Any) -> None:
     from vh_lens.core import io as _io
-    from vh_lens.plotting.patching import plot_attribution_vs_activation, plot_effect_heatmap, plot_effect_on_image
+    from vh_lens.plotting.patching import (
+        plot_attribution_vs_activation,
+        plot_effect_heatmap,
+        plot_effect_on_image,
+    )
 
     figures = []
     for name, result in results.items():

@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vh_lens.core.io import write_csv
 from vh_lens.commands._inputs import add_input_arguments, check_data_file, check_n_ctx
 from vh_lens.commands.mask import (
     add_model_arguments,
@@ -47,6 +46,7 @@ from vh_lens.commands.mask import (
     screen_and_record,
     staged_output,
 )
+from vh_lens.core.io import write_csv
 
 _SUMMARY_FILE = "summary.md"
 MIN_TEST_ITEMS = 20
@@ -215,14 +215,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vh_lens.data.cogvision import load_cogvision, subquestion_samples
-    from vh_lens.functional_heads.interventions import intervene_on_functions, plot_function_interventions
+    from vh_lens.functional_heads.interventions import (
+        intervene_on_functions,
+        plot_function_interventions,
+    )
+    from vh_lens.functional_heads.probes import collect_head_activations, probe_heads
     from vh_lens.plotting.functional import (
         plot_function_head_maps,
         plot_function_overlap,
         plot_heads_per_layer,
         plot_sorted_scores,
     )
-    from vh_lens.functional_heads.probes import collect_head_activations, probe_heads
 
     progress = not args.no_progress
     selection: dict[str, Any] = {} if args.k is None else {"k": args.k}

@@ -216,7 +216,13 @@ def load_data_samples(args: argparse.Namespace) -> Any:
         FileNotFoundError: images listed in the file are missing (one line naming the first ones).
         ValueError: the file is malformed (the reader's message names the record).
     """
-    from vh_lens.data import MissingImagesError, load_jsonl, load_looktwice, load_vip_pointqa, with_visual_prompt
+    from vh_lens.data import (
+        MissingImagesError,
+        load_jsonl,
+        load_looktwice,
+        load_vip_pointqa,
+        with_visual_prompt,
+    )
 
     question = args.question or "general"
     on_missing = "skip" if args.skip_bad else "error"
@@ -481,7 +487,13 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
         print(f"NOTE: the toy checkpoint is not installed at {toy_path()}; {note}.", file=sys.stderr)
     print(f"vh-lens scan: {model_name} on {len(samples)} samples of {source}", file=sys.stderr)
 
-    from vh_lens.commands._inputs import check_context, input_fingerprint, screen_samples, summary_fingerprint, warn_n_ctx
+    from vh_lens.commands._inputs import (
+        check_context,
+        input_fingerprint,
+        screen_samples,
+        summary_fingerprint,
+        warn_n_ctx,
+    )
     from vh_lens.reports.scan import write_scan_report
     from vh_lens.visual_heads.scan import scan_visual_heads
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -39,10 +40,12 @@ def _pixels(image) -> np.ndarray:
 
 
 def test_demo_data_writes_every_format(demo) -> None:
-    assert sorted(p.name for p in demo.iterdir()) == [
+    cog = importlib.util.find_spec("vh_lens.data.cogvision_shapes") is not None  # its writer keeps its own folder
+    assert sorted(p.name for p in demo.iterdir()) == sorted([
         "README.md", "cogvision.json", "images", "looktwice.json", "plain", "pointqa_twice.json",
-        "pope_shapes.jsonl", "questions.jsonl",
-    ]  # fmt: skip
+        "pope_shapes.jsonl", "questions.jsonl", *(["cogvision_images"] if cog else []),
+    ])  # fmt: skip
+    assert ("fallback" in (demo / "README.md").read_text()) is not cog
     assert not [p for p in demo.parent.iterdir() if p.name.startswith(".")]  # published in one step
     readme = (demo / "README.md").read_text()
     for name in ("questions.jsonl", "looktwice.json", "pointqa_twice.json", "pope_shapes.jsonl", "cogvision.json"):
@@ -141,3 +144,12 @@ def test_python_dash_m_runs_the_cli() -> None:
     done = subprocess.run([sys.executable, "-m", "vh_lens", "demo-data", "--help"], capture_output=True, text=True,
                           env=env, cwd=root, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0 and "questions.jsonl" in done.stdout
+
+
+def test_scan_with_model_toy_alone_is_the_demo_on_the_toy() -> None:
+    from vh_lens.commands.scan import is_demo
+
+    args = build_parser().parse_args(["scan", "--model", "toy", "--out", "o"])
+    assert is_demo(args) and args.model is None
+    args = build_parser().parse_args(["scan", "--model", "toy", "--data", "d.jsonl", "--format", "jsonl", "--out", "o"])
+    assert not is_demo(args) and args.model == Path(TOY_PATH)

@@ -156,7 +156,8 @@ def register(subparsers: Any) -> None:
 # Checking the arguments (before anything is loaded or written)
 
 
-def _is_demo(args: argparse.Namespace) -> bool:
+def is_demo(args: argparse.Namespace) -> bool:
+    """Whether this is the demo (no --model or --model toy, and no --data); refuses half of --model / --data."""
     if args.data is None and args.model is not None and args.model == toy_path():
         if not toy_available():
             raise FileNotFoundError(f"--model toy: the toy checkpoint is not installed at {toy_path()}")
@@ -456,7 +457,7 @@ def _summary(scores: Any, k: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vh-lens scan``; returns the exit code."""
-    demo = _is_demo(args)
+    demo = is_demo(args)
     check_arguments(args, demo)
     if not demo:
         return _run(args, demo)

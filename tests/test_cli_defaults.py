@@ -202,3 +202,23 @@ def test_few_items_warning_names_the_functions() -> None:
     assert few_items_warning(result) == ("fewer than 20 held-out subquestions for Inference (1): their scores rest "
                                          "on too few items to call any head functional")  # fmt: skip
     assert few_items_warning(SimpleNamespace(functions=("A",), config={"test_counts": [20]})) is None
+
+
+def test_the_toy_runs_on_one_thread(files, capsys) -> None:
+    seen = []
+
+    def fake_load(source, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise _Stop("stopped after load_llava")
+
+    data = ["--data", str(files["data"]), "--format", "jsonl", "--images", str(files["images"])]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with mock.patch.object(vh_lens, "load_llava", fake_load):
+            for model in ("toy", str(files["model"])):
+                assert main(["lens", "--model", model, *data, "--out", str(files["root"] / "threads")]) == 1
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # restored after the command
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()

@@ -15,9 +15,12 @@ applies (traceback, exit code 130).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 COMMANDS = ("scan", "mask", "lens", "probe", "patch", "demo-data")
 
@@ -65,6 +68,29 @@ def _one_line(err: BaseException) -> str:
     return text if plain else f"{type(err).__name__}: {text}"
 
 
+@contextlib.contextmanager
+def _one_thread_for_the_toy(args: argparse.Namespace) -> Iterator[None]:
+    """One torch thread while the command runs the toy model (``--model toy``, or ``patch`` without ``--model``).
+
+    The toy is tiny: thread start-up costs more than it saves, and on a busy machine several
+    threads make each forward pass many times slower (``vh-lens scan``'s demo does the same).
+    """
+    from vh_lens.toy import TOY_PATH
+
+    model = getattr(args, "model", "absent")
+    if model != Path(TOY_PATH) and not (args.command == "patch" and model is None):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -76,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _one_thread_for_the_toy(args):
+            return int(args.func(args) or 0)
     except Exception as err:  # every library error becomes one line (a KeyboardInterrupt is not caught)
         if getattr(args, "debug", False):
             raise

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vh_lens.core.io import write_json
 from vh_lens.commands.mask import (
     add_data_arguments,
     add_model_arguments,
@@ -27,10 +26,10 @@ from vh_lens.commands.mask import (
     check_inputs,
     load_model,
     load_samples,
-    question_formatter,
     screen_and_record,
     staged_output,
 )
+from vh_lens.core.io import write_json
 
 
 def register(subparsers: Any) -> None:
@@ -72,10 +71,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vh_lens.analysis.logit_lens import LogitLensResult, logit_lens
-    from vh_lens.plotting.logit_lens import plot_answer_prob_heatmap, plot_rank_per_layer
+    from vh_lens.plotting.logit_lens import (
+        plot_answer_prob_heatmap,
+        plot_rank_per_layer,
+    )
 
     samples = load_samples(args)
-    fmt = question_formatter(args)
+    fmt = None  # vh_lens.evaluation.answers.format_question, the one format
     model = load_model(args)
     samples, record = screen_and_record(args, model, samples, format_question=fmt)
     with staged_output(args.out, args.overwrite) as tmp:

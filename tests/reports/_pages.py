@@ -41,3 +41,14 @@ def links(text: str) -> set[str]:
 
 def size(path: Path) -> int:
     return path.stat().st_size
+
+
+def long_numbers(texts: list[str], digits: int = 4) -> list[str]:
+    """The decimal numbers in ``texts`` written with more than ``digits`` significant digits."""
+    out = []
+    for text in texts:
+        for number in re.findall(r"\d+\.\d+", text):
+            significant = number.replace(".", "").lstrip("0")
+            if len(significant) > digits:
+                out.append(number)
+    return out

@@ -212,8 +212,47 @@ def _plotly_script(plotlyjs: str, folder: Path) -> str:
     raise ValueError(f"plotlyjs must be one of {', '.join(PLOTLYJS_CHOICES)}, got {plotlyjs!r}")
 
 
+def _round_text(fig: go.Figure) -> None:
+    """Float ``text`` arrays of traces (drawn as labels, e.g. heatmap cells) as rounded strings."""
+    import numpy as np
+
+    for trace in fig.data:
+        text = getattr(trace, "text", None)
+        if text is None or isinstance(text, str):
+            continue
+        array = np.asarray(text)
+        if array.dtype.kind == "f":
+            trace.text = np.vectorize(lambda v: format_cell(float(v), 3), otypes=[object])(array).tolist()
+
+
+def _compact(fig: go.Figure) -> None:
+    """Make a figure small on the page: pixel images as PNG sources, float64 heatmaps as float32."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    for trace in fig.data:
+        if trace.type == "image" and trace.z is not None and trace.source is None:
+            z = np.asarray(trace.z)
+            model = trace.colormodel or ("rgba" if z.ndim == 3 and z.shape[-1] == 4 else "rgb")
+            if z.dtype == np.uint8 and z.ndim == 3 and z.shape[-1] == len(model) and model in ("rgb", "rgba"):
+                buf = io.BytesIO()
+                Image.fromarray(z, mode=model.upper()).save(buf, format="PNG", optimize=True)
+                trace.source = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+                trace.z = None
+        elif trace.type == "heatmap" and trace.z is not None:
+            z = np.asarray(trace.z)
+            if z.dtype == np.float64:
+                trace.z = None  # plotly skips an assignment of equal values, whatever their dtype
+                trace.z = z.astype(np.float32)
+
+
 def _figure_html(name: str, figure: go.Figure) -> str:
     fig = go.Figure(figure)
+    _round_text(fig)
+    _compact(fig)
     width = fig.layout.width
     if width is not None and width > MAX_FIGURE_WIDTH:
         fig.update_layout(width=MAX_FIGURE_WIDTH)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from _pages import figure_specs, links
+from pagecheck import figure_specs, links
 from vh_lens.cli import build_parser, main
 from vh_lens.reports.page import MAX_FIGURE_WIDTH, PLOTLYJS_FILE
 

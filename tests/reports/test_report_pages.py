@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vh_lens
-from _pages import cells, figure_specs, links, long_numbers
+from pagecheck import cells, figure_specs, links, long_numbers
 from vh_lens.data.shapes import shapes
 from vh_lens.reports.experiments import write_lens_report, write_mask_report
 from vh_lens.reports.page import INDEX_FILE, MAX_FIGURE_WIDTH

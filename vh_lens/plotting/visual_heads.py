@@ -18,7 +18,7 @@ from torch import Tensor
 
 from vh_lens.data.sample import load_rgb
 from vh_lens.core.layout import ImageGrid, TokenLayout
-from vh_lens.visual_heads.scores import METRICS, STAGES, VisualHeadScores, _check_metric, stage_layers
+from vh_lens.visual_heads.scores import STAGES, VisualHeadScores, _check_metric, stage_layers
 
 _LABELS = {
     "image_weight": "image weight",

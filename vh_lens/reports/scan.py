@@ -292,7 +292,8 @@ def _top_table(scores: VisualHeadScores, k: int, stage: Stage | None, metric: st
     ]
     header = ["rank", "layer", "head", f"{_LABELS[metric]} (mean ± std)", *[_LABELS[m] for m in others]]
     title = f"Top {len(heads)} heads by {_LABELS[metric]}" if stage is None else f"{stage} stage"
-    note = None if stage is None else f"layers {stage_layers(stage, scores.n_layers).start}-{stage_layers(stage, scores.n_layers).stop - 1}"
+    span = stage_layers(stage, scores.n_layers) if stage is not None else None
+    note = None if span is None else f"layers {span.start}-{span.stop - 1}"
     return Table(title, header, rows, note=note, name="top" if stage is None else f"top-{stage}")
 
 

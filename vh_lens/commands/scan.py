@@ -19,8 +19,8 @@ Output folder ``--out``:
 - ``scores/``: the :class:`~vh_lens.visual_heads.scores.VisualHeadScores` (``scores.safetensors``,
   ``metadata.json``, ``heads.csv`` with one row per head);
 - ``report.html``: :func:`vh_lens.reports.scan.write_scan_report` (heatmaps of every metric, weight
-  against concentration, per-layer totals, the top heads' attention over one sample's image,
-  top-heads tables per stage);
+  against concentration, per-layer totals, the top heads' attention over example samples' images
+  and the mean map, then top-heads tables per stage), and ``plotly.min.js`` beside it (``--plotlyjs``);
 - ``checkpoint/``: the running statistics, saved every ``--checkpoint-every`` samples.
   Rerunning the same command after an interruption continues from there and ends with the
   result of an uninterrupted run; a larger ``--limit`` (or ``--n-samples``) extends a finished
@@ -55,6 +55,7 @@ from vh_lens.commands._inputs import (
     check_n_ctx,
     model_path,
 )
+from vh_lens.commands._inputs import add_report_arguments
 
 FORMATS = ("looktwice", "vip-pointqa", "jsonl")
 QUESTIONS = ("general", "object", "super")
@@ -149,6 +150,7 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_input_arguments(out)
+    add_report_arguments(out)
     parser.set_defaults(func=run)
 
 
@@ -412,7 +414,8 @@ def _publish(out: Path, write: Any) -> None:
     tmp = make_temp_dir(out, ".scan-", ".partial")
     try:
         write(tmp)
-        publish([(tmp / _SCORES, out / _SCORES), (tmp / _REPORT, out / _REPORT)], out / _JOURNAL)
+        pages = [(p, out / p.name) for p in sorted(tmp.glob("*")) if p.name.endswith((".html", ".js"))]
+        publish([(tmp / _SCORES, out / _SCORES), *pages], out / _JOURNAL)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -533,7 +536,8 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
 
     def write(tmp: Path) -> None:
         scores.save(tmp / _SCORES)
-        write_scan_report(scores, tmp / _REPORT, model=model, sample=_figure_sample(samples), k=args.top_k, note=note)
+        write_scan_report(scores, tmp / _REPORT, model=model, samples=samples, k=args.top_k, note=note,
+                          plotlyjs=args.plotlyjs)  # fmt: skip
 
     _publish(out, write)
     print(_summary(scores, min(args.top_k, 5)))

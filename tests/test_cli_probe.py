@@ -40,7 +40,7 @@ def test_probe_command_writes_probes_tables_report_and_interventions(files, caps
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "activations", "functional_heads.csv", "head_scores.csv", "heads_per_layer.csv", "interventions",
-        "overlap.csv", "probe", "report.html", "run.json", "sparsity.csv", "summary.md",
+        "overlap.csv", "plotly.min.js", "probe", "report.html", "run.json", "sparsity.csv", "summary.md",
     ]  # fmt: skip
     result = ProbeResult.load(out / "probe")
     assert set(result.functions) == {"Retrieval", "Math Calculation", "Inference"}

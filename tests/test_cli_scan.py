@@ -87,7 +87,7 @@ def _leftovers(out) -> list[str]:
 def test_scan_writes_scores_csv_and_report_equal_to_direct_scan(files, lens, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert main(_args(files, out, "--checkpoint-every", "2")) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "report.html", "scores"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "plotly.min.js", "report.html", "scores"]
     assert sorted(p.name for p in (out / "scores").iterdir()) == ["heads.csv", "metadata.json", "scores.safetensors"]
     saved = VisualHeadScores.load(out / "scores")
     direct = scan_visual_heads(lens, load_jsonl(files["data"], files["images"]), batch_size=2, progress=False)

@@ -204,6 +204,15 @@ def add_input_arguments(parser: Any) -> None:
     )  # fmt: skip
 
 
+def add_report_arguments(parser: Any) -> None:
+    """``--plotlyjs``, shared by the commands that write HTML report pages (:mod:`vh_lens.reports.page`)."""
+    parser.add_argument(
+        "--plotlyjs", choices=("file", "cdn", "inline"), default="file",
+        help="how report pages load plotly.js: a shared plotly.min.js beside them (default), from the CDN, or "
+        "embedded in each page (about 4.8 MB, one self-contained file)",
+    )  # fmt: skip
+
+
 def summary_fingerprint(inputs: dict[str, Any]) -> dict[str, Any]:
     """:func:`input_fingerprint` with the images folded into one count and digest (for result metadata)."""
     import hashlib

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vh_lens.core.io import write_json
-from vh_lens.commands._inputs import add_input_arguments, check_data_file
+from vh_lens.commands._inputs import add_input_arguments, add_report_arguments, check_data_file
 
 FORMATS = ("mmbench", "pope", "seed", "qbench", "pointqa", "jsonl")
 QUESTION_FORMATS = ("llava", "toy")
@@ -66,6 +66,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (created; must not hold files)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_report_arguments(parser)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -260,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
     if not (args.scores / "metadata.json").is_file():
         raise FileNotFoundError(f"no saved VisualHeadScores in {args.scores} (run vh-lens scan first)")
     from vh_lens.visual_heads.masking import masking_experiment
-    from vh_lens.plotting.masking import plot_masking_curves
+    from vh_lens.reports.experiments import write_mask_report
+    from vh_lens.reports.page import command_settings
     from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
     if args.metric not in METRICS:
@@ -289,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         result.save(tmp)
-        plot_masking_curves(result).write_html(tmp / "masking.html", include_plotlyjs=True)
+        write_mask_report(result, tmp / "masking.html", settings=command_settings(args, "vh-lens mask"),
+                          plotlyjs=args.plotlyjs)  # fmt: skip
     print(result.to_markdown(), end="")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

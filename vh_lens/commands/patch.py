@@ -233,6 +233,8 @@ def run_patch(args: argparse.Namespace) -> int:
 
     from vh_lens import patching
     from vh_lens.core import io as _io
+    from vh_lens.reports.experiments import write_patch_report
+    from vh_lens.reports.page import command_settings
 
     samples = _samples(args)
     if args.corruption == "other" and len(samples) < 2:
@@ -258,7 +260,8 @@ def run_patch(args: argparse.Namespace) -> int:
         summary = _summary(args, results, len(samples))
         _io.write_json(tmp / "summary.json", _io.nan_to_none(summary), indent=1)
         (tmp / "patch.md").write_text(_markdown(summary), encoding="utf-8")
-        _write_html(tmp / "patch.html", results, samples[0].load_image())
+        write_patch_report(results, tmp / "patch.html", image=samples[0].load_image(), summary_markdown=_markdown(summary),
+                           settings=command_settings(args, "vh-lens patch"), plotlyjs=args.plotlyjs)  # fmt: skip
     print(_markdown(summary), end="")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
@@ -312,21 +315,3 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines += [f"| {i} | {b:.3f} | {r:.3f} |" for i, (b, r) in enumerate(zip(e["box_effect"], e["rest_effect"]))]
     return "\n".join(lines) + "\n"
 
-
-def _write_html(path: Path, results: dict[str, Any], image: Any) -> None:
-    from vh_lens.core import io as _io
-    from vh_lens.plotting.patching import plot_attribution_vs_activation, plot_effect_heatmap, plot_effect_on_image
-
-    figures = []
-    for name, result in results.items():
-        figures.append(plot_effect_heatmap(result))
-        if result.grid == "positions" and image is not None:
-            figures.append(plot_effect_on_image(result, image, title=f"{name}, layer {result.layers[0]}: mean over "
-                                                f"{result.n_samples} samples, drawn over sample 0's image"))
-    for grid in GRIDS:
-        if f"{grid}_activation" in results and f"{grid}_attribution" in results:
-            figures.append(plot_attribution_vs_activation(results[f"{grid}_activation"], results[f"{grid}_attribution"]))
-    html = ["<html><head><meta charset='utf-8'><title>vh-lens patch</title></head><body>"]
-    html += [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
-    html.append("</body></html>")
-    _io.write_text(path, "\n".join(html))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import html
 import io
 import json
 import statistics
@@ -140,12 +139,6 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _tables(result: Any, selection: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """The summary tables: name -> (header, rows)."""
     source = "ovr" if result.ovr_balanced_accuracy is not None else "multiclass"
@@ -218,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
         plot_sorted_scores,
     )
     from vh_lens.functional_heads.probes import collect_head_activations, probe_heads
+    from vh_lens.reports.experiments import write_probe_report
+    from vh_lens.reports.page import command_settings
 
     progress = not args.no_progress
     selection: dict[str, Any] = {} if args.k is None else {"k": args.k}
@@ -286,7 +281,9 @@ def run(args: argparse.Namespace) -> int:
                    *[plot_sorted_scores(result, f) for f in result.functions]]  # fmt: skip
         if report is not None:
             figures.append(plot_function_interventions(report))
-        _write_html(tmp / "report.html", f"Functional heads: {args.data.name}", tables, report, figures)
+        write_probe_report(tmp / "report.html", title=f"Functional heads: {args.data.name}", tables=tables,
+                           titles=_TITLES, figures=figures, report=report, notes=[summary[2]],
+                           settings=command_settings(args, "vh-lens probe"), plotlyjs=args.plotlyjs)  # fmt: skip
         timings["total_s"] = time.perf_counter() - start
         info = {"argv": sys.argv[1:], "data": str(args.data), "model": str(args.model), "n_items": len(items),
                 "n_subquestions": len(samples), "functions": list(result.functions), "activations_streamed": stream,
@@ -296,21 +293,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} in {timings['total_s']:.1f} s", file=sys.stderr)
     return 0
 
-
-def _write_html(path: Path, title: str, tables: dict[str, Any], report: Any, figures: Sequence[Any]) -> None:
-    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>", "</head><body>",
-             f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
-    for name, (header, rows) in tables.items():
-        parts += [f"<h2>{html.escape(_TITLES[name])}</h2>", _html_table(header, rows)]
-    if report is not None:
-        rows = report.to_rows()
-        header = ["function", "n_heads", "baseline_own", "functional_own", "random_own_mean", "baseline_other",
-                  "functional_other", "random_other_mean", "baseline_main", "functional_main", "random_main_mean"]
-        parts += ["<h2>Interventions</h2>", f"<p>{html.escape(report.to_markdown().splitlines()[0])}</p>",
-                  _html_table(header, [[r[h] for h in header] for r in rows])]  # fmt: skip
-    parts.append("<h2>Figures</h2>")
-    parts += [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")

@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vh_lens.commands._inputs import add_input_arguments, check_data_file
+from vh_lens.commands._inputs import add_input_arguments, add_report_arguments, check_data_file
 
 FORMATS = ("looktwice", "vip-pointqa", "jsonl")
 QUESTIONS = ("general", "object", "super")
@@ -138,6 +138,7 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_input_arguments(out)
+    add_report_arguments(out)
     parser.set_defaults(func=run)
 
 
@@ -388,7 +389,8 @@ def _publish(out: Path, write: Any) -> None:
     tmp = make_temp_dir(out, ".scan-", ".partial")
     try:
         write(tmp)
-        publish([(tmp / _SCORES, out / _SCORES), (tmp / _REPORT, out / _REPORT)], out / _JOURNAL)
+        pages = [(p, out / p.name) for p in sorted(tmp.glob("*")) if p.name.endswith((".html", ".js"))]
+        publish([(tmp / _SCORES, out / _SCORES), *pages], out / _JOURNAL)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -500,7 +502,8 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
 
     def write(tmp: Path) -> None:
         scores.save(tmp / _SCORES)
-        write_scan_report(scores, tmp / _REPORT, model=model, sample=_figure_sample(samples), k=args.top_k, note=note)
+        write_scan_report(scores, tmp / _REPORT, model=model, samples=samples, k=args.top_k, note=note,
+                          plotlyjs=args.plotlyjs)  # fmt: skip
 
     _publish(out, write)
     print(_summary(scores, min(args.top_k, 5)))

@@ -14,7 +14,6 @@ from vh_lens.plotting.visual_heads import (
     plot_head_heatmap,
     plot_layer_totals,
     plot_weight_vs_concentration,
-    scores_report_html,
 )
 
 __all__ = [
@@ -32,5 +31,4 @@ __all__ = [
     "plot_head_heatmap",
     "plot_layer_totals",
     "plot_weight_vs_concentration",
-    "scores_report_html",
 ]

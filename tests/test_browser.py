@@ -45,6 +45,8 @@ FIGURES_JS = """JSON.stringify([...document.querySelectorAll('div.plotly-graph-d
   return {id: d.id, svg: d.querySelectorAll('.main-svg').length, width: r.width, height: r.height,
           traces: (d.data || []).length};
 }))"""
+LINKS_JS = """JSON.stringify([...document.querySelectorAll('a[href], script[src], link[href], img[src]')]
+  .map(e => e.getAttribute('href') ?? e.getAttribute('src')))"""
 
 
 def find_chromium() -> str | None:
@@ -92,7 +94,8 @@ class Chromium:
             pass
 
     def load(self, page: Path) -> dict:
-        """Load ``page``; its errors (console errors, uncaught exceptions, failed loads) and its figures."""
+        """Load ``page``: its errors (console errors, uncaught exceptions, failed loads), its figures and
+        the targets of its links and sources (``href`` / ``src`` as written)."""
         import websocket
 
         tab = self._new_tab()
@@ -146,11 +149,12 @@ class Chromium:
                 time.sleep(0.2)
             time.sleep(0.3)  # late errors (a failed async draw) still reach the console
             figures = json.loads(evaluate(FIGURES_JS))
+            links = json.loads(evaluate(LINKS_JS))
             evaluate("0")  # drains the events that arrived meanwhile
         finally:
             ws.close()
             self._close_tab(tab)
-        return {"errors": errors, "figures": figures}
+        return {"errors": errors, "figures": figures, "links": links}
 
 
 @pytest.fixture(scope="module")
@@ -189,12 +193,13 @@ def reports(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     data.write_text("".join(json.dumps(line) + "\n" for line in lines))
     model = ["--model", str(tiny_checkpoint)]
     common = [*model, "--data", str(data), "--format", "jsonl", "--images", str(images), "--no-progress"]
-    outs = {name: root / name for name in ("scan", "mask", "lens", "probe", "patch")}
+    outs = {name: root / name for name in ("scan", "mask", "lens", "probe", "patch", "lens_cdn")}
     runs = {
         "scan": ["scan", *common, "--batch-size", "2", "--out", str(outs["scan"])],
         "mask": ["mask", *common, "--scores", str(outs["scan"] / "scores"), "--ks", "1", "2", "--stages", "early",
                  "--seeds", "0", "1", "--batch-size", "2", "--out", str(outs["mask"])],
-        "lens": ["lens", *common, "--limit", "3", "--top-k", "3", "--out", str(outs["lens"])],
+        "lens": ["lens", *common, "--limit", "3", "--top-k", "3", "--plotlyjs", "inline", "--out", str(outs["lens"])],
+        "lens_cdn": ["lens", *common, "--limit", "2", "--top-k", "2", "--plotlyjs", "cdn", "--out", str(outs["lens_cdn"])],
         "probe": ["probe", *model, "--data", str(write_cogqa_file(root / "cogqa.json", n_items=10)), "--k", "2",
                   "--no-progress", "--batch-size", "8", "--out", str(outs["probe"])],
         "patch": ["patch", "--n-samples", "2", "--layers", "0", "--no-progress", "--out", str(outs["patch"])],
@@ -204,7 +209,21 @@ def reports(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
             assert main(argv) == 0, f"vh-lens {name} failed"
     finally:
         torch.set_num_threads(threads)
+    outs["together"] = _two_pages_and_index(root / "together")
     return outs
+
+
+def _two_pages_and_index(folder: Path) -> Path:
+    """Two pages of the shared template in one folder, which makes it write its index page too."""
+    import plotly.graph_objects as go
+
+    from vh_lens.reports.page import write_report
+
+    write_report(folder / "first.html", title="first", settings={"k": 1}, figures={"bars": go.Figure(go.Bar(y=[1, 2]))})
+    write_report(folder / "second.html", title="second", settings={"k": 2},
+                 figures={"heat": go.Figure(go.Heatmap(z=[[1, 2], [3, 4]]))})  # fmt: skip
+    assert (folder / "index.html").exists()
+    return folder
 
 
 def _uses_network(html: str) -> bool:
@@ -216,7 +235,19 @@ def _pages(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.html"))
 
 
-@pytest.mark.parametrize("command", ["scan", "mask", "lens", "probe", "patch"])
+def _local_links(targets: list[str]) -> list[str]:
+    """The links and sources that point at files (not the web, not data, not an anchor on the page)."""
+    return [t.split("#")[0] for t in targets if not re.match(r"(?:[a-z]+:|//|#)", t, re.I) and t.split("#")[0]]
+
+
+def test_cdn_pages_are_recognised(reports) -> None:
+    """The pages this module leaves out (plotly.js from a CDN) are those, and only those."""
+    assert [p.name for p in _pages(reports["lens_cdn"]) if _uses_network(p.read_text())] == ["lens.html"]
+    for command in ("scan", "mask", "lens", "probe", "patch", "together"):
+        assert not any(_uses_network(p.read_text()) for p in _pages(reports[command])), command
+
+
+@pytest.mark.parametrize("command", ["scan", "mask", "lens", "probe", "patch", "together"])
 def test_report_pages_render_in_chromium(command, reports, chromium) -> None:
     pages = _pages(reports[command])
     assert pages, f"vh-lens {command} wrote no HTML page"
@@ -226,8 +257,10 @@ def test_report_pages_render_in_chromium(command, reports, chromium) -> None:
         if _uses_network(html):
             continue  # plotly.js from a CDN: cannot load offline, so not loaded here
         n_divs = len(re.findall(r"""class=["'][^"']*\bplotly-graph-div\b""", html))
-        seen = chromium.load(page)
         name = page.relative_to(reports[command])
+        seen = chromium.load(page)
+        for target in _local_links(seen["links"]):
+            assert (page.parent / target).exists(), f"{command}/{name}: links to {target}, which is not there"
         assert seen["errors"] == [], f"{command}/{name}: {seen['errors']}"
         figures = seen["figures"]
         assert len(figures) == n_divs, f"{command}/{name}: {n_divs} figure divs in the file, {len(figures)} in the page"
@@ -247,5 +280,8 @@ def test_the_check_sees_a_broken_page(chromium, tmp_path) -> None:
     assert any("boom" in e for e in seen["errors"]) and any("undefinedFunction" in e for e in seen["errors"])
     assert seen["figures"] == [{"id": "f", "svg": 0, "width": seen["figures"][0]["width"], "height": 0, "traces": 0}]
     missing = tmp_path / "missing.html"
-    missing.write_text("<html><body><script src='plotly-missing.js'></script></body></html>")
-    assert any("plotly-missing.js" in e or "ERR_FILE_NOT_FOUND" in e for e in chromium.load(missing)["errors"])
+    missing.write_text("<html><body><script src='plotly-missing.js'></script><a href='gone.html#x'>gone</a>"
+                       "<a href='https://example.org/'>web</a><a href='#top'>top</a></body></html>")  # fmt: skip
+    seen = chromium.load(missing)
+    assert any("plotly-missing.js" in e or "ERR_FILE_NOT_FOUND" in e for e in seen["errors"])
+    assert _local_links(seen["links"]) == ["plotly-missing.js", "gone.html"]

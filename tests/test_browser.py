@@ -248,7 +248,7 @@ def test_cdn_pages_are_recognised(reports) -> None:
 
 
 @pytest.mark.parametrize("command", ["scan", "mask", "lens", "probe", "patch", "together"])
-def test_report_pages_render_in_chromium(command, reports, chromium) -> None:
+def test_report_pages_render_in_chromium(command, chromium, reports) -> None:
     pages = _pages(reports[command])
     assert pages, f"vh-lens {command} wrote no HTML page"
     checked = 0

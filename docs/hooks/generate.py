@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,11 @@ CACHE = ROOT / ".cache" / "docs"
 TUTORIALS = ROOT / "tutorials"
 CELL_TIMEOUT_S = 600
 log = logging.getLogger("mkdocs.hooks.vh_lens")
+
+# The site documents the tree it is built from (a worktree, a clone), whichever vh_lens is installed:
+# this process and the notebooks' kernels import vh_lens from ROOT.
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 # --- the command-line reference ----------------------------------------------------------------

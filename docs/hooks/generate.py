@@ -32,10 +32,19 @@ TUTORIALS = ROOT / "tutorials"
 CELL_TIMEOUT_S = 600
 log = logging.getLogger("mkdocs.hooks.vh_lens")
 
-# The site documents the tree it is built from (a worktree, a clone), whichever vh_lens is installed:
-# this process and the notebooks' kernels import vh_lens from ROOT.
-sys.path.insert(0, str(ROOT))
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def use_this_tree() -> None:
+    """The site documents the tree it is built from (a worktree, a clone), whichever vh_lens is
+    installed: this process and the notebooks' kernels import vh_lens from ROOT. (Called from the
+    hooks: mkdocs restores ``sys.path`` after loading this file.)"""
+    if str(ROOT) not in sys.path[:1]:
+        sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in os.environ.get("PYTHONPATH", "").split(os.pathsep)[:1]:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    loaded = sys.modules.get("vh_lens")
+    if loaded is not None and not Path(loaded.__file__).resolve().is_relative_to(ROOT):
+        raise RuntimeError(f"vh_lens was imported from {loaded.__file__}, not from the tree the docs are built from ({ROOT})")
 
 
 # --- the command-line reference ----------------------------------------------------------------
@@ -205,6 +214,7 @@ def _tutorial_files(config) -> list[File]:
 @event_priority(100)  # before mkdocs-jupyter turns .ipynb files into pages
 def on_files(files, config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    use_this_tree()
     generated = {
         "index.md": (ROOT / "README.md").read_text(encoding="utf-8"),
         "cli.md": cli_markdown(),

@@ -36,6 +36,9 @@ def test_cli_reference_has_every_command_and_option(generate) -> None:
     assert [s.split("\n", 1)[0] for s in sections] == list(sub.choices)
     for section, (name, command) in zip(sections, sub.choices.items()):
         for action in command._actions:
+            if action.help == argparse.SUPPRESS:  # hidden from --help, so from the reference too
+                assert not any(f"`{o}" in section for o in action.option_strings)
+                continue
             for option in action.option_strings:
                 assert f"`{option}" in section or f", {option}" in section, f"vh-lens {name}: {option} missing"
             if action.choices and action.option_strings:

@@ -10,8 +10,9 @@ from conftest import tiny_pair
 from test_functional import write_cogqa_file
 
 from vh_lens.cli import main
-from vh_lens.functional_heads.interventions import FunctionInterventionReport
-from vh_lens.functional_heads.probes import HeadActivations, ProbeResult
+from vh_lens.functional_heads.activations import HeadActivations
+from vh_lens.functional_heads.probes import ProbeResult
+from vh_lens.functional_heads.report import FunctionInterventionReport
 
 
 @pytest.fixture(scope="module")

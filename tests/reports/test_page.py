@@ -10,7 +10,7 @@ import plotly.offline
 import pytest
 import torch
 
-from _pages import cells, figure_specs, links, long_numbers
+from pagecheck import cells, figure_specs, links, long_numbers
 from vh_lens.reports.page import (
     INDEX_FILE,
     MAX_FIGURE_WIDTH,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vh_lens
-from _pages import cells, figure_specs, links, long_numbers
+from pagecheck import cells, figure_specs, links, long_numbers
 from vh_lens.data.shapes import shapes
 from vh_lens.reports.experiments import write_lens_report, write_mask_report
 from vh_lens.reports.page import INDEX_FILE, MAX_FIGURE_WIDTH
@@ -119,3 +119,21 @@ def test_mask_and_lens_pages_share_a_folder_with_the_scan(toy, samples, scores, 
         assert links(page.read_text()) == {"report.html", "masking.html", "lens.html", INDEX_FILE} - {page.name}
     index = (tmp_path / INDEX_FILE).read_text()
     assert re.findall(r'<li><a href="([^"]+)">', index) == ["lens.html", "masking.html", "report.html"]
+
+
+def test_prompt_pair_orders_the_scans_and_refuses_mismatches(scores, tmp_path) -> None:
+    from vh_lens.reports.scan import prompt_pair
+    from vh_lens.visual_heads.scores import VisualHeadScores
+
+    def scan(data: str, model: str = "toy") -> VisualHeadScores:
+        return VisualHeadScores(scores.mean, scores.variance, scores.count, metadata={"data": data, "model": model})
+
+    plain, visual = scan("f.json (looktwice, general questions)"), scan("f.json (looktwice, general questions, visual prompt)")
+    visual.save(tmp_path / "vp" / "scores")
+    loaded = prompt_pair(plain, tmp_path / "vp")  # a scan's --out folder
+    assert loaded[0] is plain and loaded[1].metadata["data"].endswith("visual prompt)")
+    assert prompt_pair(visual, plain) == (plain, visual)
+    with pytest.raises(ValueError, match="neither"):
+        prompt_pair(plain, plain)
+    with pytest.raises(ValueError, match="different models"):
+        prompt_pair(plain, scan("x (visual prompt)", model="other"))

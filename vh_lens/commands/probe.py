@@ -1,7 +1,7 @@
 """``vh-lens probe``: paper B's functional heads for a model and a CogVision/CogQA file.
 
 Collects every head's output before ``W_O`` at one position per subquestion
-(:func:`vh_lens.functional_heads.probes.collect_head_activations`), trains per-head probes for the function
+(:func:`vh_lens.functional_heads.activations.collect_head_activations`), trains per-head probes for the function
 labels with train and test split by main question (:func:`vh_lens.functional_heads.probes.probe_heads`), picks
 each function's heads (top ``--k`` or the elbow) and, with ``--intervene``, removes or emphasises
 them against random heads (:func:`vh_lens.functional_heads.interventions.intervene_on_functions`).
@@ -20,7 +20,7 @@ Writes into ``--out`` (the folder appears only when the run succeeds):
 - ``run.json``: the options, counts and timings;
 - ``activations/``: the activations (float16 ``.npy``), with ``--save-activations`` or when
   they would take more than ``--stream-mb`` MiB (then streamed there instead of kept in memory);
-- ``interventions/``: the :class:`~vh_lens.functional_heads.interventions.FunctionInterventionReport`, with
+- ``interventions/``: the :class:`~vh_lens.functional_heads.report.FunctionInterventionReport`, with
   ``--intervene remove|emphasise``.
 """
 
@@ -203,14 +203,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vh_lens.data.cogvision import load_cogvision, subquestion_samples
-    from vh_lens.functional_heads.interventions import intervene_on_functions, plot_function_interventions
+    from vh_lens.functional_heads.activations import collect_head_activations
+    from vh_lens.functional_heads.interventions import intervene_on_functions
+    from vh_lens.functional_heads.probes import probe_heads
     from vh_lens.plotting.functional import (
         plot_function_head_maps,
+        plot_function_interventions,
         plot_function_overlap,
         plot_heads_per_layer,
         plot_sorted_scores,
     )
-    from vh_lens.functional_heads.probes import collect_head_activations, probe_heads
     from vh_lens.reports.experiments import write_probe_report
     from vh_lens.reports.page import command_settings
 

@@ -19,8 +19,8 @@ Output folder ``--out``:
 - ``scores/``: the :class:`~vh_lens.visual_heads.scores.VisualHeadScores` (``scores.safetensors``,
   ``metadata.json``, ``heads.csv`` with one row per head);
 - ``report.html``: :func:`vh_lens.reports.scan.write_scan_report` (heatmaps of every metric, weight
-  against concentration, per-layer totals, the top heads' attention over one sample's image,
-  top-heads tables per stage);
+  against concentration, per-layer totals, the top heads' attention over example samples' images
+  and the mean map, then top-heads tables per stage), and ``plotly.min.js`` beside it (``--plotlyjs``);
 - ``checkpoint/``: the running statistics, saved every ``--checkpoint-every`` samples.
   Rerunning the same command after an interruption continues from there and ends with the
   result of an uninterrupted run; a larger ``--limit`` (or ``--n-samples``) extends a finished

@@ -74,8 +74,9 @@ def image_data_uri(image: Image.Image, max_side: int = 224) -> tuple[str, int, i
 def _lattice(boxes: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Edges along x and y, and for each interval between edges the cell column/row (-1: none)."""
     b = boxes.to(torch.float64)
-    if not (torch.equal(b[..., 0], b[:1, :, 0].expand_as(b[..., 0])) and torch.equal(b[..., 2], b[:1, :, 2].expand_as(b[..., 2]))
-            and torch.equal(b[..., 1], b[:, :1, 1].expand_as(b[..., 1])) and torch.equal(b[..., 3], b[:, :1, 3].expand_as(b[..., 3]))):  # fmt: skip
+    columns_agree = all(torch.equal(b[..., i], b[:1, :, i].expand_as(b[..., i])) for i in (0, 2))
+    rows_agree = all(torch.equal(b[..., i], b[:, :1, i].expand_as(b[..., i])) for i in (1, 3))
+    if not (columns_agree and rows_agree):
         raise ValueError("the grid's cell boxes do not form an axis-aligned lattice")
 
     def axis(starts: Tensor, ends: Tensor) -> tuple[np.ndarray, np.ndarray]:

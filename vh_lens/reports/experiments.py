@@ -22,6 +22,10 @@ _MASK_COLUMNS = ("stage", "k", "k_used", "n_stage_heads", "baseline_acc", "top_a
                  "top_drop", "random_drop", "n_seeds")  # fmt: skip
 
 
+_IMAGE_SIDE = 160
+"""Longest side of an image drawn under a per-pixel heatmap (keeps a page of two such figures well under 1 MB)."""
+
+
 def write_mask_report(
     result: Any,
     path: str | os.PathLike[str],
@@ -154,7 +158,7 @@ def write_patch_report(
         figures[f"effect-{key}"] = plot_effect_heatmap(result)
         if result.grid == "positions" and image is not None:
             figures[f"on-image-{key}"] = plot_effect_on_image(
-                result, image, title=f"{name}, layer {result.layers[0]}: mean over {result.n_samples} samples, drawn "
+                result, image, max_side=_IMAGE_SIDE, title=f"{name}, layer {result.layers[0]}: mean over {result.n_samples} samples, drawn "
                 "over sample 0's image",
             )  # fmt: skip
     for name in results:

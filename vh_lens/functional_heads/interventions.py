@@ -309,7 +309,7 @@ def intervene_on_functions(
 
     Example:
         >>> report = intervene_on_functions(model, items, probes, acts=acts, removal="mean")  # doctest: +SKIP
-        >>> vh_lens.plot_function_interventions(report)                                       # doctest: +SKIP
+        >>> vh_lens.plotting.plot_function_interventions(report)                                       # doctest: +SKIP
     """
     given = {
         "functions": functions, "mode": mode, "removal": removal, "emphasis": emphasis, "alpha": alpha, "k": k,

@@ -1,6 +1,6 @@
 """Head interventions as TransformerLens hooks: ablate, scale or shift attention heads.
 
-Every factory returns ``list[tuple[str, HookFn]]``, one hook per touched layer, that slots into
+Every factory returns ``list[tuple[str, HookFunction]]``, one hook per touched layer, that slots into
 ``model.run_with_hooks(batch, fwd_hooks=...)`` or ``model.hooks(fwd_hooks=...)`` next to the
 user's own hooks. The hooks never edit the activation in place (a caching hook that ran first
 keeps what it saw) and live only for one run: TransformerLens removes them afterwards, also when
@@ -24,7 +24,7 @@ Where the hooks act (``z`` is a head's output before ``W_O``, TransformerLens ``
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -35,14 +35,16 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import get_act_name
 
+from vh_lens.core.hooks import FwdHook, Head, HookFunction, act_name
 from vh_lens.core.io import load_tensors, read_json, save_tensors, write_json
 from vh_lens.data.sample import Sample
+from vh_lens.engine import PreparedBatch, Reducer, run
 
 __all__ = [
     "Head",
     "HeadMeans",
+    "HeadMeansReducer",
     "HookFn",
     "Hooks",
     "ablate_heads",
@@ -52,13 +54,10 @@ __all__ = [
     "shift_heads",
 ]
 
-Head = tuple[int, int]
-"""An attention head as ``(layer, head)``, both 0-based."""
+HookFn = HookFunction
+"""Deprecated alias of :data:`vh_lens.core.hooks.HookFunction` (TransformerLens' hook protocol)."""
 
-HookFn = Callable[..., "Tensor | None"]
-"""A TransformerLens hook: ``fn(tensor, *, hook: HookPoint) -> Tensor | None``."""
-
-Hooks = list[tuple[str, HookFn]]
+Hooks = list[tuple[str, HookFunction]]
 """Hooks for ``run_with_hooks(fwd_hooks=...)``."""
 
 Positions = Sequence[int] | Tensor | None
@@ -266,7 +265,7 @@ def _z_hooks(
     pos = _as_positions(positions)
     return [
         (
-            get_act_name("z", g.layer),
+            act_name("z", g.layer),
             partial(
                 _edit_z_hook,
                 heads=g.heads,
@@ -324,7 +323,7 @@ def ablate_heads(
             raise ValueError("means is only used by method='mean'")
         pos = _as_positions(positions)
         return [
-            (get_act_name("attn_scores", g.layer), partial(_uniform_scores_hook, heads=g.heads, positions=pos))
+            (act_name("attn_scores", g.layer), partial(_uniform_scores_hook, heads=g.heads, positions=pos))
             for g in groups
         ]
     if method == "zero":
@@ -476,9 +475,12 @@ def _accumulate_z_hook(
     sums[hook.layer()] += total.to(sums.device)
 
 
-def _batches(model: Any, data: Any, batch_size: int) -> Iterator[Any]:
-    """Prepared batches from samples (chunked by ``batch_size``) and/or prepared batches."""
+def _batches(model: Any, data: Any, batch_size: int) -> Iterator[PreparedBatch]:
+    """Engine batches from samples (chunked by ``batch_size``), prepared batches and/or engine batches."""
     if hasattr(data, "attention_mask"):
+        yield _wrap(data)
+        return
+    if isinstance(data, PreparedBatch):
         yield data
         return
     pending: list[Sample] = []
@@ -486,15 +488,19 @@ def _batches(model: Any, data: Any, batch_size: int) -> Iterator[Any]:
         if isinstance(item, Sample):
             pending.append(item)
             if len(pending) == batch_size:
-                yield model.prepare_samples(pending)
+                yield PreparedBatch(0, tuple(pending), model.prepare_samples(pending))
                 pending = []
         else:
             if pending:
-                yield model.prepare_samples(pending)
+                yield PreparedBatch(0, tuple(pending), model.prepare_samples(pending))
                 pending = []
-            yield item
+            yield item if isinstance(item, PreparedBatch) else _wrap(item)
     if pending:
-        yield model.prepare_samples(pending)
+        yield PreparedBatch(0, tuple(pending), model.prepare_samples(pending))
+
+
+def _wrap(batch: Any) -> PreparedBatch:
+    return PreparedBatch(0, (None,) * len(batch), batch)
 
 
 def _position_weights(batch: Any, positions: str) -> Float[Tensor, "batch pos"]:
@@ -507,6 +513,57 @@ def _position_weights(batch: Any, positions: str) -> Float[Tensor, "batch pos"]:
     if not bool((weights.bool() <= mask).all()):
         raise ValueError("a query position falls on padding")
     return weights
+
+
+class HeadMeansReducer(Reducer):
+    """The engine's reducer behind :func:`head_means`: float64 sums of every head's ``hook_z``.
+
+    Each batch's ``hook_z`` of every layer is weighted by the positions to average
+    (:func:`head_means`'s ``positions``) and summed at once; :meth:`result` divides by the count.
+
+    Args:
+        cfg: the model config (``n_layers``, ``n_heads``, ``d_head``).
+        positions: ``"all"`` non-padding positions or ``"last_prompt"``.
+    """
+
+    def __init__(self, cfg: Any, positions: Literal["all", "last_prompt"] = "all") -> None:
+        if positions not in _MEAN_POSITIONS:
+            raise ValueError(f"positions must be one of {_MEAN_POSITIONS}, got {positions!r}")
+        self.positions = positions
+        self.n_layers = int(cfg.n_layers)
+        self.sums = torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head, dtype=torch.float64)
+        self.count = 0.0
+        self._weights: Tensor | None = None
+
+    def hooks(self, item: PreparedBatch) -> list[FwdHook]:
+        self._weights = _position_weights(item.batch, self.positions)
+        hook = partial(_accumulate_z_hook, sums=self.sums, weights=self._weights)
+        return [(act_name("z", layer), hook) for layer in range(self.n_layers)]
+
+    def update(self, output: Any, item: PreparedBatch) -> None:
+        assert self._weights is not None
+        self.count += float(self._weights.sum())
+        self._weights = None
+
+    def result(self) -> HeadMeans:
+        if self.count == 0:
+            raise ValueError("head_means: the reference set has no positions to average")
+        return HeadMeans(mean=(self.sums / self.count).float(), count=round(self.count), positions=self.positions)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.clone(), "count": self.count, "positions": self.positions}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["positions"] != self.positions or tuple(state["sums"].shape) != tuple(self.sums.shape):
+            raise ValueError("state is for other positions or another model shape")
+        self.sums.copy_(state["sums"])
+        self.count = float(state["count"])
+
+    def merge(self, other: Reducer) -> None:
+        if not isinstance(other, HeadMeansReducer) or other.positions != self.positions:
+            raise ValueError("can only merge a HeadMeansReducer over the same positions")
+        self.sums += other.sums
+        self.count += other.count
 
 
 def head_means(
@@ -524,7 +581,8 @@ def head_means(
             fwd_hooks=...)``, ``prepare_samples(samples)``; batches carry ``attention_mask``
             ``[batch, pos]`` and ``layout`` (one :class:`~vh_lens.core.layout.TokenLayout` each).
         data: :class:`~vh_lens.data.Sample` objects (batched by ``batch_size``) and/or prepared
-            batches, or a single prepared batch.
+            batches (:class:`~vh_lens.LlavaBatch` or :class:`~vh_lens.engine.PreparedBatch`), a
+            single prepared batch, or :class:`~vh_lens.engine.PreparedSamples`.
         positions: ``"all"`` non-padding positions, or ``"last_prompt"``: each sample's
             answer query position (``layout.query_position``).
         batch_size: samples per forward pass when ``data`` holds samples.
@@ -540,15 +598,6 @@ def head_means(
         raise ValueError(f"positions must be one of {_MEAN_POSITIONS}, got {positions!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    cfg = model.cfg
-    sums = torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head, dtype=torch.float64)
-    count = 0.0
-    with torch.no_grad():
-        for batch in _batches(model, data, batch_size):
-            weights = _position_weights(batch, positions)
-            hook = partial(_accumulate_z_hook, sums=sums, weights=weights)
-            model.run_with_hooks(batch, fwd_hooks=[(get_act_name("z", layer), hook) for layer in range(cfg.n_layers)])
-            count += float(weights.sum())
-    if count == 0:
-        raise ValueError("head_means: the reference set has no positions to average")
-    return HeadMeans(mean=(sums / count).float(), count=round(count), positions=positions)
+    reducer = HeadMeansReducer(model.cfg, positions)
+    run(model, _batches(model, data, batch_size), reducer)
+    return reducer.result()

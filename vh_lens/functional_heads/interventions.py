@@ -56,7 +56,8 @@ from tqdm import tqdm
 
 from vh_lens.core.io import csv_text, nan_to_none, write_text
 from vh_lens.data.sample import Sample
-from vh_lens.evaluation.scoring import EvalMethod, _check_options, _chunks, _evaluate_prepared, _offload, prepare_answer_batch
+from vh_lens import engine
+from vh_lens.evaluation.scoring import AccuracyReducer, EvalMethod, check_eval_options
 from vh_lens.analysis.interventions import Hooks, ablate_heads, scale_heads, shift_heads
 from vh_lens.functional_heads.probes import FunctionDirections, HeadActivations, ProbeResult, mean_difference_directions
 
@@ -650,7 +651,7 @@ def intervene_on_functions(
     """
     method = _check_mode(mode, removal, emphasis)
     alpha = _resolve_alpha(mode, method, alpha)
-    _check_options(eval_method, batch_size, max_new_tokens)
+    check_eval_options(eval_method, batch_size, max_new_tokens)
     if main_answer not in _MAIN_ANSWERS:
         raise ValueError(f"main_answer must be one of {_MAIN_ANSWERS}, got {main_answer!r}")
     if k is not None and (isinstance(k, bool) or int(k) < 1):
@@ -701,16 +702,16 @@ def intervene_on_functions(
             continue
         plans += [(f, "random", s, random_heads(cfg.n_layers, cfg.n_heads, len(heads), heads, s)) for s in seeds]
 
-    prepared = [
-        _offload(prepare_answer_batch(model, chunk, method=eval_method, format_question=format_question, offset=start))
-        for start, chunk in _chunks(samples, batch_size)
-    ]
+    prepared = engine.prepare(
+        model, samples, batch_size=batch_size, answers=eval_method, format_question=format_question
+    )
     own = torch.tensor([probes.functions.index(x) for x in labels])
     onehot = torch.nn.functional.one_hot(own, len(probes.functions)).float()  # [n_sub, n_functions]
     bar = tqdm(total=1 + len(plans), desc=f"interventions ({mode}: {method})", unit="eval", disable=not progress)
 
     def accuracies(hooks: Hooks) -> tuple[dict[str, float], float | None]:
-        result = _evaluate_prepared(model, prepared, fwd_hooks=hooks, method=eval_method, max_new_tokens=max_new_tokens)
+        reducer = AccuracyReducer(eval_method, max_new_tokens)
+        result = engine.run(model, prepared, reducer, condition=engine.Condition("run", tuple(hooks))).result()
         bar.update(1)
         correct = torch.tensor([p.correct for p in result.predictions], dtype=torch.float32)
         per_function = (correct[: len(subs)] @ onehot) / onehot.sum(0)  # NaN where a function has no subquestion

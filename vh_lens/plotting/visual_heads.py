@@ -22,7 +22,7 @@ from torch import Tensor
 from vh_lens.data.sample import load_rgb
 from vh_lens.core.layout import ImageGrid, TokenLayout
 from vh_lens.core.io import write_text
-from vh_lens.visual_heads.scores import METRICS, STAGES, VisualHeadScores, _check_metric, stage_layers
+from vh_lens.visual_heads.scores import METRICS, STAGES, VisualHeadScores, check_metric, stage_layers
 
 _LABELS = {
     "image_weight": "image weight",
@@ -50,7 +50,7 @@ def plot_head_heatmap(
     Example:
         >>> fig = plot_head_heatmap(scores, "concentration")      # doctest: +SKIP
     """
-    metric = _check_metric(metric)
+    metric = check_metric(metric)
     if statistic == "mean":
         z = scores.mean[metric]
     elif statistic == "std":
@@ -137,7 +137,7 @@ def plot_layer_totals(
     fig = go.Figure()
     layers = np.arange(scores.n_layers)
     for metric in metrics:
-        totals = scores.mean[_check_metric(metric)].sum(dim=1)
+        totals = scores.mean[check_metric(metric)].sum(dim=1)
         if normalize:
             total = float(totals.sum())
             totals = totals / total if total != 0 else totals
@@ -329,7 +329,7 @@ def scores_report_html(
     Returns:
         The path written.
     """
-    metric = _check_metric(metric)
+    metric = check_metric(metric)
     figures = [
         plot_head_heatmap(scores, "detection"),
         plot_head_heatmap(scores, "image_weight"),

@@ -441,3 +441,54 @@ def scan_visual_heads(
         return None
     first = next(m for m in metas if m)  # type: ignore[union-attr]
     return merged.result(first)
+
+
+# --------------------------------------------------------------------------- the engine's World
+
+
+@dataclass(frozen=True)
+class TorchWorld:
+    """The ranks of a ``torchrun`` launch as a :class:`vh_lens.engine.World`.
+
+    ``shard(n)`` is this rank's :func:`shard_range`; ``reduce(reducer)`` gathers every rank's
+    ``state_dict`` onto **every** rank and merges them there in rank order (rank 0's state,
+    then 1's, ...), so every rank holds the same total (the same bits) and code after a run
+    (choosing heads, computing means) goes on identically everywhere; only rank 0 writes.
+    """
+
+    ctx: DistContext
+
+    @property
+    def rank(self) -> int:
+        return self.ctx.rank
+
+    @property
+    def size(self) -> int:
+        return self.ctx.world_size
+
+    def shard(self, n: int) -> range:
+        return shard_range(n, self.ctx.rank, self.ctx.world_size)
+
+    def reduce(self, reducer: Any) -> Any:
+        if not self.ctx.active:
+            return reducer
+        states: list[Any] = [None] * self.ctx.world_size
+        mine = _to_cpu(reducer.state_dict())
+        _collective(self.ctx, f"reducing {type(reducer).__name__}", lambda: dist.all_gather_object(states, mine))
+        total = copy.deepcopy(reducer)
+        total.load_state_dict(states[0])
+        for state in states[1:]:
+            other = copy.deepcopy(reducer)
+            other.load_state_dict(state)
+            total.merge(other)
+        return total
+
+
+def current_world() -> Any:
+    """The engine's world for this process: a :class:`TorchWorld` under ``torchrun`` (the process
+    group started on first use), else :data:`vh_lens.engine.LOCAL`."""
+    if not launched():
+        from vh_lens.engine import LOCAL
+
+        return LOCAL
+    return TorchWorld(init())

@@ -44,7 +44,7 @@ class DyingSamples(Sequence):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["scan"])
+    parser.add_argument("task", choices=["scan", "mask"])
     parser.add_argument("--n-samples", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--out", required=True)
@@ -73,6 +73,17 @@ def main(argv=None) -> int:
             )
             if ctx.is_main:
                 scores.save(args.out)
+        elif args.task == "mask":
+            import vh_lens
+
+            scores = vh_lens.scan_visual_heads(model, shapes(6, seed=1), batch_size=3, progress=False)
+            for method in ("zero", "mean"):
+                result = vh_lens.masking_experiment(
+                    model, samples, scores, ks=(2, 5), control_seeds=(0, 1), method=method,
+                    batch_size=args.batch_size, progress=False,
+                )
+                if ctx.is_main:
+                    result.save(os.path.join(args.out, method))
         distributed.barrier(ctx, "end of run")
     return 0
 

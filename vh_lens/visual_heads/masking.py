@@ -32,6 +32,7 @@ from typing import Any
 from torch import Tensor
 
 from vh_lens import engine
+from vh_lens.distributed import samples_per_rank
 from vh_lens.analysis.interventions import HeadMeans, ablate_heads, head_means
 from vh_lens.core.config import ExperimentConfig, check_choice, check_ints, resolve_config
 from vh_lens.core.hooks import Head
@@ -243,6 +244,8 @@ def masking_experiment(
             else (None if means is None else "given as a tensor")
         ),
         "config": conf.to_dict(),
+        "world_size": int(prepared.world.size),
+        "samples_per_rank": samples_per_rank(len(samples), int(prepared.world.size)),
     }
     return MaskingResult(
         rows=tuple(rows),

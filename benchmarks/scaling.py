@@ -37,7 +37,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     import vh_lens
-    from vh_lens import distributed
+    from vh_lens import distributed, parallel
     from vh_lens.data.shapes import shapes
     from vh_lens.toy import load_toy
 
@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
                 distributed.barrier(ctx, "start")
                 start = time.perf_counter()
                 if task == "scan":
-                    result = distributed.scan_visual_heads(model, scan_samples, ctx=ctx, batch_size=args.batch_size,
+                    result = parallel.scan_visual_heads(model, scan_samples, ctx=ctx, batch_size=args.batch_size,
                                                            progress=False)
                 else:
                     result = vh_lens.masking_experiment(model, mask_samples, scores, **kw)
@@ -90,7 +90,8 @@ def _launch(n: int, args: argparse.Namespace, out: Path) -> dict:
 def _max_diff(a: dict, b: dict) -> float:
     import torch
 
-    return max(float((torch.tensor(a[k][m]) - torch.tensor(b[k][m])).abs().max()) for k in ("mean", "variance")
+    return max(float((torch.tensor(a[k][m], dtype=torch.float64) - torch.tensor(b[k][m], dtype=torch.float64)).abs().max())
+               for k in ("mean", "variance")
                for m in a["mean"])
 
 
@@ -122,13 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         row["samples_per_rank"] = run["scan"]["samples_per_rank"]
         row["mask_equal"] = run["mask"]["rows"] == base["mask"]["rows"] and run["mask"]["baseline"] == base["mask"]["baseline"]
         rows.append(row)
-    print(f"toy LLaVA, scan {args.scan_samples} samples, masking sweep {args.mask_samples} samples x 49 conditions, "
+    n_conditions = 1 + sum(1 + len(r["random_accs"]) for r in base["mask"]["rows"])
+    print(f"toy LLaVA, scan {args.scan_samples} samples, masking sweep {args.mask_samples} samples x {n_conditions} conditions, "
           f"batch {args.batch_size}, one thread per rank, median of {args.repeats}")
     print(f"{'nproc':>5} {'scan s':>8} {'speed-up':>8} {'max |diff|':>11} {'mask s':>8} {'speed-up':>8} {'mask equal':>10}")
     for r in rows:
         print(f"{r['nproc']:>5} {r['scan_s']:>8.2f} {r['scan_speedup']:>8.2f} {r['scan_max_abs_diff']:>11.2e} "
               f"{r['mask_s']:>8.2f} {r['mask_speedup']:>8.2f} {str(r['mask_equal']):>10}")
-    print("JSON " + json.dumps({"rows": rows, "cpu_count": os.cpu_count()}))
+    print("JSON " + json.dumps({"rows": rows, "cpu_count": os.cpu_count(), "mask_conditions": n_conditions,
+                                "load_average": os.getloadavg()}))
     return 0
 
 

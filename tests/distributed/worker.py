@@ -42,9 +42,19 @@ class DyingSamples(Sequence):
         return self.samples[i]
 
 
+def probe_samples(n: int):
+    """Shapes samples labelled f0 / f1 alternately, two per group (a group may straddle two ranks)."""
+    import dataclasses
+
+    from vh_lens.data.shapes import shapes
+
+    return [dataclasses.replace(s, metadata={**s.metadata, "function": f"f{i % 2}", "group": i // 2})
+            for i, s in enumerate(shapes(n, seed=9))]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["scan", "mask"])
+    parser.add_argument("task", choices=["scan", "mask", "lens_probe"])
     parser.add_argument("--n-samples", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--out", required=True)
@@ -55,7 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--log-dir")
     args = parser.parse_args(argv)
 
-    from vh_lens import distributed
+    from vh_lens import distributed, parallel
     from vh_lens.data.shapes import shapes
     from vh_lens.toy import load_toy
 
@@ -67,7 +77,7 @@ def main(argv=None) -> int:
         log = os.path.join(args.log_dir, f"rank{ctx.rank}.log") if args.log_dir else None
         samples = DyingSamples(samples, die, log)
         if args.task == "scan":
-            scores = distributed.scan_visual_heads(
+            scores = parallel.scan_visual_heads(
                 model, samples, ctx=ctx, batch_size=args.batch_size, keep_per_sample=True, progress=False,
                 checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
             )
@@ -84,6 +94,14 @@ def main(argv=None) -> int:
                 )
                 if ctx.is_main:
                     result.save(os.path.join(args.out, method))
+        elif args.task == "lens_probe":
+            lensed = parallel.logit_lens(model, samples, ctx=ctx, batch_size=args.batch_size,
+                                         answers=[s.answer for s in samples.samples])
+            acts = parallel.collect_head_activations(model, probe_samples(args.n_samples), ctx=ctx,
+                                                     batch_size=args.batch_size, progress=False)
+            if ctx.is_main:
+                lensed.save(os.path.join(args.out, "lens"))
+                acts.save(os.path.join(args.out, "acts"))
         distributed.barrier(ctx, "end of run")
     return 0
 

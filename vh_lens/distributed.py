@@ -42,6 +42,7 @@ __all__ = [
     "barrier",
     "guard",
     "init",
+    "is_main_process",
     "launched",
     "rank_checkpoint_dir",
     "reduce_onto_main",
@@ -124,6 +125,11 @@ def launched(env: dict[str, str] | os._Environ[str] | None = None) -> bool:
         missing = ({"RANK", "WORLD_SIZE"} - set(present)).pop()
         raise ValueError(f"environment sets {present[0]} but not {missing}: launch with torchrun, or unset both")
     return len(present) == 2
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` launch, or a process not launched by it (no process group needed)."""
+    return not launched() or _env_int(os.environ, "RANK") == 0
 
 
 def _env_int(env: Any, name: str, default: int | None = None) -> int:

@@ -95,7 +95,9 @@ def run_conditions_shared_prefix(
     needed = sorted({s for s in starts.values() if s is not None and s > 0})
     reducers = {c.name: make_reducer(c) for c in conditions}
     batches = list(prepared)
-    with torch.no_grad(), tqdm(total=len(batches) * len(conditions), desc=desc, unit="run", disable=not progress) as bar:
+    world = world if world is not None else (getattr(prepared, "world", None) or LOCAL)
+    show = progress and world.rank == 0  # progress only on rank 0
+    with torch.no_grad(), tqdm(total=len(batches) * len(conditions), desc=desc, unit="run", disable=not show) as bar:
         for item in batches:
             batch = _forward_batch(item)
             resids, mask = _prefix(model, batch, needed) if needed else ({}, None)
@@ -111,7 +113,6 @@ def run_conditions_shared_prefix(
                 reducer.update(output, item)
                 bar.update(1)
             del resids
-    world = world if world is not None else (getattr(prepared, "world", None) or LOCAL)
     return {name: world.reduce(r) for name, r in reducers.items()}
 
 

@@ -52,3 +52,10 @@ def test_mask_command_under_torchrun_writes_one_result_equal_to_one_process(file
     assert a.rows == b.rows and a.baseline == b.baseline and a.n_samples == b.n_samples == 7
     assert sorted(p.name for p in files.iterdir() if p.name.startswith(".")) == []  # no partial folders left
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_scan_command_refuses_several_ranks(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["scan", "--out", "unused"]) == 1
+    assert "does not split across torchrun ranks" in capsys.readouterr().err

@@ -9,7 +9,9 @@ Two figures:
    lowest layer of its heads (:func:`vh_lens.sweep.sweep_cost`).
 2. Measured on the bundled toy model (6 layers x 8 heads, one thread): wall time of
    ``masking_experiment(..., sweep="naive")`` and ``sweep="shared"`` on the same samples
-   (3 stages x ks 2, 4, 8, 12 x (top + 3 seeds)), and whether the two results are equal.
+   (3 stages x ks 2, 4, 8, 12 x (top + 3 seeds); a stage has 16 heads, so k = 12 leaves too few
+   for a random control and those rows have none: 40 conditions), and whether the two results
+   are equal.
 
 Usage:
     python benchmarks/sweep.py [--n-samples 32] [--batch-size 8] [--repeats 3] [--seed 0]

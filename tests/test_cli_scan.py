@@ -132,13 +132,13 @@ def test_looktwice_object_questions_with_visual_prompt(files, lens, tmp_path) ->
 def _count_scanned(monkeypatch) -> list[int]:
     """Record the size of every batch the scan runs."""
     sizes: list[int] = []
-    real = visual_heads._run_batch
+    real = visual_heads.ScanReducer.update
 
-    def counting(model, chunk, *args, **kwargs):
-        sizes.append(len(chunk))
-        return real(model, chunk, *args, **kwargs)
+    def counting(self, output, item):
+        sizes.append(len(item))
+        return real(self, output, item)
 
-    monkeypatch.setattr(visual_heads, "_run_batch", counting)
+    monkeypatch.setattr(visual_heads.ScanReducer, "update", counting)
     return sizes
 
 

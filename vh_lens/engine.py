@@ -12,10 +12,11 @@ Three pieces:
 - a :class:`Reducer`: what a run computes. The condition's hooks are attached for the whole
   run (``model.hooks``; with each batch for models without it). Per batch, the engine asks the
   reducer for the hooks that read activations (:meth:`Reducer.hooks`, attached after the
-  condition's), runs the forward pass and hands the output to :meth:`Reducer.update`. :meth:`Reducer.result` gives the result; :meth:`Reducer.state_dict`
-  / :meth:`Reducer.load_state_dict` resume a run; :meth:`Reducer.merge` folds the reducer of
-  the following samples into this one (data-parallel runs merge the ranks' reducers in rank
-  order, so the result equals a run over all samples in one process).
+  condition's), runs the forward pass and hands the output to :meth:`Reducer.update`.
+  :meth:`Reducer.result` gives the result; :meth:`Reducer.state_dict` /
+  :meth:`Reducer.load_state_dict` resume a run; :meth:`Reducer.merge` folds the reducer of the
+  following samples into this one (data-parallel runs merge the ranks' reducers in rank order,
+  so the result equals a run over all samples in one process).
 
 :func:`run` runs one condition; :func:`run_conditions` runs several over the same prepared
 batches, one fresh reducer each.
@@ -27,9 +28,9 @@ process prepares (:meth:`World.shard`) and combines the processes' reducers
 
 Example:
     >>> prepared = prepare(model, samples, batch_size=8, answers="score")  # doctest: +SKIP
-    >>> conditions = [Condition("baseline"), Condition("ablate", ablate_heads([(3, 1)]))]  # doctest: +SKIP
+    >>> conditions = [Condition("baseline"), Condition("ablate", tuple(ablate_heads([(3, 1)])))]  # doctest: +SKIP
     >>> out = run_conditions(model, prepared, conditions, lambda c: AccuracyReducer("score"))  # doctest: +SKIP
-    >>> out["ablate"].accuracy  # doctest: +SKIP
+    >>> out["ablate"].result().accuracy  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -206,8 +207,6 @@ def _offload_prepared(item: PreparedBatch) -> PreparedBatch:
     slim = offload(item.batch)
     answers = item.answers
     if answers is not None:
-        from dataclasses import replace
-
         answers = replace(answers, batch=slim)
     return PreparedBatch(item.start, item.samples, slim, answers)
 
@@ -247,6 +246,7 @@ def iter_batches(
     format_question: Callable[[Any], str] | None = None,
     preparer: Preparer | None = None,
     skip: int = 0,
+    offset: int = 0,
 ) -> Iterator[PreparedBatch]:
     """Prepare ``samples`` lazily, ``batch_size`` at a time (for streaming runs).
 
@@ -260,6 +260,8 @@ def iter_batches(
         preparer: prepare each chunk yourself (``preparer(model, samples, start)``); replaces
             ``answers`` and ``format_question``.
         skip: samples to skip first (a resumed run); they are consumed, not prepared.
+        offset: index in the whole data set of the first sample of ``samples`` (when the caller
+            has consumed some already); batches' :attr:`PreparedBatch.start` count from it.
     """
     _check_batch_size(batch_size)
     if preparer is None:
@@ -267,7 +269,7 @@ def iter_batches(
     it = iter(samples)
     for _ in itertools.islice(it, skip):
         pass
-    start = skip
+    start = offset + skip
     while chunk := list(itertools.islice(it, batch_size)):
         yield preparer(model, chunk, start)
         start += len(chunk)
@@ -406,8 +408,6 @@ def _move(item: PreparedBatch, device: torch.device | str | None) -> PreparedBat
     answers = item.answers
     moved = item.batch.to(device)
     if answers is not None:
-        from dataclasses import replace
-
         answers = replace(answers, batch=moved)
     return PreparedBatch(item.start, item.samples, moved, answers)
 

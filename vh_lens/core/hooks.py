@@ -11,18 +11,30 @@ The one definition of each; every other module imports them from here.
 - :func:`random_heads`: the seeded random control of paper A's masking and paper B's
   interventions.
 - :func:`first_hooked_layer`: the lowest layer a hook list touches.
+- :func:`query_positions`: the position each sample is read at (its answer query by default).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 from transformer_lens.hook_points import HookFunction
 from transformer_lens.utilities import get_act_name
 
-__all__ = ["FwdHook", "FwdHooks", "Head", "HookFunction", "act_name", "first_hooked_layer", "random_heads"]
+__all__ = [
+    "FwdHook",
+    "FwdHooks",
+    "Head",
+    "HookFunction",
+    "act_name",
+    "first_hooked_layer",
+    "query_positions",
+    "random_heads",
+]
 
 Head = tuple[int, int]
 """An attention head as ``(layer, head)``, both 0-based."""
@@ -114,3 +126,32 @@ def random_heads(
     perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(int(seed)))[:k].tolist()
     drawn = [pool[i] for i in perm]
     return sorted(drawn) if sort else drawn
+
+
+def query_positions(
+    layouts: Sequence[Any], positions: Sequence[int] | Tensor | None = None, seq_len: int | None = None
+) -> Tensor:
+    """``[batch]`` long tensor of the position to read in each sample.
+
+    Args:
+        layouts: one :class:`~vh_lens.core.layout.TokenLayout` per sample.
+        positions: one position per sample; ``None``: each layout's ``query_position`` (the
+            last prompt position, which predicts the first answer token).
+        seq_len: if given, positions must lie in ``[-seq_len, seq_len)`` and negative ones
+            count from the end (returned in ``[0, seq_len)``).
+
+    Raises:
+        ValueError: not one position per sample, or a position out of range.
+    """
+    n = len(layouts)
+    if positions is None:
+        pos = torch.tensor([int(lay.query_position) for lay in layouts], dtype=torch.long)
+    else:
+        pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    if pos.shape != (n,):
+        raise ValueError(f"need one position per sample ({n}), got {pos.tolist()}")
+    if seq_len is not None:
+        if n and (int(pos.min()) < -seq_len or int(pos.max()) >= seq_len):
+            raise ValueError(f"positions {pos.tolist()} out of range for {seq_len} positions")
+        pos = pos % seq_len
+    return pos

@@ -32,13 +32,16 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from vh_lens.core.config import ExperimentConfig, resolve_config
 from vh_lens.data.sample import Sample
 from vh_lens.engine import Condition, PreparedBatch, Reducer, iter_batches, run
 from vh_lens.evaluation.answers import answer_kind, candidate_strings, gold_answer, gold_index, parse_answer
+from vh_lens.evaluation.candidates import candidate_token_ids
 
 __all__ = [
     "AccuracyReducer",
     "AnswerBatch",
+    "EvalConfig",
     "EvalMethod",
     "EvalResult",
     "Prediction",
@@ -156,87 +159,6 @@ class EvalResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Tokenising candidate answers
-
-
-def _continuation_ids(tokenizer: Any, prompt: str, text: str) -> list[int]:
-    """Token ids of ``text`` as it follows ``prompt``.
-
-    The rule of ``LlavaLens._answer_ids`` (the prompt, a space, the text; the tokens after the
-    prompt's), except that no space is added after a prompt ending in whitespace (chat templates
-    such as Llama-3's end in ``"\n\n"``, after which the answer starts without a space).
-    """
-    base = tokenizer(prompt, add_special_tokens=False).input_ids
-    sep = "" if prompt[-1:].isspace() else " "
-    full = tokenizer(prompt + sep + text, add_special_tokens=False).input_ids
-    if full[: len(base)] == base and len(full) > len(base):
-        return list(full[len(base) :])
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
-
-
-def _known_ids(tokenizer: Any, prompt: str, candidate: str) -> list[int]:
-    unk = getattr(tokenizer, "unk_token_id", None)
-    for form in dict.fromkeys((candidate, candidate.lower(), candidate.capitalize(), candidate.upper())):
-        ids = _continuation_ids(tokenizer, prompt, form)
-        if ids and (unk is None or unk not in ids):
-            return ids
-    raise ValueError(
-        f"candidate answer {candidate!r} is not in the tokenizer's vocabulary (it tokenises to the unknown "
-        "token in every letter case); score by generation instead (method='generate')"
-    )
-
-
-def candidate_token_ids(tokenizer: Any, prompt: str, candidates: Sequence[str]) -> tuple[list[int], list[int]]:
-    """How to compare ``candidates`` by the logits of one token after ``prompt``.
-
-    Each candidate is tokenised as it follows the prompt (after a space, as
-    :meth:`vh_lens.LlavaLens.prepare` appends answers, unless the prompt ends in whitespace). The tokens all candidates begin with
-    form the ``prefix``, to be appended to the prompt; each candidate's next token is its
-    distinguishing token.
-
-    Args:
-        tokenizer: the model's Hugging Face tokenizer.
-        prompt: the full prompt text (chat template applied; ``batch.prompts[i]``).
-        candidates: at least two candidate answers.
-
-    Returns:
-        ``(prefix, ids)``: the shared prefix token ids (often empty) and one distinguishing
-        token id per candidate.
-
-    Raises:
-        ValueError: fewer than two candidates, a candidate outside the vocabulary, a candidate
-            that is all prefix, or two candidates with the same distinguishing token.
-
-    Example:
-        >>> candidate_token_ids(model.tokenizer, batch.prompts[0], ["A", "B", "C"])  # doctest: +SKIP
-        ([], [319, 350, 315])
-    """
-    candidates = list(candidates)
-    if len(candidates) < 2:
-        raise ValueError(f"scoring needs at least two candidate answers, got {candidates!r}")
-    lists = [_known_ids(tokenizer, prompt, c) for c in candidates]
-    n = 0
-    while all(len(ids) > n for ids in lists) and len({ids[n] for ids in lists}) == 1:
-        n += 1
-    prefix = lists[0][:n]
-    ids = []
-    for cand, cand_ids in zip(candidates, lists):
-        if len(cand_ids) == n:
-            raise ValueError(f"candidate {cand!r} is a token prefix of the other candidates {candidates!r}")
-        ids.append(cand_ids[n])
-    seen: dict[int, str] = {}
-    for cand, tok_id in zip(candidates, ids):
-        if tok_id in seen:
-            token = tokenizer.convert_ids_to_tokens(tok_id)
-            raise ValueError(
-                f"candidates {seen[tok_id]!r} and {cand!r} share their first token {token!r} (id {tok_id}) after the "
-                "prompt, so first-token logits cannot tell them apart; use method='generate'"
-            )
-        seen[tok_id] = cand
-    return prefix, ids
-
-
-# --------------------------------------------------------------------------------------------
 # Prepared batches
 
 
@@ -305,9 +227,8 @@ def prepare_answer_batch(
         samples: samples with gold answers (and, for ``"score"``, a fixed candidate list:
             multiple choice, yes/no or counting).
         method: ``"score"`` or ``"generate"``.
-        format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.evaluation.answers.format_question`; :func:`vh_lens.toy.format_question` for the
-            toy model).
+        format_question: how a sample becomes the user turn (default: the model's own,
+            ``model.question_format``).
         offset: index of ``samples[0]`` in the whole data set (for error messages).
 
     Raises:
@@ -416,6 +337,18 @@ def check_eval_options(method: str, batch_size: int, max_new_tokens: int) -> Non
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
 
 
+@dataclass(frozen=True)
+class EvalConfig(ExperimentConfig):
+    """Settings of :func:`evaluate`: how answers are read, samples per forward pass, generation length."""
+
+    method: str = "score"
+    batch_size: int = 8
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        check_eval_options(self.method, self.batch_size, self.max_new_tokens)
+
+
 class AccuracyReducer(Reducer):
     """The engine's reducer for benchmark accuracy: one :class:`Prediction` per sample.
 
@@ -471,9 +404,10 @@ def evaluate(
     samples: Sequence[Sample],
     *,
     fwd_hooks: HookList = (),
-    method: EvalMethod = "score",
-    batch_size: int = 8,
-    max_new_tokens: int = 8,
+    config: EvalConfig | Mapping[str, Any] | None = None,
+    method: EvalMethod | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
     format_question: Callable[[Sample], str] | None = None,
     progress: bool = True,
 ) -> EvalResult:
@@ -484,12 +418,14 @@ def evaluate(
         samples: samples with gold answers (see :mod:`vh_lens.evaluation.answers` for the kinds).
         fwd_hooks: TransformerLens hooks (e.g. :func:`vh_lens.analysis.interventions.ablate_heads`),
             attached with ``model.hooks`` and removed afterwards, also on error.
+        config: the settings (:class:`EvalConfig` or its dict); ``method``, ``batch_size`` and
+            ``max_new_tokens`` override its fields (defaults ``"score"``, 8, 8).
         method: ``"score"`` (first-token logits of the candidate answers, one forward pass;
             see the module docstring) or ``"generate"`` (greedy generation, then parsing).
         batch_size: samples per forward pass.
         max_new_tokens: tokens to generate (``"generate"`` only).
-        format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.evaluation.answers.format_question`).
+        format_question: how a sample becomes the user turn (default: the model's own,
+            ``model.question_format``).
         progress: show a tqdm progress bar (on stderr).
 
     Returns:
@@ -505,7 +441,9 @@ def evaluate(
         >>> ablated = evaluate(model, samples, fwd_hooks=ablate_heads([(3, 1), (4, 7)]))  # doctest: +SKIP
         >>> base.accuracy - ablated.accuracy  # doctest: +SKIP
     """
-    check_eval_options(method, batch_size, max_new_tokens)
+    given = {"method": method, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    conf = resolve_config(EvalConfig, config, {k: v for k, v in given.items() if v is not None})
+    method, batch_size, max_new_tokens = conf.method, conf.batch_size, conf.max_new_tokens  # type: ignore[assignment]
     samples = list(samples)
     if not samples:
         raise ValueError("evaluate: no samples given")

@@ -460,7 +460,7 @@ class HeadMeans:
             ValueError: the directory holds something else.
         """
         directory = Path(directory)
-        info = read_json(directory / _METADATA_FILE, expected_format=_MEANS_FORMAT, what="HeadMeans")
+        info = read_json(directory / _METADATA_FILE, expected_format=_MEANS_FORMAT, what="HeadMeans", version=1)
         mean = load_tensors(directory / _MEANS_FILE)["mean"]
         return cls(mean=mean, count=info["count"], positions=info["positions"])
 

@@ -54,7 +54,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 from tqdm import tqdm
 
-from vh_lens.core.io import csv_text, nan_to_none, write_text
+from vh_lens.core.io import check_format_version, csv_text, nan_to_none, write_text
 from vh_lens.data.sample import Sample
 from vh_lens.evaluation.scoring import EvalMethod, _check_options, _chunks, _evaluate_prepared, _offload, prepare_answer_batch
 from vh_lens.analysis.interventions import Hooks, ablate_heads, scale_heads, shift_heads
@@ -474,7 +474,9 @@ class FunctionInterventionReport:
         path = Path(directory) / _JSON_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no saved FunctionInterventionReport at {directory}: {_JSON_FILE} missing")
-        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        check_format_version(data, path, what="FunctionInterventionReport", current=1)  # issue 14: saved formats
+        return cls.from_json(data)
 
 
 # --------------------------------------------------------------------------------------------

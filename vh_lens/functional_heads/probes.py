@@ -148,7 +148,7 @@ class HeadActivations:
             mmap: Keep the activations on disk as a read-only numpy memmap (else a tensor).
         """
         directory = Path(directory)
-        meta = read_json(directory / _ACTS_META)
+        meta = read_json(directory / _ACTS_META, what="HeadActivations", version=1, version_key="format")
         array = np.load(directory / _ACTS_FILE, mmap_mode="r" if mmap else None)
         if list(array.shape) != meta["shape"]:
             raise ValueError(f"{directory}: acts shape {array.shape} does not match its metadata {meta['shape']}")
@@ -854,7 +854,7 @@ class ProbeResult:
     def load(cls, directory: str | Path) -> ProbeResult:
         """Read what :meth:`save` wrote."""
         directory = Path(directory)
-        meta = read_json(directory / _PROBE_META)
+        meta = read_json(directory / _PROBE_META, what="ProbeResult", version=1, version_key="format")
         tensors = load_tensors(directory / _PROBE_TENSORS)
         return cls(functions=tuple(meta["functions"]), config=meta["config"], **tensors)
 

@@ -511,7 +511,7 @@ def _position_weights(batch: Any, positions: str) -> Float[Tensor, "batch pos"]:
 
 def head_means(
     model: Any,
-    data: Iterable[Any],
+    data: Iterable[Any] | Any,  # samples and/or prepared batches, or one prepared batch
     positions: Literal["all", "last_prompt"] = "all",
     batch_size: int = 8,
 ) -> HeadMeans:

@@ -132,7 +132,7 @@ class SampleSet(Sequence[Sample]):
         (1, '4')
     """
 
-    samples: tuple[Sample, ...]
+    samples: Sequence[Sample]  # stored as a tuple
     n_skipped: int = 0
     source: str = ""
 

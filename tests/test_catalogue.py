@@ -303,6 +303,21 @@ CASES: list[Case] = [
                                          prompts=["USER: <image>\nhow many? ASSISTANT:"]),
          ValueError, r"prompt 0 holds 1 image placeholder.* but 2 images were given"),
     Case("generate past the context", _generate_past_context, ValueError, r"more than the model's \d+"),
+    Case("prompt longer than --n-ctx, scan",
+         cli(lambda env: env.scan_argv(env.jsonl([env.row(0)]), env.path("out"), "--n-ctx", "16")),
+         CliError, r"questions.jsonl:1: needs \d+ positions, more than the model's context of 16; --n-ctx \d+ would fit"),
+    Case("--n-ctx 0", cli(lambda env: env.scan_argv(env.jsonl([env.row(0)]), env.path("out"), "--n-ctx", "0")),
+         CliError, r"--n-ctx must be at least 1, got 0"),
+    Case("--question-format toy, lens",
+         cli(lambda env: ["lens", "--model", str(env.model), "--data", str(env.jsonl([env.row(0)])), "--format",
+                          "jsonl", "--out", str(env.path("out")), "--question-format", "toy"]),
+         CliError, r"--question-format was removed"),
+    Case("--scores without saved scores, mask",
+         cli(lambda env: ["mask", "--model", str(env.model), "--data", str(env.jsonl([env.row(0)])), "--format",
+                          "jsonl", "--scores", str(env.images), "--out", str(env.path("out"))]),
+         CliError, r"no saved VisualHeadScores in .*images or .*images/scores \(run vh-lens scan"),
+    Case("demo-data into a non-empty folder", cli(lambda env: ["demo-data", str(env.images), "--n-samples", "2"]),
+         CliError, r"exists and is not empty; pass --overwrite"),
 ]
 # fmt: on
 

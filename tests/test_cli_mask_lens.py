@@ -56,7 +56,8 @@ def _leftovers(folder) -> list[str]:
 def test_mask_command_writes_table_and_plot(files, capsys) -> None:
     out = files["root"] / "mask_out"
     assert main(_mask_args(files, out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "masking.csv", "masking.html", "masking.json", "masking.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "masking.csv", "masking.html", "masking.json", "masking.md",
+                                                    "plotly.min.js"]
     result = MaskingResult.load(out)
     assert [(r.stage, r.k) for r in result.rows] == [("early", 1), ("early", 2), ("mid", 1), ("mid", 2)]
     assert result.row("mid", 2).top_heads == ((1, 3), (1, 2))
@@ -79,7 +80,7 @@ def test_lens_command_writes_result_and_plots(files, capsys) -> None:
             "--images", str(files["images"]), "--out", str(out), "--limit", "3", "--top-k", "3",
             "--no-progress"]  # fmt: skip
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "lens", "lens.html", "lens.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "lens", "lens.html", "lens.md", "plotly.min.js"]
     result = LogitLensResult.load(out / "lens")
     assert (result.n_layers, result.n_samples, result.top_k) == (2, 3, 3)
     assert result.has_answers and list(result.answer_tokens) == ["A", "B", "A"]

@@ -10,8 +10,9 @@ from conftest import tiny_pair
 from test_functional import write_cogqa_file
 
 from vh_lens.cli import main
-from vh_lens.functional_heads.interventions import FunctionInterventionReport
-from vh_lens.functional_heads.probes import HeadActivations, ProbeResult
+from vh_lens.functional_heads.activations import HeadActivations
+from vh_lens.functional_heads.probes import ProbeResult
+from vh_lens.functional_heads.report import FunctionInterventionReport
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_probe_command_writes_probes_tables_report_and_interventions(files, caps
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "activations", "functional_heads.csv", "head_scores.csv", "heads_per_layer.csv", "interventions",
-        "overlap.csv", "probe", "report.html", "run.json", "sparsity.csv", "summary.md",
+        "overlap.csv", "plotly.min.js", "probe", "report.html", "run.json", "sparsity.csv", "summary.md",
     ]  # fmt: skip
     result = ProbeResult.load(out / "probe")
     assert set(result.functions) == {"Retrieval", "Math Calculation", "Inference"}
@@ -67,9 +68,18 @@ def test_probe_command_writes_probes_tables_report_and_interventions(files, caps
     assert html.count('class="plotly-graph-div"') == 3 + len(result.functions) + 1
     info = json.loads((out / "run.json").read_text())
     assert info["n_items"] == 8 and info["n_subquestions"] == 24 and info["activations_streamed"]
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "Held-out probe scores" in printed and "## Interventions" in printed
     assert _leftovers(files["root"]) == []
+    # 8 items, 30% held out: every function has a handful of test items, and every page says so
+    few = "fewer than 20 held-out subquestions for "
+    assert len(info["warnings"]) == 1 and info["warnings"][0].startswith(few)
+    assert f"vh-lens probe: warning: {few}" in captured.err
+    summary = (out / "summary.md").read_text()
+    assert f"**Warning:** {few}" in summary
+    assert summary.index("**Warning:**") < summary.index("## Held-out probe scores")  # next to the numbers
+    assert f"<b>Warning:</b> {few}" in html
 
     # a non-empty --out is refused
     assert main(_args(files, out)) == 1

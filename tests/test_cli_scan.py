@@ -87,7 +87,7 @@ def _leftovers(out) -> list[str]:
 def test_scan_writes_scores_csv_and_report_equal_to_direct_scan(files, lens, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert main(_args(files, out, "--checkpoint-every", "2")) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "report.html", "scores"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "plotly.min.js", "report.html", "scores"]
     assert sorted(p.name for p in (out / "scores").iterdir()) == ["heads.csv", "metadata.json", "scores.safetensors"]
     saved = VisualHeadScores.load(out / "scores")
     direct = scan_visual_heads(lens, load_jsonl(files["data"], files["images"]), batch_size=2, progress=False)
@@ -132,13 +132,13 @@ def test_looktwice_object_questions_with_visual_prompt(files, lens, tmp_path) ->
 def _count_scanned(monkeypatch) -> list[int]:
     """Record the size of every batch the scan runs."""
     sizes: list[int] = []
-    real = visual_heads._run_batch
+    real = visual_heads.ScanReducer.update
 
-    def counting(model, chunk, *args, **kwargs):
-        sizes.append(len(chunk))
-        return real(model, chunk, *args, **kwargs)
+    def counting(self, output, item):
+        sizes.append(len(item))
+        return real(self, output, item)
 
-    monkeypatch.setattr(visual_heads, "_run_batch", counting)
+    monkeypatch.setattr(visual_heads.ScanReducer, "update", counting)
     return sizes
 
 

@@ -7,6 +7,7 @@ import torch
 from conftest import striped_image, tiny_lens
 from transformer_lens.utilities import get_act_name
 
+from vh_lens.evaluation import candidates
 from vh_lens.evaluation import scoring as evaluation
 from vh_lens.evaluation.answers import format_question, parse_answer
 from vh_lens.data.sample import Sample
@@ -171,7 +172,7 @@ def test_continuation_matches_model_answer_tokenisation() -> None:
     batch = model.prepare_samples(_samples())
     for prompt in batch.prompts:
         for text in ("A", "3", "yes", "red dog"):
-            assert evaluation._continuation_ids(model.tokenizer, prompt, text) == model._answer_ids(prompt, text)
+            assert candidates.continuation_ids(model.tokenizer, prompt, text) == model._answer_ids(prompt, text)
 
 
 def test_no_space_after_a_prompt_ending_in_whitespace() -> None:
@@ -180,8 +181,8 @@ def test_no_space_after_a_prompt_ending_in_whitespace() -> None:
             return type("Enc", (), {"input_ids": [ord(c) for c in text]})()
 
     tok = CharTokenizer()
-    assert evaluation._continuation_ids(tok, "ASSISTANT:", "Yes") == [ord(c) for c in " Yes"]
-    assert evaluation._continuation_ids(tok, "assistant\n\n", "Yes") == [ord(c) for c in "Yes"]
+    assert candidates.continuation_ids(tok, "ASSISTANT:", "Yes") == [ord(c) for c in " Yes"]
+    assert candidates.continuation_ids(tok, "assistant\n\n", "Yes") == [ord(c) for c in "Yes"]
 
 
 def test_shared_prefix_is_appended_and_read_after(monkeypatch) -> None:

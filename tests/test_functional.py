@@ -11,22 +11,19 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 import torch
+import vh_lens
 from conftest import tiny_lens
 from transformer_lens.utils import get_act_name
 
 from vh_lens.evaluation.answers import normalize_answer
 from vh_lens.data.cogvision import load_cogvision, subquestion_samples
 from vh_lens.evaluation.scoring import evaluate
-from vh_lens.functional_heads.interventions import (
-    CSV_COLUMNS,
-    FunctionInterventionReport,
-    InterventionRun,
-    function_hooks,
-    intervene_on_functions,
-    plot_function_interventions,
-    random_heads,
-)
-from vh_lens.functional_heads.probes import FunctionDirections, collect_head_activations, probe_heads
+from vh_lens.functional_heads.activations import collect_head_activations
+from vh_lens.functional_heads.interventions import function_hooks, intervene_on_functions, random_heads
+from vh_lens.functional_heads.probes import probe_heads
+from vh_lens.functional_heads.report import CSV_COLUMNS, FunctionInterventionReport, InterventionRun
+from vh_lens.functional_heads.selection import FunctionDirections
+from vh_lens.plotting.functional import plot_function_interventions
 from vh_lens.testing import TINY_WORDS
 
 FUNCTIONS = ("Retrieval", "Math Calculation", "Inference")
@@ -230,6 +227,7 @@ def test_report_shape_and_baseline_equals_evaluate(setup, tmp_path: Path) -> Non
     assert len(report.to_markdown().splitlines()) == 4 + len(probes.functions)
     fig = plot_function_interventions(report)
     assert isinstance(fig, go.Figure) and len(fig.data) == 9
+    assert vh_lens.plot_function_interventions is plot_function_interventions  # the top-level name still works
     assert list(fig.data[0].x) == list(probes.functions)
 
     report.save(tmp_path / "rep")

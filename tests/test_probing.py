@@ -23,14 +23,14 @@ from vh_lens.plotting.functional import (
     plot_heads_per_layer,
     plot_sorted_scores,
 )
-from vh_lens.functional_heads.probes import (
-    HeadActivations,
-    ProbeResult,
-    collect_head_activations,
+from vh_lens.functional_heads.activations import HeadActivations, collect_head_activations
+from vh_lens.functional_heads.logistic import fit_batched_logistic
+from vh_lens.functional_heads.probes import ProbeResult, probe_heads
+from vh_lens.functional_heads.selection import (
     elbow_index,
-    fit_batched_logistic,
+    jaccard_overlap,
     mean_difference_directions,
-    probe_heads,
+    select_heads,
     split_by_group,
 )
 
@@ -218,7 +218,6 @@ def test_collect_through_llava_lens() -> None:
         torch.testing.assert_close(mean.acts[i], z[q : int(answer[-1])].mean(0), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_collect_from_cog_items_and_errors(tiny_lm: HookedTransformer) -> None:
     model = FakeLens(tiny_lm)
     items = [CogItem(image=None, question=f"main question {g}", answer=None, item_id=str(g),
@@ -354,7 +353,6 @@ def test_probe_split_by_group_and_chunking() -> None:
     torch.testing.assert_close(result.ovr_balanced_accuracy, whole.ovr_balanced_accuracy)
 
 
-@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_probe_functions_and_errors() -> None:
     acts, _ = _planted_acts()
     labels = list(acts.labels)
@@ -409,7 +407,6 @@ def _hand_result() -> ProbeResult:
                        ovr_weights=torch.randn(2, 2, 4, 3), ovr_bias=torch.zeros(2, 2, 4))
 
 
-@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_selection_summaries_on_hand_result(tmp_path: Path) -> None:
     result = _hand_result()
     assert result.functional_heads("A", k=2) == [(0, 0), (0, 1)]
@@ -441,7 +438,37 @@ def test_selection_summaries_on_hand_result(tmp_path: Path) -> None:
                     ovr_balanced_accuracy=torch.zeros(2, 2, 4), ovr_weights=torch.zeros(2, 3, 4, 5))
 
 
-@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
+@pytest.mark.unchecked_arguments  # passes a method the annotation forbids, to check the error
+def test_select_heads_and_jaccard_by_hand() -> None:
+    scores = torch.tensor([[0.2, 0.9, 0.5], [0.9, 0.1, 0.3]])
+    assert select_heads(scores, k=3) == [(0, 1), (1, 0), (0, 2)]  # tie 0.9: layer 0 first
+    assert select_heads(scores, k=1, method="topk") == [(0, 1)]
+    curve = torch.tensor([[1.0, 0.9, 0.8, 0.2], [0.15, 0.1, 0.05, 0.0]])  # elbow_index 3 (hand case above)
+    assert select_heads(curve) == [(0, 0), (0, 1), (0, 2)]
+    assert select_heads(torch.tensor([[3.0, 2.0, 1.0]])) == [(0, 0)]  # straight line: at least one head
+    with pytest.raises(ValueError, match="k must be in 1..6"):
+        select_heads(scores, k=7)
+    with pytest.raises(ValueError, match="method"):
+        select_heads(scores, method="best")  # type: ignore[arg-type]
+    sets = [{(0, 0), (0, 1)}, {(0, 1), (1, 2)}, set()]
+    masks = torch.zeros(3, 2, 3, dtype=torch.bool)
+    for i, heads in enumerate(sets):
+        for layer, head in heads:
+            masks[i, layer, head] = True
+    expected = [[len(a & b) / len(a | b) if a | b else 0.0 for b in sets] for a in sets]
+    torch.testing.assert_close(jaccard_overlap(masks), torch.tensor(expected))
+
+
+def test_head_activations_chunking_and_means() -> None:
+    z = torch.randn(5, 3, 2, 4, generator=torch.Generator().manual_seed(0))
+    acts = HeadActivations(acts=z.numpy(), labels=("a",) * 5, groups=tuple(range(5)))
+    per_layer = 5 * 2 * 4 * 4  # bytes of one layer of every sample in float32
+    assert acts.layers_per_chunk() == 3
+    assert acts.layers_per_chunk(2 * per_layer) == 2
+    assert acts.layers_per_chunk(1) == 1
+    torch.testing.assert_close(acts.head_means(), torch.from_numpy(z.numpy().astype(np.float64).mean(0)).float())
+
+
 def test_head_activations_validation_and_roundtrip(tmp_path: Path) -> None:
     acts, _ = _planted_acts()
     loaded = HeadActivations.load(acts.save(tmp_path / "acts"), mmap=False)

@@ -276,7 +276,7 @@ def test_scan_removes_stale_temporary_folders_and_results_get_umask_permissions(
                      "--out", str(mask_out), "--no-progress"]) == 0  # fmt: skip
     finally:
         os.umask(old)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "report.html", "scores"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "plotly.min.js", "report.html", "scores"]
     assert not (tmp_path / ".lens.dead.partial").exists()
     for path in [out / "scores", out / "report.html", *(out / "scores").iterdir(), mask_out, *mask_out.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)

@@ -64,18 +64,18 @@ _EXPORTS = {
     "is_correct": "vh_lens.evaluation.answers",
     "candidate_strings": "vh_lens.evaluation.answers",
     # paper B: functional heads
-    "collect_head_activations": "vh_lens.functional_heads.probes",
+    "collect_head_activations": "vh_lens.functional_heads.activations",
     "probe_heads": "vh_lens.functional_heads.probes",
-    "HeadActivations": "vh_lens.functional_heads.probes",
+    "HeadActivations": "vh_lens.functional_heads.activations",
     "ProbeResult": "vh_lens.functional_heads.probes",
-    "FunctionDirections": "vh_lens.functional_heads.probes",
-    "mean_difference_directions": "vh_lens.functional_heads.probes",
-    "split_by_group": "vh_lens.functional_heads.probes",
-    "elbow_index": "vh_lens.functional_heads.probes",
+    "FunctionDirections": "vh_lens.functional_heads.selection",
+    "mean_difference_directions": "vh_lens.functional_heads.selection",
+    "split_by_group": "vh_lens.functional_heads.selection",
+    "elbow_index": "vh_lens.functional_heads.selection",
     "intervene_on_functions": "vh_lens.functional_heads.interventions",
-    "FunctionInterventionReport": "vh_lens.functional_heads.interventions",
+    "FunctionInterventionReport": "vh_lens.functional_heads.report",
     "function_hooks": "vh_lens.functional_heads.interventions",
-    "plot_function_interventions": "vh_lens.functional_heads.interventions",
+    "plot_function_interventions": "vh_lens.plotting.functional",
 }
 
 _SUBPACKAGES = (

@@ -1,4 +1,6 @@
-"""The ``vh-lens`` command line: ``vh-lens scan | mask | lens | probe ...``.
+"""The ``vh-lens`` command line: ``vh-lens scan | mask | lens | probe | patch | demo-data ...``.
+
+Also ``python -m vh_lens ...``; ``vh-lens --version`` prints the package's version.
 
 Each subcommand lives in ``vh_lens/commands/<name>.py`` with ``register(subparsers)`` adding its
 parser and setting ``func`` to a function of the parsed arguments that returns an exit code.
@@ -13,11 +15,25 @@ applies (traceback, exit code 130).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
-COMMANDS = ("scan", "mask", "lens", "probe", "patch")
+COMMANDS = ("scan", "mask", "lens", "probe", "patch", "demo-data")
+
+
+def version() -> str:
+    """The installed vh_lens version (the package metadata's), or ``"unknown"`` when it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("vh_lens")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vh-lens",
         description="Visual and functional attention heads of LLaVA models (TransformerLens plugin).",
     )
+    parser.add_argument("--version", action="version", version=f"vh-lens {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        module_name = f"vh_lens.commands.{name.replace('-', '_')}"
         try:
-            module = importlib.import_module(f"vh_lens.commands.{name}")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name != f"vh_lens.commands.{name}":
+            if err.name != module_name:
                 raise
             continue
         module.register(sub)
@@ -50,18 +68,42 @@ def _one_line(err: BaseException) -> str:
     return text if plain else f"{type(err).__name__}: {text}"
 
 
+@contextlib.contextmanager
+def _one_thread_for_the_toy(args: argparse.Namespace) -> Iterator[None]:
+    """One torch thread while the command runs the toy model (``--model toy``, or ``patch`` without ``--model``).
+
+    The toy is tiny: thread start-up costs more than it saves, and on a busy machine several
+    threads make each forward pass many times slower (``vh-lens scan``'s demo does the same).
+    """
+    from vh_lens.toy import TOY_PATH
+
+    model = getattr(args, "model", "absent")
+    if model != Path(TOY_PATH) and not (args.command == "patch" and model is None):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["scan", *argv]  # the main job: scan the bundled model (``vh-lens --out DIR`` too)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _one_thread_for_the_toy(args):
+            return int(args.func(args) or 0)
     except Exception as err:  # every library error becomes one line (a KeyboardInterrupt is not caught)
         if getattr(args, "debug", False):
             raise

@@ -15,7 +15,6 @@ from vh_lens.plotting import (
     plot_head_heatmap,
     plot_layer_totals,
     plot_weight_vs_concentration,
-    scores_report_html,
 )
 from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
@@ -105,17 +104,3 @@ def test_attention_on_image_from_layout_checks_sizes() -> None:
 def _scaled_grid(factor: float) -> ImageGrid:
     g = _grid()
     return ImageGrid("base", g.positions, g.cell_boxes * factor)
-
-
-def test_scores_report_html(scores: VisualHeadScores, tmp_path) -> None:
-    extra = go.Figure(go.Bar(x=[1], y=[1]), layout={"title": {"text": "extra figure marker"}})
-    path = scores_report_html(scores, tmp_path / "report" / "scores.html", k=2, extra_figures=[extra],
-                              include_plotlyjs="cdn")
-    text = path.read_text(encoding="utf-8")
-    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
-    assert "extra figure marker" in text and "tiny &lt;test&gt;" in text  # metadata escaped
-    (layer, head), = scores.top_heads(1)
-    assert f"<td>1</td><td>{layer}</td><td>{head}</td>" in text
-    assert text.count("<table>") == 1 + 1 + 3  # metadata, overall top, one per stage
-    assert text.count("plotly-graph-div") >= 6
-    assert [p.name for p in path.parent.iterdir()] == ["scores.html"]  # no temporary left

@@ -1,6 +1,6 @@
 """Head interventions as TransformerLens hooks: ablate, scale or shift attention heads.
 
-Every factory returns ``list[tuple[str, HookFn]]``, one hook per touched layer, that slots into
+Every factory returns ``list[tuple[str, HookFunction]]``, one hook per touched layer, that slots into
 ``model.run_with_hooks(batch, fwd_hooks=...)`` or ``model.hooks(fwd_hooks=...)`` next to the
 user's own hooks. The hooks never edit the activation in place (a caching hook that ran first
 keeps what it saw) and live only for one run: TransformerLens removes them afterwards, also when
@@ -24,26 +24,23 @@ Where the hooks act (``z`` is a head's output before ``W_O``, TransformerLens ``
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
-import einops
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import get_act_name
 
-from vh_lens.core.io import load_tensors, read_json, save_tensors, write_json
-from vh_lens.data.sample import Sample
+from vh_lens.core.hooks import Head, HookFunction, act_name
+from vh_lens.analysis.head_means import HeadMeans, HeadMeansReducer, head_means
 
 __all__ = [
     "Head",
     "HeadMeans",
-    "HookFn",
+    "HeadMeansReducer",
     "Hooks",
     "ablate_heads",
     "head_means",
@@ -52,13 +49,7 @@ __all__ = [
     "shift_heads",
 ]
 
-Head = tuple[int, int]
-"""An attention head as ``(layer, head)``, both 0-based."""
-
-HookFn = Callable[..., "Tensor | None"]
-"""A TransformerLens hook: ``fn(tensor, *, hook: HookPoint) -> Tensor | None``."""
-
-Hooks = list[tuple[str, HookFn]]
+Hooks = list[tuple[str, HookFunction]]
 """Hooks for ``run_with_hooks(fwd_hooks=...)``."""
 
 Positions = Sequence[int] | Tensor | None
@@ -67,10 +58,6 @@ negative ones count from the end) or a boolean mask ``[pos]`` or ``[batch, pos]`
 
 AblationMethod = Literal["zero", "mean", "uniform"]
 _METHODS = ("zero", "mean", "uniform")
-_MEAN_POSITIONS = ("all", "last_prompt")
-_MEANS_FORMAT = "vh_lens.HeadMeans"
-_MEANS_FILE = "means.safetensors"
-_METADATA_FILE = "metadata.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +253,7 @@ def _z_hooks(
     pos = _as_positions(positions)
     return [
         (
-            get_act_name("z", g.layer),
+            act_name("z", g.layer),
             partial(
                 _edit_z_hook,
                 heads=g.heads,
@@ -324,7 +311,7 @@ def ablate_heads(
             raise ValueError("means is only used by method='mean'")
         pos = _as_positions(positions)
         return [
-            (get_act_name("attn_scores", g.layer), partial(_uniform_scores_hook, heads=g.heads, positions=pos))
+            (act_name("attn_scores", g.layer), partial(_uniform_scores_hook, heads=g.heads, positions=pos))
             for g in groups
         ]
     if method == "zero":
@@ -406,149 +393,3 @@ def shift_heads(
         u = u / norm
     step = float(alpha) * _per_head(sigma, len(heads), "sigma")[:, None] * u
     return _z_hooks(groups, scale=torch.ones(len(heads)), shift=lambda g: step[g.order], positions=positions)
-
-
-# --------------------------------------------------------------------------------------------
-# Means over a reference set
-
-
-@dataclass(frozen=True, eq=False)
-class HeadMeans:
-    """Each head's mean output before ``W_O`` (``hook_z``) over a reference set.
-
-    Attributes:
-        mean: ``[n_layers, n_heads, d_head]`` float32 means.
-        count: number of (sample, position) pairs averaged.
-        positions: which positions were averaged: ``"all"`` (every non-padding position) or
-            ``"last_prompt"`` (each sample's answer query position).
-    """
-
-    mean: Float[Tensor, "n_layers n_heads d_head"]
-    count: int
-    positions: str = "all"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mean, Tensor) or self.mean.ndim != 3:
-            raise ValueError("HeadMeans.mean must be a [n_layers, n_heads, d_head] tensor")
-        if not self.mean.is_floating_point():
-            raise ValueError(f"HeadMeans.mean must be floating point, got {self.mean.dtype}")
-        if int(self.count) <= 0:
-            raise ValueError(f"HeadMeans.count must be positive, got {self.count}")
-        if self.positions not in _MEAN_POSITIONS:
-            raise ValueError(f"HeadMeans.positions must be one of {_MEAN_POSITIONS}, got {self.positions!r}")
-        object.__setattr__(self, "count", int(self.count))
-
-    def save(self, directory: str | Path) -> Path:
-        """Save to ``directory``: ``means.safetensors``, then ``metadata.json`` (each atomically).
-
-        Returns:
-            The directory.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tensors(directory / _MEANS_FILE, {"mean": self.mean}, {"format": _MEANS_FORMAT})
-        info = {"format": _MEANS_FORMAT, "version": 1, "count": self.count, "positions": self.positions}
-        write_json(directory / _METADATA_FILE, info, indent=2)
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path) -> HeadMeans:
-        """Load means saved by :meth:`save`.
-
-        Raises:
-            FileNotFoundError: a file is missing.
-            ValueError: the directory holds something else.
-        """
-        directory = Path(directory)
-        info = read_json(directory / _METADATA_FILE, expected_format=_MEANS_FORMAT, what="HeadMeans", version=1)
-        mean = load_tensors(directory / _MEANS_FILE)["mean"]
-        return cls(mean=mean, count=info["count"], positions=info["positions"])
-
-
-def _accumulate_z_hook(
-    z: Float[Tensor, "batch pos head_index d_head"],
-    *,
-    hook: HookPoint,
-    sums: Float[Tensor, "n_layers n_heads d_head"],
-    weights: Float[Tensor, "batch pos"],
-) -> None:
-    total = einops.einsum(weights.to(device=z.device, dtype=torch.float64), z.double(), "b p, b p h d -> h d")
-    sums[hook.layer()] += total.to(sums.device)
-
-
-def _batches(model: Any, data: Any, batch_size: int) -> Iterator[Any]:
-    """Prepared batches from samples (chunked by ``batch_size``) and/or prepared batches."""
-    if hasattr(data, "attention_mask"):
-        yield data
-        return
-    pending: list[Sample] = []
-    for item in data:
-        if isinstance(item, Sample):
-            pending.append(item)
-            if len(pending) == batch_size:
-                yield model.prepare_samples(pending)
-                pending = []
-        else:
-            if pending:
-                yield model.prepare_samples(pending)
-                pending = []
-            yield item
-    if pending:
-        yield model.prepare_samples(pending)
-
-
-def _position_weights(batch: Any, positions: str) -> Float[Tensor, "batch pos"]:
-    mask = batch.attention_mask.detach().cpu().bool()
-    if positions == "all":
-        return mask.double()
-    weights = torch.zeros(mask.shape, dtype=torch.float64)
-    query = torch.tensor([int(lay.query_position) for lay in batch.layout])
-    weights[torch.arange(mask.shape[0]), query] = 1.0
-    if not bool((weights.bool() <= mask).all()):
-        raise ValueError("a query position falls on padding")
-    return weights
-
-
-def head_means(
-    model: Any,
-    data: Iterable[Any] | Any,  # samples and/or prepared batches, or one prepared batch
-    positions: Literal["all", "last_prompt"] = "all",
-    batch_size: int = 8,
-) -> HeadMeans:
-    """Mean of every head's ``hook_z`` over a reference set, streamed batch by batch.
-
-    Only ``hook_z`` is hooked and reduced on the fly (no activation cache).
-
-    Args:
-        model: a :class:`vh_lens.LlavaLens`-like model: ``cfg``, ``run_with_hooks(batch,
-            fwd_hooks=...)``, ``prepare_samples(samples)``; batches carry ``attention_mask``
-            ``[batch, pos]`` and ``layout`` (one :class:`~vh_lens.core.layout.TokenLayout` each).
-        data: :class:`~vh_lens.data.Sample` objects (batched by ``batch_size``) and/or prepared
-            batches, or a single prepared batch.
-        positions: ``"all"`` non-padding positions, or ``"last_prompt"``: each sample's
-            answer query position (``layout.query_position``).
-        batch_size: samples per forward pass when ``data`` holds samples.
-
-    Returns:
-        :class:`HeadMeans` with ``mean`` ``[n_layers, n_heads, d_head]``.
-
-    Example:
-        >>> means = head_means(model, reference_samples, positions="all")  # doctest: +SKIP
-        >>> hooks = ablate_heads(top_heads, "mean", means=means)  # doctest: +SKIP
-    """
-    if positions not in _MEAN_POSITIONS:
-        raise ValueError(f"positions must be one of {_MEAN_POSITIONS}, got {positions!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    cfg = model.cfg
-    sums = torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head, dtype=torch.float64)
-    count = 0.0
-    with torch.no_grad():
-        for batch in _batches(model, data, batch_size):
-            weights = _position_weights(batch, positions)
-            hook = partial(_accumulate_z_hook, sums=sums, weights=weights)
-            model.run_with_hooks(batch, fwd_hooks=[(get_act_name("z", layer), hook) for layer in range(cfg.n_layers)])
-            count += float(weights.sum())
-    if count == 0:
-        raise ValueError("head_means: the reference set has no positions to average")
-    return HeadMeans(mean=(sums / count).float(), count=round(count), positions=positions)

@@ -15,6 +15,7 @@ preprocessing pass (processor and vision tower, no language model) per sample.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 
 N_LISTED = 10
 """How many bad items an error message names."""
+_TOO_LONG = re.compile(r"needs (\d+) positions, more than the model's context")
 
 
 class BadInputError(ValueError):
@@ -33,8 +35,10 @@ class BadInputError(ValueError):
         shown = "; ".join(f"{where}: {why}" for where, why in self.problems[:N_LISTED])
         more = len(self.problems) - N_LISTED
         tail = f"; ... and {more} more" if more > 0 else ""
+        needed = [int(m.group(1)) for _, why in self.problems if (m := _TOO_LONG.match(why))]
+        hint = f"; {context_hint(max(needed), them=True)}" if needed else ""
         super().__init__(
-            f"{len(self.problems)} of {n_items} items of {source} cannot be used: {shown}{tail} "
+            f"{len(self.problems)} of {n_items} items of {source} cannot be used: {shown}{tail}{hint} "
             "(pass --skip-bad to leave them out)"
         )
 
@@ -65,6 +69,9 @@ def sample_where(sample: Any, index: int) -> str:
     for key in ("sample_id", "id", "question_id", "index"):
         if meta.get(key) is not None:
             return f"{source or 'data'} item {meta[key]!s} (#{index})"
+    if meta.get("item_id") is not None:  # a CogVision subquestion (vh_lens.data.cogvision.subquestion_samples)
+        step = f" subquestion {int(meta['sub_index']) + 1}" if meta.get("sub_index") is not None else ""
+        return f"item {meta['item_id']}{step} (#{index})"
     return f"{source} item #{index}" if source is not None else f"item #{index}"
 
 
@@ -204,6 +211,15 @@ def add_input_arguments(parser: Any) -> None:
     )  # fmt: skip
 
 
+def add_report_arguments(parser: Any) -> None:
+    """``--plotlyjs``, shared by the commands that write HTML report pages (:mod:`vh_lens.reports.page`)."""
+    parser.add_argument(
+        "--plotlyjs", choices=("file", "cdn", "inline"), default="file",
+        help="how report pages load plotly.js: a shared plotly.min.js beside them (default), from the CDN, or "
+        "embedded in each page (about 4.8 MB, one self-contained file)",
+    )  # fmt: skip
+
+
 def summary_fingerprint(inputs: dict[str, Any]) -> dict[str, Any]:
     """:func:`input_fingerprint` with the images folded into one count and digest (for result metadata)."""
     import hashlib
@@ -227,3 +243,115 @@ def check_data_file(path: Path, what: str = "data file") -> None:
         raise FileNotFoundError(f"{what} {path} does not exist")
     if not path.is_file():
         raise ValueError(f"{what} {path} is not a regular file")
+
+
+# --------------------------------------------------------------------------------------------
+# --model toy and --n-ctx, shared by every command
+
+TOY_MODEL = "toy"
+"""The ``--model`` value that names the toy LLaVA shipped with the package (``vh_lens/assets/toy_llava``)."""
+
+
+def model_path(value: str) -> Path:
+    """``--model``'s argparse type: a checkpoint folder, or ``toy`` for the shipped toy LLaVA.
+
+    A folder that is itself called ``toy`` is given as ``./toy``.
+    """
+    if value == TOY_MODEL:
+        from vh_lens.toy import TOY_PATH
+
+        return Path(TOY_PATH)
+    return Path(value)
+
+
+MODEL_HELP = "a local Hugging Face LLaVA checkpoint folder, or 'toy' for the toy LLaVA shipped with the package"
+
+
+def add_n_ctx_argument(parser: Any) -> None:
+    """``--n-ctx N``: the context length the model is loaded with (``load_llava(..., n_ctx=N)``)."""
+    parser.add_argument(
+        "--n-ctx", type=int, default=None,
+        help="context length to load the model with (default: the checkpoint's max_position_embeddings, at most "
+        "4096); every prompt is checked against it before the run starts",
+    )  # fmt: skip
+
+
+def check_n_ctx(args: Any) -> None:
+    """Refuse a ``--n-ctx`` below 1 (before anything is loaded).
+
+    Raises:
+        ValueError: ``--n-ctx`` is not positive.
+    """
+    n_ctx = getattr(args, "n_ctx", None)
+    if n_ctx is not None and n_ctx < 1:
+        raise ValueError(f"--n-ctx must be at least 1, got {n_ctx}")
+
+
+def warn_n_ctx(model: Any, args: Any, command: str) -> None:
+    """One line on stderr when ``--n-ctx`` exceeds the positions the checkpoint was trained on."""
+    n_ctx = getattr(args, "n_ctx", None)
+    config = getattr(getattr(model, "config", None), "text_config", None)
+    trained = getattr(config, "max_position_embeddings", None)
+    if n_ctx is not None and trained is not None and n_ctx > int(trained):
+        print(
+            f"vh-lens {command}: warning: --n-ctx {n_ctx} exceeds the checkpoint's max_position_embeddings "
+            f"({trained}): positions past {trained} were never trained",
+            file=sys.stderr,
+        )
+
+
+def context_hint(needed: int, them: bool = False) -> str:
+    """The advice appended to a too-long prompt's message."""
+    return f"--n-ctx {needed} would fit {'them all' if them else 'it'}"
+
+
+def check_context(
+    model: Any,
+    samples: Sequence[Any],
+    *,
+    format_question: Callable[[Any], str] | None = None,
+    with_answers: bool = False,
+    extra_tokens: int = 0,
+    exhaustive: bool = True,
+    what: str = "",
+) -> None:
+    """Refuse the run when a prompt (plus ``extra_tokens``, e.g. generated ones) exceeds the model's context.
+
+    With ``exhaustive`` every sample is prepared alone (:meth:`LlavaLens.prepare_samples`), as
+    the run will. Without it (generated samples of one image geometry) only the samples whose
+    question has the most text tokens (within 2 of the most) are prepared: the prompt's length
+    is then the text's plus a fixed number of image and template tokens.
+
+    Raises:
+        ValueError: one line naming the longest sample, its length and the context, with the
+            ``--n-ctx`` that would fit.
+    """
+    import torch
+
+    from vh_lens.evaluation.answers import format_question as default_format
+
+    samples = list(samples)
+    if not samples:
+        return
+    indices = range(len(samples))
+    if not exhaustive:
+        fmt = format_question or default_format
+        lengths = [len(model.tokenizer(fmt(s), add_special_tokens=False)["input_ids"]) for s in samples]
+        most = max(lengths)
+        indices = [i for i, n in enumerate(lengths) if n >= most - 2][:8]
+    n_ctx = int(model.cfg.n_ctx)
+    worst: tuple[int, int] | None = None
+    with torch.inference_mode():
+        for i in indices:
+            batch = model.prepare_samples([samples[i]], with_answers=with_answers, format_question=format_question)
+            n = int(batch.input_ids.shape[1]) + extra_tokens
+            if worst is None or n > worst[0]:
+                worst = (n, i)
+    assert worst is not None
+    n, i = worst
+    if n > n_ctx:
+        extra = f" ({n - extra_tokens} prompt positions + {extra_tokens} generated)" if extra_tokens else ""
+        raise ValueError(
+            f"{what + ' ' if what else ''}{sample_where(samples[i], i)} needs {n} positions{extra}, more than the "
+            f"model's context of {n_ctx}: {context_hint(n)}"
+        )

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vh_lens.core.io import write_json
 from vh_lens.commands.mask import (
     add_data_arguments,
     add_model_arguments,
@@ -27,10 +26,10 @@ from vh_lens.commands.mask import (
     check_inputs,
     load_model,
     load_samples,
-    question_formatter,
     screen_and_record,
     staged_output,
 )
+from vh_lens.core.io import write_json
 
 
 def register(subparsers: Any) -> None:
@@ -72,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vh_lens.analysis.logit_lens import LogitLensResult, logit_lens
-    from vh_lens.plotting.logit_lens import plot_answer_prob_heatmap, plot_rank_per_layer
+    from vh_lens.reports.experiments import write_lens_report
+    from vh_lens.reports.page import command_settings
 
     samples = load_samples(args)
-    fmt = question_formatter(args)
+    fmt = None  # vh_lens.evaluation.answers.format_question, the one format
     model = load_model(args)
     samples, record = screen_and_record(args, model, samples, format_question=fmt)
     with staged_output(args.out, args.overwrite) as tmp:
@@ -90,15 +90,8 @@ def run(args: argparse.Namespace) -> int:
         result.save(tmp / "lens")
         rows = result.to_rows()
         (tmp / "lens.md").write_text(_markdown(rows), encoding="utf-8")
-        figures = [plot_rank_per_layer(result, "final")]
-        if result.has_answers:
-            figures += [plot_rank_per_layer(result, "answer"), plot_answer_prob_heatmap(result, "answer")]
-        else:
-            figures.append(plot_answer_prob_heatmap(result, "final"))
-        html = ["<html><head><meta charset='utf-8'><title>vh-lens logit lens</title></head><body>"]
-        html += [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
-        html.append("</body></html>")
-        (tmp / "lens.html").write_text("\n".join(html), encoding="utf-8")
+        write_lens_report(result, tmp / "lens.html", settings=command_settings(args, "vh-lens lens"),
+                          plotlyjs=args.plotlyjs)  # fmt: skip
     print(_markdown(rows), end="")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

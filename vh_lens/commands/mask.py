@@ -20,11 +20,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vh_lens.commands._inputs import (
+    MODEL_HELP,
+    add_input_arguments,
+    add_n_ctx_argument,
+    check_data_file,
+    check_n_ctx,
+    model_path,
+)
 from vh_lens.core.io import write_json
-from vh_lens.commands._inputs import add_input_arguments, check_data_file
+from vh_lens.commands._inputs import add_report_arguments
 
 FORMATS = ("mmbench", "pope", "seed", "qbench", "pointqa", "jsonl")
-QUESTION_FORMATS = ("llava", "toy")
+QUESTION_FORMAT_REMOVED = (
+    "--question-format was removed: the toy model was trained on LLaVA's evaluation prompts "
+    "(vh_lens.evaluation.answers.format_question), the one format every command uses, so 'toy' changed nothing"
+)
+PAPER_KS = (10, 20, 30, 50)
+"""Paper A's ks, the default of ``vh-lens mask`` when every stage has room for them and their random control."""
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -33,7 +46,7 @@ _DTYPES = ("float32", "float16", "bfloat16")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--data``, ``--format``, ``--images``, ``--limit``, ``--question-format``."""
+    """``--data``, ``--format``, ``--images``, ``--limit`` (and the removed ``--question-format``, refused)."""
     parser.add_argument("--data", required=True, type=Path, help="the benchmark's annotation file")
     parser.add_argument("--format", required=True, choices=FORMATS, help="the file's format")
     parser.add_argument(
@@ -44,21 +57,32 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "default the data file's folder; mmbench keeps its images in the TSV)",
     )
     parser.add_argument("--limit", type=int, default=None, help="use at most this many samples")
-    parser.add_argument(
-        "--question-format",
-        choices=QUESTION_FORMATS,
-        default="llava",
-        help="how questions are written: LLaVA's evaluation prompts (default) or the shipped toy model's",
-    )
+    add_question_format_refusal(parser)
     add_input_arguments(parser)
+
+
+def add_question_format_refusal(parser: argparse.ArgumentParser) -> None:
+    """A hidden ``--question-format`` that :func:`refuse_question_format` turns into a one-line error."""
+    parser.add_argument("--question-format", default=None, help=argparse.SUPPRESS)
+
+
+def refuse_question_format(args: argparse.Namespace) -> None:
+    """Raise when the removed ``--question-format`` was given.
+
+    Raises:
+        ValueError: ``--question-format`` is on the command line.
+    """
+    if getattr(args, "question_format", None) is not None:
+        raise ValueError(QUESTION_FORMAT_REMOVED)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--device``, ``--dtype``, ``--batch-size``."""
-    parser.add_argument("--model", required=True, type=Path, help="a local Hugging Face LLaVA checkpoint folder")
+    parser.add_argument("--model", required=True, type=model_path, help=MODEL_HELP)
     parser.add_argument("--device", default=None, help="torch device (default: cpu)")
     parser.add_argument("--dtype", choices=_DTYPES, default=None, help="parameter dtype (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default 8)")
+    add_n_ctx_argument(parser)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +90,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (created; must not hold files)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_report_arguments(parser)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -75,6 +100,8 @@ def check_inputs(args: argparse.Namespace) -> None:
         FileNotFoundError: the data file, image folder or model folder is missing.
         ValueError: an option is out of range, or ``--out`` is in the way.
     """
+    refuse_question_format(args)
+    check_n_ctx(args)
     check_data_file(args.data)
     needs_images = args.format in ("pope", "seed", "qbench", "pointqa")
     if needs_images and args.images is None:
@@ -135,7 +162,11 @@ def screen_and_record(args: argparse.Namespace, model: Any, samples: list[Any], 
     Raises:
         vh_lens.commands._inputs.BadInputError: some sample is bad and ``--skip-bad`` is off.
     """
-    from vh_lens.commands._inputs import input_fingerprint, screen_samples, summary_fingerprint
+    from vh_lens.commands._inputs import (
+        input_fingerprint,
+        screen_samples,
+        summary_fingerprint,
+    )
 
     screened = screen_samples(
         model, samples, skip_bad=args.skip_bad, source=str(args.data), command=_command(args), **kwargs
@@ -146,23 +177,17 @@ def screen_and_record(args: argparse.Namespace, model: Any, samples: list[Any], 
     return screened.samples, record
 
 
-def question_formatter(args: argparse.Namespace) -> Callable[[Any], str] | None:
-    """The ``format_question`` function of ``--question-format`` (``None``: the default)."""
-    if args.question_format == "toy":
-        from vh_lens.toy import format_question
-
-        return format_question
-    return None
-
-
 def load_model(args: argparse.Namespace) -> Any:
-    """The :class:`~vh_lens.LlavaLens` of ``--model`` on ``--device`` in ``--dtype``."""
+    """The :class:`~vh_lens.LlavaLens` of ``--model`` on ``--device`` in ``--dtype`` with ``--n-ctx``."""
     import torch
 
     import vh_lens
+    from vh_lens.commands._inputs import warn_n_ctx
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    return vh_lens.load_llava(args.model, device=args.device, dtype=dtype)
+    model = vh_lens.load_llava(args.model, device=args.device, dtype=dtype, n_ctx=getattr(args, "n_ctx", None))
+    warn_n_ctx(model, args, _command(args))
+    return model
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -230,10 +255,15 @@ def register(subparsers: Any) -> None:
     )
     add_model_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--scores", required=True, type=Path, help="folder of saved VisualHeadScores (vh-lens scan)")
     parser.add_argument(
-        "--ks", type=int, nargs="+", default=[10, 20, 30, 50], help="numbers of heads to remove (default 10 20 30 50)"
-    )
+        "--scores", required=True, type=Path,
+        help="saved VisualHeadScores: vh-lens scan's --out folder, or its scores/ folder",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ks", type=int, nargs="+", default=None,
+        help="numbers of heads to remove (default: paper A's 10 20 30 50 where every stage has room for them and "
+        "their random control, else four ks below half the smallest stage's heads)",
+    )  # fmt: skip
     parser.add_argument(
         "--stages", nargs="+", choices=("early", "mid", "late"), default=["early", "mid", "late"], help="stages"
     )
@@ -257,27 +287,32 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``vh-lens mask``; returns the exit code."""
     check_inputs(args)
-    if not (args.scores / "metadata.json").is_file():
-        raise FileNotFoundError(f"no saved VisualHeadScores in {args.scores} (run vh-lens scan first)")
+    scores_dir = scores_folder(args.scores)
+    from vh_lens.reports.experiments import write_mask_report
+    from vh_lens.reports.page import command_settings
     from vh_lens.visual_heads.masking import masking_experiment
-    from vh_lens.plotting.masking import plot_masking_curves
     from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
     if args.metric not in METRICS:
         raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {args.metric!r}")
-    if any(k < 1 for k in args.ks):
+    if args.ks is not None and any(k < 1 for k in args.ks):
         raise ValueError(f"--ks must be positive, got {args.ks}")
-    scores = VisualHeadScores.load(args.scores)
+    scores = VisualHeadScores.load(scores_dir)
+    ks, notes = plan_ks(args.ks, args.stages, scores.n_layers, scores.n_heads, n_seeds=len(args.seeds))
+    for note in notes:
+        print(f"vh-lens mask: {note}", file=sys.stderr)
     samples = load_samples(args)
     model = load_model(args)
-    samples, record = screen_and_record(args, model, samples, format_question=question_formatter(args))
+    samples, record = screen_and_record(args, model, samples, extra_tokens=_eval_extra_tokens(args))
+    record["ks"] = list(ks)
+    record["warnings"] = [n for n in notes if n.startswith("warning:")]
     with staged_output(args.out, args.overwrite) as tmp:
         write_json(tmp / "inputs.json", record, indent=2)
         result = masking_experiment(
             model,
             samples,
             scores,
-            ks=args.ks,
+            ks=ks,
             stages=args.stages,
             control_seeds=args.seeds,
             method=args.method,
@@ -285,11 +320,85 @@ def run(args: argparse.Namespace) -> int:
             eval_method=args.eval_method,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
-            format_question=question_formatter(args),
             progress=not args.no_progress,
         )
         result.save(tmp)
-        plot_masking_curves(result).write_html(tmp / "masking.html", include_plotlyjs=True)
+        write_mask_report(result, tmp / "masking.html", settings=command_settings(args, "vh-lens mask"),
+                          plotlyjs=args.plotlyjs)  # fmt: skip
     print(result.to_markdown(), end="")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _eval_extra_tokens(args: argparse.Namespace) -> int:
+    """Positions generation adds after the prompt (the last new token is not fed back)."""
+    return args.max_new_tokens - 1 if args.eval_method == "generate" else 0
+
+
+def scores_folder(path: Path) -> Path:
+    """The folder of saved scores that ``--scores`` names: itself, or a scan's output folder's ``scores/``.
+
+    Raises:
+        FileNotFoundError: neither ``path`` nor ``path/scores`` holds saved scores.
+    """
+    if (path / "metadata.json").is_file():
+        return path
+    if (path / "scores" / "metadata.json").is_file():
+        return path / "scores"
+    raise FileNotFoundError(
+        f"no saved VisualHeadScores in {path} or {path / 'scores'} (run vh-lens scan --out {path} first)"
+    )
+
+
+def plan_ks(
+    ks: list[int] | None, stages: list[str], n_layers: int, n_heads: int, *, n_seeds: int
+) -> tuple[tuple[int, ...], list[str]]:
+    """The ks to run, and the lines to print about them (``"warning: ..."`` where a result is degraded).
+
+    Without ``ks``: paper A's :data:`PAPER_KS` when each stage has more than twice as many heads
+    as the largest (so none is capped and the random control, ``k`` heads drawn from those
+    outside the top ``k``, has a choice), else four ks up to ``(smallest stage - 1) // 2``. With
+    ``ks``: a warning for the ks capped at a stage's head count (identical columns), for those
+    too large for a random control, and for those whose control is forced (exactly half a stage).
+    """
+    from vh_lens.visual_heads.scores import stage_layers
+
+    sizes = {s: len(stage_layers(s, n_layers)) * n_heads for s in stages}  # type: ignore[arg-type]
+    sizes = {s: n for s, n in sizes.items() if n > 0}
+    if not sizes:
+        return tuple(ks or PAPER_KS), []  # masking_experiment refuses this model with its own message
+    smallest = min(sizes.values())
+    notes: list[str] = []
+    if ks is None:
+        most = (smallest - 1) // 2  # k heads outside the top k, and more than k: the draw has a choice
+        if max(PAPER_KS) <= most:
+            return PAPER_KS, []
+        chosen = tuple(sorted({max(1, most * j // 4) for j in range(1, 5)}))
+        notes.append(
+            f"--ks not given: using {' '.join(map(str, chosen))} (paper A's 10 20 30 50 do not fit: a stage has "
+            f"{smallest} heads here, and a random control needs k below half of them)"
+        )
+        return chosen, notes
+    ks_sorted = tuple(sorted(set(ks)))
+    for n in sorted(set(sizes.values())):
+        where = "stage" + ("s " if sum(v == n for v in sizes.values()) > 1 else " ")
+        where += ", ".join(s for s, v in sizes.items() if v == n)
+        capped = [k for k in ks_sorted if k > n]
+        if capped:
+            notes.append(
+                f"warning: k={', '.join(map(str, capped))} capped at the {n} heads of {where} (the same heads as "
+                f"k={n}: identical columns)"
+            )
+        no_control = [k for k in ks_sorted if n - min(k, n) < min(k, n)]
+        if no_control and n_seeds:
+            notes.append(
+                f"warning: no random control for k={', '.join(map(str, no_control))} in {where}: it needs k heads "
+                f"outside the top k, so k at most {n // 2} of {n} heads"
+            )
+        fixed = [k for k in ks_sorted if n - k == k]
+        if fixed and n_seeds:
+            notes.append(
+                f"warning: k={', '.join(map(str, fixed))} in {where}: the random control is the only {fixed[0]} heads "
+                "outside the top k, the same for every seed (std 0)"
+            )
+    return tuple(ks), notes

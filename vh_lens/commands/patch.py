@@ -44,7 +44,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vh_lens.commands.mask import FORMATS, QUESTION_FORMATS, add_output_arguments, staged_output
+from vh_lens.commands._inputs import (
+    MODEL_HELP,
+    add_n_ctx_argument,
+    check_n_ctx,
+    model_path,
+)
+from vh_lens.commands.mask import (
+    FORMATS,
+    add_output_arguments,
+    add_question_format_refusal,
+    staged_output,
+)
 
 CORRUPTIONS = ("embed-noise", "grey", "blur", "noise", "other")
 GRIDS = ("heads", "positions", "regions")
@@ -60,13 +71,13 @@ def register(subparsers: Any) -> None:
         "and per image region; normalised effects (1 = the full clean effect).",
     )
     src = parser.add_argument_group("model and data (leave out for the toy model on generated samples)")
-    src.add_argument("--model", type=Path, default=None, help="a local Hugging Face LLaVA checkpoint folder")
+    src.add_argument("--model", type=model_path, default=None, help=f"{MODEL_HELP} (the default, on generated "
+                     "samples, when --data is not given)")
     src.add_argument("--data", type=Path, default=None, help="the benchmark's annotation file")
     src.add_argument("--format", choices=FORMATS, default=None, help="the data file's format")
     src.add_argument("--images", type=Path, default=None, help="folder of the images (see vh-lens mask)")
     src.add_argument("--limit", type=int, default=None, help="use at most this many samples")
-    src.add_argument("--question-format", choices=QUESTION_FORMATS, default=None,
-                     help="how questions are written (default: toy for the toy model, else llava)")
+    add_question_format_refusal(src)
     demo = parser.add_argument_group("generated samples (toy model)")
     demo.add_argument("--n-samples", type=int, default=8, help="generated samples (default 8)")
     demo.add_argument("--kinds", default="count_super", help="comma-separated question kinds (default count_super)")
@@ -83,6 +94,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--batch-size", type=int, default=8, help="samples per batch (default 8)")
     run.add_argument("--device", default=None, help="torch device (default cpu)")
     run.add_argument("--dtype", choices=_DTYPES, default=None, help="parameter dtype (default: the checkpoint's)")
+    add_n_ctx_argument(run)
     add_output_arguments(parser)
     parser.set_defaults(func=run_patch)
 
@@ -104,9 +116,14 @@ def _csv(text: str | None, what: str, choices: Sequence[str] | None = None, cast
 
 
 def _check(args: argparse.Namespace) -> None:
-    from vh_lens.commands.mask import check_inputs
+    from vh_lens.commands.mask import check_inputs, refuse_question_format
     from vh_lens.patching.sites import RESID_ACTIVATIONS
+    from vh_lens.toy import TOY_PATH
 
+    refuse_question_format(args)
+    check_n_ctx(args)
+    if args.model is not None and args.model == Path(TOY_PATH) and args.data is None and args.format is None:
+        args.model = None  # --model toy alone: the toy model on generated samples
     if (args.model is None) != (args.data is None) or (args.data is None) != (args.format is None):
         raise ValueError("give --model, --data and --format together, or none of them (the toy model)")
     if args.model is not None:
@@ -138,18 +155,17 @@ def _model(args: argparse.Namespace) -> Any:
     import torch
 
     import vh_lens
+    from vh_lens.commands._inputs import warn_n_ctx
     from vh_lens.toy import TOY_PATH
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    return vh_lens.load_llava(str(args.model or TOY_PATH), device=args.device, dtype=dtype)
+    model = vh_lens.load_llava(str(args.model or TOY_PATH), device=args.device, dtype=dtype, n_ctx=args.n_ctx)
+    warn_n_ctx(model, args, "patch")
+    return model
 
 
 def _formatter(args: argparse.Namespace) -> Any:
-    fmt = args.question_format or ("toy" if args.model is None else "llava")
-    if fmt == "toy":
-        from vh_lens.toy import format_question
-
-        return format_question
+    """LLaVA's evaluation prompts (:func:`vh_lens.evaluation.answers.format_question`), on which the toy was trained."""
     from vh_lens.evaluation.answers import format_question
 
     return format_question
@@ -233,6 +249,8 @@ def run_patch(args: argparse.Namespace) -> int:
 
     from vh_lens import patching
     from vh_lens.core import io as _io
+    from vh_lens.reports.experiments import write_patch_report
+    from vh_lens.reports.page import command_settings
 
     samples = _samples(args)
     if args.corruption == "other" and len(samples) < 2:
@@ -242,6 +260,9 @@ def run_patch(args: argparse.Namespace) -> int:
     fmt = _formatter(args)
     with staged_output(args.out, args.overwrite) as tmp:
         model = _model(args)
+        from vh_lens.commands._inputs import check_context
+
+        check_context(model, samples, format_question=fmt, exhaustive=args.data is not None)
         parts: dict[str, list[Any]] = {}
         starts = range(0, len(samples), args.batch_size)
         for start in tqdm(starts, desc="patching", unit="batch", disable=args.no_progress):
@@ -258,7 +279,8 @@ def run_patch(args: argparse.Namespace) -> int:
         summary = _summary(args, results, len(samples))
         _io.write_json(tmp / "summary.json", _io.nan_to_none(summary), indent=1)
         (tmp / "patch.md").write_text(_markdown(summary), encoding="utf-8")
-        _write_html(tmp / "patch.html", results, samples[0].load_image())
+        write_patch_report(results, tmp / "patch.html", image=samples[0].load_image(), summary_markdown=_markdown(summary),
+                           settings=command_settings(args, "vh-lens patch"), plotlyjs=args.plotlyjs)  # fmt: skip
     print(_markdown(summary), end="")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
@@ -312,21 +334,3 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines += [f"| {i} | {b:.3f} | {r:.3f} |" for i, (b, r) in enumerate(zip(e["box_effect"], e["rest_effect"]))]
     return "\n".join(lines) + "\n"
 
-
-def _write_html(path: Path, results: dict[str, Any], image: Any) -> None:
-    from vh_lens.core import io as _io
-    from vh_lens.plotting.patching import plot_attribution_vs_activation, plot_effect_heatmap, plot_effect_on_image
-
-    figures = []
-    for name, result in results.items():
-        figures.append(plot_effect_heatmap(result))
-        if result.grid == "positions" and image is not None:
-            figures.append(plot_effect_on_image(result, image, title=f"{name}, layer {result.layers[0]}: mean over "
-                                                f"{result.n_samples} samples, drawn over sample 0's image"))
-    for grid in GRIDS:
-        if f"{grid}_activation" in results and f"{grid}_attribution" in results:
-            figures.append(plot_attribution_vs_activation(results[f"{grid}_activation"], results[f"{grid}_attribution"]))
-    html = ["<html><head><meta charset='utf-8'><title>vh-lens patch</title></head><body>"]
-    html += [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
-    html.append("</body></html>")
-    _io.write_text(path, "\n".join(html))

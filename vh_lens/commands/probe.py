@@ -1,7 +1,7 @@
 """``vh-lens probe``: paper B's functional heads for a model and a CogVision/CogQA file.
 
 Collects every head's output before ``W_O`` at one position per subquestion
-(:func:`vh_lens.functional_heads.probes.collect_head_activations`), trains per-head probes for the function
+(:func:`vh_lens.functional_heads.activations.collect_head_activations`), trains per-head probes for the function
 labels with train and test split by main question (:func:`vh_lens.functional_heads.probes.probe_heads`), picks
 each function's heads (top ``--k`` or the elbow) and, with ``--intervene``, removes or emphasises
 them against random heads (:func:`vh_lens.functional_heads.interventions.intervene_on_functions`).
@@ -20,7 +20,7 @@ Writes into ``--out`` (the folder appears only when the run succeeds):
 - ``run.json``: the options, counts and timings;
 - ``activations/``: the activations (float16 ``.npy``), with ``--save-activations`` or when
   they would take more than ``--stream-mb`` MiB (then streamed there instead of kept in memory);
-- ``interventions/``: the :class:`~vh_lens.functional_heads.interventions.FunctionInterventionReport`, with
+- ``interventions/``: the :class:`~vh_lens.functional_heads.report.FunctionInterventionReport`, with
   ``--intervene remove|emphasise``.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import html
 import io
 import json
 import statistics
@@ -38,8 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vh_lens.core.io import write_csv
-from vh_lens.commands._inputs import add_input_arguments, check_data_file
+from vh_lens.commands._inputs import add_input_arguments, check_data_file, check_n_ctx
 from vh_lens.commands.mask import (
     add_model_arguments,
     add_output_arguments,
@@ -47,8 +45,13 @@ from vh_lens.commands.mask import (
     screen_and_record,
     staged_output,
 )
+from vh_lens.core.io import write_csv
 
 _SUMMARY_FILE = "summary.md"
+MIN_TEST_ITEMS = 20
+"""A function with fewer held-out subquestions than this gets a warning: its scores rest on too few items."""
+MAX_UNKNOWN = 0.5
+"""A warning when more than this fraction of the prompts' text tokens are the tokenizer's unknown token."""
 
 
 def register(subparsers: Any) -> None:
@@ -103,6 +106,7 @@ def register(subparsers: Any) -> None:
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
+    check_n_ctx(args)
     check_data_file(args.data)
     if args.images is not None and not args.images.is_dir():
         raise FileNotFoundError(f"image folder {args.images} does not exist")
@@ -138,12 +142,6 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _tables(result: Any, selection: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
@@ -210,14 +208,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vh_lens.data.cogvision import load_cogvision, subquestion_samples
-    from vh_lens.functional_heads.interventions import intervene_on_functions, plot_function_interventions
+    from vh_lens.functional_heads.activations import collect_head_activations
+    from vh_lens.functional_heads.interventions import intervene_on_functions
+    from vh_lens.functional_heads.probes import probe_heads
     from vh_lens.plotting.functional import (
         plot_function_head_maps,
+        plot_function_interventions,
         plot_function_overlap,
         plot_heads_per_layer,
         plot_sorted_scores,
     )
-    from vh_lens.functional_heads.probes import collect_head_activations, probe_heads
+    from vh_lens.reports.experiments import write_probe_report
+    from vh_lens.reports.page import command_settings
 
     progress = not args.no_progress
     selection: dict[str, Any] = {} if args.k is None else {"k": args.k}
@@ -235,7 +237,18 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = load_model(args)
     timings["load_model_s"] = time.perf_counter() - t0
-    samples, record = screen_and_record(args, model, samples, with_answers=args.position == "answer_mean")
+    generated = args.max_new_tokens - 1 if args.intervene != "none" and args.eval_method == "generate" else 0
+    samples, record = screen_and_record(
+        args, model, samples, with_answers=args.position == "answer_mean", extra_tokens=generated
+    )
+    if args.intervene != "none":  # the main questions are evaluated too
+        from vh_lens.commands._inputs import check_context
+        from vh_lens.data.cogvision import main_question_samples
+
+        kept = {s.metadata.get("item_id") for s in samples}
+        mains = [m for m in main_question_samples(items) if m.metadata["item_id"] in kept]
+        check_context(model, mains, extra_tokens=generated, what="main question of")
+    warnings = [unknown_token_warning(model, samples)]
     with staged_output(args.out, args.overwrite) as tmp:
         cfg = model.cfg
         size_mb = len(samples) * cfg.n_layers * cfg.n_heads * cfg.d_head * 2 / 2**20
@@ -248,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
         result = probe_heads(acts, functions=args.functions, seed=args.split_seed, test_fraction=args.test_fraction,
                              mode=args.mode)  # fmt: skip
         timings["probe_s"] = time.perf_counter() - t0
+        warnings = [w for w in [*warnings, few_items_warning(result)] if w]
+        for line in warnings:
+            print(f"vh-lens probe: warning: {line}", file=sys.stderr)
         result.save(tmp / "probe")
         write_csv(tmp / "head_scores.csv", result.to_rows())
 
@@ -273,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
                    f"train {result.config['n_train']} / test {result.config['n_test']} subquestions (split by main "
                    f"question, seed {args.split_seed}); hook_z at {args.position}; context {args.context}; heads per "
                    f"function: {heads}. Scores are held-out; chance is 0.5 for function-vs-rest balanced accuracy.",
-                   ""]  # fmt: skip
+                   "", *[f"**Warning:** {w}\n" for w in warnings]]  # fmt: skip
         for name, (header, rows) in tables.items():
             summary += [f"## {_TITLES[name]}", "", _markdown(header, rows)]
         if report is not None:
@@ -286,31 +302,51 @@ def run(args: argparse.Namespace) -> int:
                    *[plot_sorted_scores(result, f) for f in result.functions]]  # fmt: skip
         if report is not None:
             figures.append(plot_function_interventions(report))
-        _write_html(tmp / "report.html", f"Functional heads: {args.data.name}", tables, report, figures)
+        write_probe_report(tmp / "report.html", title=f"Functional heads: {args.data.name}", tables=tables,
+                           titles=_TITLES, figures=figures, report=report, notes=[*(f'Warning: {w}' for w in warnings), summary[2]],
+                           settings=command_settings(args, "vh-lens probe"), plotlyjs=args.plotlyjs)  # fmt: skip
         timings["total_s"] = time.perf_counter() - start
         info = {"argv": sys.argv[1:], "data": str(args.data), "model": str(args.model), "n_items": len(items),
                 "n_subquestions": len(samples), "functions": list(result.functions), "activations_streamed": stream,
-                "activations_mb": size_mb, "timings": timings, "torch_threads": torch.get_num_threads()} | record  # fmt: skip
+                "activations_mb": size_mb, "timings": timings, "torch_threads": torch.get_num_threads(), "warnings": warnings} | record  # fmt: skip
         (tmp / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     print(summary_text, end="")
     print(f"wrote {args.out} in {timings['total_s']:.1f} s", file=sys.stderr)
     return 0
 
 
-def _write_html(path: Path, title: str, tables: dict[str, Any], report: Any, figures: Sequence[Any]) -> None:
-    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>", "</head><body>",
-             f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
-    for name, (header, rows) in tables.items():
-        parts += [f"<h2>{html.escape(_TITLES[name])}</h2>", _html_table(header, rows)]
-    if report is not None:
-        rows = report.to_rows()
-        header = ["function", "n_heads", "baseline_own", "functional_own", "random_own_mean", "baseline_other",
-                  "functional_other", "random_other_mean", "baseline_main", "functional_main", "random_main_mean"]
-        parts += ["<h2>Interventions</h2>", f"<p>{html.escape(report.to_markdown().splitlines()[0])}</p>",
-                  _html_table(header, [[r[h] for h in header] for r in rows])]  # fmt: skip
-    parts.append("<h2>Figures</h2>")
-    parts += [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
+def unknown_fraction(model: Any, samples: Sequence[Any]) -> float:
+    """The fraction of the prompts' text tokens that are the tokenizer's unknown token (0 without one)."""
+    from vh_lens.evaluation.answers import format_question
+
+    tokenizer = model.tokenizer
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return 0.0
+    total = unknown = 0
+    for sample in samples:
+        ids = tokenizer(format_question(sample), add_special_tokens=False)["input_ids"]
+        total += len(ids)
+        unknown += sum(int(i) == int(unk) for i in ids)
+    return unknown / total if total else 0.0
+
+
+def unknown_token_warning(model: Any, samples: Sequence[Any]) -> str | None:
+    """A warning when most text tokens are unknown to the tokenizer (:data:`MAX_UNKNOWN`), else ``None``."""
+    fraction = unknown_fraction(model, samples)
+    if fraction <= MAX_UNKNOWN:
+        return None
+    token = getattr(model.tokenizer, "unk_token", None) or "unknown"
+    return (f"{fraction:.0%} of the prompts' text tokens are {token} to this model's tokenizer: the probes can read "
+            "little more than prompt length, digits and punctuation, not what the questions ask")  # fmt: skip
+
+
+def few_items_warning(result: Any) -> str | None:
+    """A warning naming the functions with fewer than :data:`MIN_TEST_ITEMS` held-out subquestions."""
+    counts = result.config.get("test_counts") or []
+    few = [(f, int(n)) for f, n in zip(result.functions, counts) if int(n) < MIN_TEST_ITEMS]
+    if not few:
+        return None
+    shown = ", ".join(f"{f} ({n})" for f, n in few)
+    return (f"fewer than {MIN_TEST_ITEMS} held-out subquestions for {shown}: their scores rest on too few items to "
+            "call any head functional")  # fmt: skip

@@ -19,8 +19,8 @@ Output folder ``--out``:
 - ``scores/``: the :class:`~vh_lens.visual_heads.scores.VisualHeadScores` (``scores.safetensors``,
   ``metadata.json``, ``heads.csv`` with one row per head);
 - ``report.html``: :func:`vh_lens.reports.scan.write_scan_report` (heatmaps of every metric, weight
-  against concentration, per-layer totals, the top heads' attention over one sample's image,
-  top-heads tables per stage);
+  against concentration, per-layer totals, the top heads' attention over example samples' images
+  and the mean map, then top-heads tables per stage), and ``plotly.min.js`` beside it (``--plotlyjs``);
 - ``checkpoint/``: the running statistics, saved every ``--checkpoint-every`` samples.
   Rerunning the same command after an interruption continues from there and ends with the
   result of an uninterrupted run; a larger ``--limit`` (or ``--n-samples``) extends a finished
@@ -47,7 +47,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vh_lens.commands._inputs import add_input_arguments, check_data_file
+from vh_lens.commands._inputs import (
+    MODEL_HELP,
+    add_input_arguments,
+    add_n_ctx_argument,
+    check_data_file,
+    check_n_ctx,
+    model_path,
+)
+from vh_lens.commands._inputs import add_report_arguments
 
 FORMATS = ("looktwice", "vip-pointqa", "jsonl")
 QUESTIONS = ("general", "object", "super")
@@ -80,7 +88,10 @@ def register(subparsers: Any) -> None:
         ),
     )
     data = parser.add_argument_group("model and data (leave both out for the toy-model demo)")
-    data.add_argument("--model", type=Path, default=None, help="a local Hugging Face LLaVA checkpoint folder")
+    data.add_argument(
+        "--model", type=model_path, default=None,
+        help=f"{MODEL_HELP} (--model toy without --data: the demo on the toy model)",
+    )  # fmt: skip
     data.add_argument("--data", type=Path, default=None, help="the data file")
     data.add_argument("--format", choices=FORMATS, default=None, help="the data file's format")
     data.add_argument(
@@ -124,6 +135,7 @@ def register(subparsers: Any) -> None:
     scan.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default 8)")
     scan.add_argument("--device", default=None, help="torch device (default cpu)")
     scan.add_argument("--dtype", choices=DTYPES, default=None, help="parameter dtype (default: the checkpoint's)")
+    add_n_ctx_argument(scan)
     scan.add_argument(
         "--checkpoint-every", type=int, default=64,
         help="save the running statistics to OUT/checkpoint every N samples (default 64)",
@@ -138,6 +150,7 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_input_arguments(out)
+    add_report_arguments(out)
     parser.set_defaults(func=run)
 
 
@@ -145,7 +158,12 @@ def register(subparsers: Any) -> None:
 # Checking the arguments (before anything is loaded or written)
 
 
-def _is_demo(args: argparse.Namespace) -> bool:
+def is_demo(args: argparse.Namespace) -> bool:
+    """Whether this is the demo (no --model or --model toy, and no --data); refuses half of --model / --data."""
+    if args.data is None and args.model is not None and args.model == toy_path():
+        if not toy_available():
+            raise FileNotFoundError(f"--model toy: the toy checkpoint is not installed at {toy_path()}")
+        args.model = None  # --model toy alone: the demo, on the toy model (no random-weight fallback)
     if args.model is None and args.data is None:
         for name in ("format", "images", "limit"):
             if getattr(args, name) is not None:
@@ -168,6 +186,7 @@ def check_arguments(args: argparse.Namespace, demo: bool) -> None:
     for name, value in positive.items():
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    check_n_ctx(args)
     if not 0.0 <= args.min_overlap <= 1.0:
         raise ValueError(f"--min-overlap must be in [0, 1], got {args.min_overlap}")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
@@ -200,7 +219,13 @@ def load_data_samples(args: argparse.Namespace) -> Any:
         FileNotFoundError: images listed in the file are missing (one line naming the first ones).
         ValueError: the file is malformed (the reader's message names the record).
     """
-    from vh_lens.data import MissingImagesError, load_jsonl, load_looktwice, load_vip_pointqa, with_visual_prompt
+    from vh_lens.data import (
+        MissingImagesError,
+        load_jsonl,
+        load_looktwice,
+        load_vip_pointqa,
+        with_visual_prompt,
+    )
 
     question = args.question or "general"
     on_missing = "skip" if args.skip_bad else "error"
@@ -265,7 +290,8 @@ def load_demo_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     if toy_available(path):
         from vh_lens.toy import load_toy
 
-        return load_toy(path, device=args.device, dtype=_dtype(args)), f"toy LLaVA ({path})", None
+        model = load_toy(path, device=args.device, dtype=_dtype(args), n_ctx=args.n_ctx)
+        return model, f"toy LLaVA ({path})", None
     from vh_lens.data.shapes import shapes
     from vh_lens.testing import tiny_llava
 
@@ -275,7 +301,7 @@ def load_demo_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
         "llava", "llama", seed=0, n_layers=6, d_model=128, n_heads=8, d_mlp=256,
         image_size=size, patch_size=size // grid,
     )  # fmt: skip
-    model = vh_lens.load_llava(hf, processor=processor, device=args.device, dtype=_dtype(args))
+    model = vh_lens.load_llava(hf, processor=processor, device=args.device, dtype=_dtype(args), n_ctx=args.n_ctx)
     return model, "random-weight tiny LLaVA (vh_lens.testing.tiny_llava, seed 0)", RANDOM_MODEL_NOTE
 
 
@@ -388,7 +414,8 @@ def _publish(out: Path, write: Any) -> None:
     tmp = make_temp_dir(out, ".scan-", ".partial")
     try:
         write(tmp)
-        publish([(tmp / _SCORES, out / _SCORES), (tmp / _REPORT, out / _REPORT)], out / _JOURNAL)
+        pages = [(p, out / p.name) for p in sorted(tmp.glob("*")) if p.name.endswith((".html", ".js"))]
+        publish([(tmp / _SCORES, out / _SCORES), *pages], out / _JOURNAL)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -433,7 +460,7 @@ def _summary(scores: Any, k: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vh-lens scan``; returns the exit code."""
-    demo = _is_demo(args)
+    demo = is_demo(args)
     check_arguments(args, demo)
     if not demo:
         return _run(args, demo)
@@ -464,12 +491,21 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
         print(f"NOTE: the toy checkpoint is not installed at {toy_path()}; {note}.", file=sys.stderr)
     print(f"vh-lens scan: {model_name} on {len(samples)} samples of {source}", file=sys.stderr)
 
-    from vh_lens.commands._inputs import input_fingerprint, screen_samples, summary_fingerprint
+    from vh_lens.commands._inputs import (
+        check_context,
+        input_fingerprint,
+        screen_samples,
+        summary_fingerprint,
+        warn_n_ctx,
+    )
     from vh_lens.reports.scan import write_scan_report
     from vh_lens.visual_heads.scan import scan_visual_heads
 
+    warn_n_ctx(model, args, "scan")
     extra: dict[str, Any] = {}
-    if not demo:  # every sample checked before anything is written (the demo's are generated)
+    if demo:  # generated samples of one image geometry: the longest questions are checked
+        check_context(model, samples, exhaustive=False, extra_tokens=1 if args.query == "answer_token" else 0)
+    else:  # every sample checked before anything is written (the demo's are generated)
         screened = screen_samples(
             model, samples, skip_bad=args.skip_bad, source=str(args.data), command="scan",
             extra_tokens=1 if args.query == "answer_token" else 0,
@@ -500,7 +536,8 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
 
     def write(tmp: Path) -> None:
         scores.save(tmp / _SCORES)
-        write_scan_report(scores, tmp / _REPORT, model=model, sample=_figure_sample(samples), k=args.top_k, note=note)
+        write_scan_report(scores, tmp / _REPORT, model=model, samples=samples, k=args.top_k, note=note,
+                          plotlyjs=args.plotlyjs)  # fmt: skip
 
     _publish(out, write)
     print(_summary(scores, min(args.top_k, 5)))
@@ -513,4 +550,4 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
 def _load_model(args: argparse.Namespace) -> Any:
     import vh_lens
 
-    return vh_lens.load_llava(args.model, device=args.device, dtype=_dtype(args))
+    return vh_lens.load_llava(args.model, device=args.device, dtype=_dtype(args), n_ctx=args.n_ctx)

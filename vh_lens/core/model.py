@@ -190,6 +190,9 @@ class LlavaLens(nn.Module):
         pad = tok.pad_token_id if tok.pad_token_id is not None else getattr(config.text_config, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
         self.prompt_format = known_format(config.text_config.model_type, config.text_config.vocab_size)
+        from vh_lens.evaluation.question_formats import recognise_question_format
+
+        self._question_format = recognise_question_format(config, processor)
         self._n_lead = image_tokens.leading_image_tokens(config)  # refuses towers / strategies it cannot lay out
         lm.tokenizer = None  # tokenisation is the processor's; TransformerLens never re-tokenises
         tl_native.Splicer(self.image_token_id).install(lm)  # the image enters through hook_embed
@@ -222,6 +225,28 @@ class LlavaLens(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.lm.W_E.dtype
+
+    @property
+    def question_format(self) -> str:
+        """How this checkpoint reads a sample's question (:mod:`vh_lens.evaluation.question_formats`).
+
+        Recognised when the model is loaded (saved in the config, or the bundled toy's); set it
+        to change what :meth:`prepare_samples` and the experiments use by default.
+        """
+        return self._question_format
+
+    @question_format.setter
+    def question_format(self, name: str) -> None:
+        from vh_lens.evaluation.question_formats import question_formatter
+
+        question_formatter(name)  # refuses an unknown name
+        self._question_format = name
+
+    def format_sample(self, sample: Sample) -> str:
+        """The user turn of ``sample`` in the model's :attr:`question_format` (no chat template)."""
+        from vh_lens.evaluation.question_formats import question_formatter
+
+        return question_formatter(self._question_format)(sample)
 
     # ------------------------------------------------------------------ preparing inputs
 
@@ -321,11 +346,12 @@ class LlavaLens(nn.Module):
 
         Args:
             samples: the samples; their question is formatted by ``format_question`` (default:
+                the model's own, :meth:`format_sample`; ``"llava"``:
                 :func:`vh_lens.evaluation.answers.format_question`, which lists multiple-choice options).
             with_answers: append each sample's gold answer (teacher forcing).
         """
         if format_question is None:
-            from vh_lens.evaluation.answers import format_question
+            format_question = self.format_sample
         samples = list(samples)
         return self.prepare(
             images=[s.load_image() for s in samples],

@@ -21,26 +21,32 @@ removed afterwards, also when it raises.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm import tqdm
 
-from vh_lens.evaluation.answers import answer_kind, candidate_strings, gold_answer, gold_index, parse_answer
+from vh_lens.core.config import ExperimentConfig, resolve_config
 from vh_lens.data.sample import Sample
+from vh_lens.engine import Condition, PreparedBatch, Reducer, iter_batches, run
+from vh_lens.evaluation.answers import answer_kind, candidate_strings, gold_answer, gold_index, parse_answer
+from vh_lens.evaluation.candidates import candidate_token_ids
 
 __all__ = [
+    "AccuracyReducer",
     "AnswerBatch",
+    "EvalConfig",
     "EvalMethod",
     "EvalResult",
     "Prediction",
     "candidate_token_ids",
+    "check_eval_options",
     "evaluate",
     "prepare_answer_batch",
 ]
@@ -153,87 +159,6 @@ class EvalResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Tokenising candidate answers
-
-
-def _continuation_ids(tokenizer: Any, prompt: str, text: str) -> list[int]:
-    """Token ids of ``text`` as it follows ``prompt``.
-
-    The rule of ``LlavaLens._answer_ids`` (the prompt, a space, the text; the tokens after the
-    prompt's), except that no space is added after a prompt ending in whitespace (chat templates
-    such as Llama-3's end in ``"\n\n"``, after which the answer starts without a space).
-    """
-    base = tokenizer(prompt, add_special_tokens=False).input_ids
-    sep = "" if prompt[-1:].isspace() else " "
-    full = tokenizer(prompt + sep + text, add_special_tokens=False).input_ids
-    if full[: len(base)] == base and len(full) > len(base):
-        return list(full[len(base) :])
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
-
-
-def _known_ids(tokenizer: Any, prompt: str, candidate: str) -> list[int]:
-    unk = getattr(tokenizer, "unk_token_id", None)
-    for form in dict.fromkeys((candidate, candidate.lower(), candidate.capitalize(), candidate.upper())):
-        ids = _continuation_ids(tokenizer, prompt, form)
-        if ids and (unk is None or unk not in ids):
-            return ids
-    raise ValueError(
-        f"candidate answer {candidate!r} is not in the tokenizer's vocabulary (it tokenises to the unknown "
-        "token in every letter case); score by generation instead (method='generate')"
-    )
-
-
-def candidate_token_ids(tokenizer: Any, prompt: str, candidates: Sequence[str]) -> tuple[list[int], list[int]]:
-    """How to compare ``candidates`` by the logits of one token after ``prompt``.
-
-    Each candidate is tokenised as it follows the prompt (after a space, as
-    :meth:`vh_lens.LlavaLens.prepare` appends answers, unless the prompt ends in whitespace). The tokens all candidates begin with
-    form the ``prefix``, to be appended to the prompt; each candidate's next token is its
-    distinguishing token.
-
-    Args:
-        tokenizer: the model's Hugging Face tokenizer.
-        prompt: the full prompt text (chat template applied; ``batch.prompts[i]``).
-        candidates: at least two candidate answers.
-
-    Returns:
-        ``(prefix, ids)``: the shared prefix token ids (often empty) and one distinguishing
-        token id per candidate.
-
-    Raises:
-        ValueError: fewer than two candidates, a candidate outside the vocabulary, a candidate
-            that is all prefix, or two candidates with the same distinguishing token.
-
-    Example:
-        >>> candidate_token_ids(model.tokenizer, batch.prompts[0], ["A", "B", "C"])  # doctest: +SKIP
-        ([], [319, 350, 315])
-    """
-    candidates = list(candidates)
-    if len(candidates) < 2:
-        raise ValueError(f"scoring needs at least two candidate answers, got {candidates!r}")
-    lists = [_known_ids(tokenizer, prompt, c) for c in candidates]
-    n = 0
-    while all(len(ids) > n for ids in lists) and len({ids[n] for ids in lists}) == 1:
-        n += 1
-    prefix = lists[0][:n]
-    ids = []
-    for cand, cand_ids in zip(candidates, lists):
-        if len(cand_ids) == n:
-            raise ValueError(f"candidate {cand!r} is a token prefix of the other candidates {candidates!r}")
-        ids.append(cand_ids[n])
-    seen: dict[int, str] = {}
-    for cand, tok_id in zip(candidates, ids):
-        if tok_id in seen:
-            token = tokenizer.convert_ids_to_tokens(tok_id)
-            raise ValueError(
-                f"candidates {seen[tok_id]!r} and {cand!r} share their first token {token!r} (id {tok_id}) after the "
-                "prompt, so first-token logits cannot tell them apart; use method='generate'"
-            )
-        seen[tok_id] = cand
-    return prefix, ids
-
-
-# --------------------------------------------------------------------------------------------
 # Prepared batches
 
 
@@ -302,9 +227,8 @@ def prepare_answer_batch(
         samples: samples with gold answers (and, for ``"score"``, a fixed candidate list:
             multiple choice, yes/no or counting).
         method: ``"score"`` or ``"generate"``.
-        format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.evaluation.answers.format_question`; :func:`vh_lens.toy.format_question` for the
-            toy model).
+        format_question: how a sample becomes the user turn (default: the model's own,
+            ``model.question_format``).
         offset: index of ``samples[0]`` in the whole data set (for error messages).
 
     Raises:
@@ -352,42 +276,16 @@ def prepare_answer_batch(
     return AnswerBatch(batch, samples, read, tuple(ids), tuple(gold_idx), tuple(golds), tuple(kinds), method)
 
 
-def _offload(prepared: AnswerBatch) -> AnswerBatch:
-    """A copy holding only what a forward pass needs, on the CPU (for batches reused many times)."""
-    from vh_lens.core.model import LlavaBatch
-
-    b = prepared.batch
-    slim = LlavaBatch(
-        input_ids=b.input_ids.cpu(),
-        attention_mask=b.attention_mask.cpu(),
-        embeds=b.embeds.detach().cpu(),
-        layout=b.layout,
-        pixel_values=[None] * len(b),
-        prompts=b.prompts,
-    )
-    return AnswerBatch(
-        slim,
-        prepared.samples,
-        prepared.read_positions,
-        prepared.candidate_ids,
-        prepared.gold_indices,
-        prepared.golds,
-        prepared.kinds,
-        prepared.method,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Running
 
 
-def _predict(model: Any, prepared: AnswerBatch, max_new_tokens: int) -> list[Prediction]:
-    """Predictions for one prepared batch (hooks, if any, are already attached)."""
+def _predict(output: Any, prepared: AnswerBatch) -> list[Prediction]:
+    """Predictions for one prepared batch from its logits (``"score"``) or generated texts."""
     samples = prepared.samples
     if prepared.method == "generate":
-        texts = model.generate(prepared.batch, max_new_tokens=max_new_tokens)
         out = []
-        for text, s, gold, kind in zip(texts, samples, prepared.golds, prepared.kinds):
+        for text, s, gold, kind in zip(output, samples, prepared.golds, prepared.kinds):
             parsed = parse_answer(text, s)
             out.append(
                 Prediction(
@@ -402,7 +300,7 @@ def _predict(model: Any, prepared: AnswerBatch, max_new_tokens: int) -> list[Pre
         return out
     assert prepared.read_positions is not None and prepared.candidate_ids is not None
     assert prepared.gold_indices is not None
-    logits = model(prepared.batch)  # [batch, pos, d_vocab]
+    logits = output  # [batch, pos, d_vocab]
     rows = logits[torch.arange(len(samples), device=logits.device), prepared.read_positions.to(logits.device)]
     rows = rows.float().cpu()  # [batch, d_vocab]
     out = []
@@ -429,7 +327,8 @@ def _predict(model: Any, prepared: AnswerBatch, max_new_tokens: int) -> list[Pre
     return out
 
 
-def _check_options(method: str, batch_size: int, max_new_tokens: int) -> None:
+def check_eval_options(method: str, batch_size: int, max_new_tokens: int) -> None:
+    """Refuse a bad answer-reading method, batch size or generation length (``ValueError`` naming it)."""
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -438,27 +337,66 @@ def _check_options(method: str, batch_size: int, max_new_tokens: int) -> None:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
 
 
-def _chunks(samples: Sequence[Sample], size: int) -> Iterator[tuple[int, Sequence[Sample]]]:
-    for start in range(0, len(samples), size):
-        yield start, samples[start : start + size]
+@dataclass(frozen=True)
+class EvalConfig(ExperimentConfig):
+    """Settings of :func:`evaluate`: how answers are read, samples per forward pass, generation length."""
+
+    method: str = "score"
+    batch_size: int = 8
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        check_eval_options(self.method, self.batch_size, self.max_new_tokens)
 
 
-def _evaluate_prepared(
-    model: Any,
-    prepared: Iterable[AnswerBatch],
-    *,
-    fwd_hooks: HookList = (),
-    method: str,
-    max_new_tokens: int = 8,
-    progress: bool = False,
-    total: int | None = None,
-    desc: str = "evaluate",
-) -> EvalResult:
-    predictions: list[Prediction] = []
-    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
-        for item in tqdm(prepared, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
-            predictions.extend(_predict(model, item, max_new_tokens))
-    return EvalResult(tuple(predictions), method=method)
+class AccuracyReducer(Reducer):
+    """The engine's reducer for benchmark accuracy: one :class:`Prediction` per sample.
+
+    Runs each batch prepared with ``answers=method`` (:func:`vh_lens.engine.prepare`): one
+    forward pass (``"score"``) or greedy generation (``"generate"``) with the run's hooks
+    attached (``model.hooks``), and :meth:`result` is the :class:`EvalResult`. Its state is the
+    predictions so far; :meth:`merge` appends the other reducer's (the following samples).
+
+    Example:
+        >>> prepared = engine.prepare(model, samples, answers="score")  # doctest: +SKIP
+        >>> engine.run(model, prepared, AccuracyReducer("score")).result().accuracy  # doctest: +SKIP
+    """
+
+    def __init__(self, method: EvalMethod = "score", max_new_tokens: int = 8) -> None:
+        check_eval_options(method, 1, max_new_tokens)
+        self.method, self.max_new_tokens = method, max_new_tokens
+        self.predictions: list[Prediction] = []
+
+    def forward(self, model: Any, item: PreparedBatch, fwd_hooks: list[Any]) -> Any:
+        prepared = item.answers
+        if not isinstance(prepared, AnswerBatch) or prepared.method != self.method:
+            raise ValueError(f"AccuracyReducer({self.method!r}) needs batches prepared with answers={self.method!r}")
+        with model.hooks(fwd_hooks=fwd_hooks) if fwd_hooks else contextlib.nullcontext():
+            if self.method == "generate":
+                return model.generate(prepared.batch, max_new_tokens=self.max_new_tokens)
+            return model(prepared.batch)  # [batch, pos, d_vocab]
+
+    def update(self, output: Any, item: PreparedBatch) -> None:
+        self.predictions.extend(_predict(output, item.answers))
+
+    def result(self) -> EvalResult:
+        return EvalResult(tuple(self.predictions), method=self.method)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "predictions": [asdict(p) for p in self.predictions]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["method"] != self.method:
+            raise ValueError(f"state is for method {state['method']!r}, this reducer reads {self.method!r}")
+        self.predictions = [
+            Prediction(**{**p, "scores": None if p["scores"] is None else tuple(p["scores"])})
+            for p in state["predictions"]
+        ]
+
+    def merge(self, other: Reducer) -> None:
+        if not isinstance(other, AccuracyReducer) or other.method != self.method:
+            raise ValueError("can only merge an AccuracyReducer of the same method")
+        self.predictions.extend(other.predictions)
 
 
 def evaluate(
@@ -466,9 +404,10 @@ def evaluate(
     samples: Sequence[Sample],
     *,
     fwd_hooks: HookList = (),
-    method: EvalMethod = "score",
-    batch_size: int = 8,
-    max_new_tokens: int = 8,
+    config: EvalConfig | Mapping[str, Any] | None = None,
+    method: EvalMethod | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
     format_question: Callable[[Sample], str] | None = None,
     progress: bool = True,
 ) -> EvalResult:
@@ -479,12 +418,14 @@ def evaluate(
         samples: samples with gold answers (see :mod:`vh_lens.evaluation.answers` for the kinds).
         fwd_hooks: TransformerLens hooks (e.g. :func:`vh_lens.analysis.interventions.ablate_heads`),
             attached with ``model.hooks`` and removed afterwards, also on error.
+        config: the settings (:class:`EvalConfig` or its dict); ``method``, ``batch_size`` and
+            ``max_new_tokens`` override its fields (defaults ``"score"``, 8, 8).
         method: ``"score"`` (first-token logits of the candidate answers, one forward pass;
             see the module docstring) or ``"generate"`` (greedy generation, then parsing).
         batch_size: samples per forward pass.
         max_new_tokens: tokens to generate (``"generate"`` only).
-        format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.evaluation.answers.format_question`).
+        format_question: how a sample becomes the user turn (default: the model's own,
+            ``model.question_format``).
         progress: show a tqdm progress bar (on stderr).
 
     Returns:
@@ -500,20 +441,15 @@ def evaluate(
         >>> ablated = evaluate(model, samples, fwd_hooks=ablate_heads([(3, 1), (4, 7)]))  # doctest: +SKIP
         >>> base.accuracy - ablated.accuracy  # doctest: +SKIP
     """
-    _check_options(method, batch_size, max_new_tokens)
+    given = {"method": method, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    conf = resolve_config(EvalConfig, config, {k: v for k, v in given.items() if v is not None})
+    method, batch_size, max_new_tokens = conf.method, conf.batch_size, conf.max_new_tokens  # type: ignore[assignment]
     samples = list(samples)
     if not samples:
         raise ValueError("evaluate: no samples given")
-    prepared = (
-        prepare_answer_batch(model, chunk, method=method, format_question=format_question, offset=start)
-        for start, chunk in _chunks(samples, batch_size)
-    )
-    return _evaluate_prepared(
-        model,
-        prepared,
-        fwd_hooks=fwd_hooks,
-        method=method,
-        max_new_tokens=max_new_tokens,
-        progress=progress,
-        total=math.ceil(len(samples) / batch_size),
-    )
+    batches = iter_batches(model, samples, batch_size=batch_size, answers=method, format_question=format_question)
+    reducer = AccuracyReducer(method, max_new_tokens)
+    total = math.ceil(len(samples) / batch_size)
+    condition = Condition("evaluate", tuple(fwd_hooks))
+    run(model, batches, reducer, condition=condition, progress=progress, total=total, desc="evaluate")
+    return reducer.result()

@@ -2,6 +2,7 @@
 
 from vh_lens.plotting.functional import (
     plot_function_head_maps,
+    plot_function_interventions,
     plot_function_overlap,
     plot_heads_per_layer,
     plot_sorted_scores,
@@ -14,7 +15,6 @@ from vh_lens.plotting.visual_heads import (
     plot_head_heatmap,
     plot_layer_totals,
     plot_weight_vs_concentration,
-    scores_report_html,
 )
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "plot_effect_heatmap",
     "plot_effect_on_image",
     "plot_function_head_maps",
+    "plot_function_interventions",
     "plot_function_overlap",
     "plot_heads_per_layer",
     "plot_masking_curves",
@@ -32,5 +33,4 @@ __all__ = [
     "plot_head_heatmap",
     "plot_layer_totals",
     "plot_weight_vs_concentration",
-    "scores_report_html",
 ]

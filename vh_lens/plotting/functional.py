@@ -1,7 +1,8 @@
-"""Plots of functional heads (paper B): probe scores per head, heads per layer, overlap.
+"""Plots of functional heads (paper B): probe scores per head, heads per layer, overlap, interventions.
 
-All functions take a :class:`~vh_lens.functional_heads.probes.ProbeResult` and return a
-``plotly.graph_objects.Figure``; none shows it. ``selection`` keyword arguments (``k``,
+The probe plots take a :class:`~vh_lens.functional_heads.probes.ProbeResult`, the intervention
+plot a :class:`~vh_lens.functional_heads.report.FunctionInterventionReport`; all return a
+``plotly.graph_objects.Figure`` and none shows it. ``selection`` keyword arguments (``k``,
 ``method``, ``metric``, ``source``) are those of :meth:`ProbeResult.functional_heads`.
 """
 
@@ -16,10 +17,13 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from vh_lens.functional_heads.probes import ProbeResult, elbow_index
+from vh_lens.functional_heads.probes import ProbeResult
+from vh_lens.functional_heads.report import FunctionInterventionReport
+from vh_lens.functional_heads.selection import elbow_index
 
 __all__ = [
     "plot_function_head_maps",
+    "plot_function_interventions",
     "plot_function_overlap",
     "plot_heads_per_layer",
     "plot_sorted_scores",
@@ -162,4 +166,58 @@ def plot_sorted_scores(
     fig.add_vline(x=elbow, line_dash="dash", annotation_text=f"elbow: {max(elbow, 1)} heads")
     fig.update_layout(title=title or f"{function}: sorted head scores", xaxis_title="rank",
                       yaxis_title=_METRIC_LABELS.get(metric, metric))
+    return fig
+
+
+# --- interventions -------------------------------------------------------------------------
+
+_SCOPE_TITLES = {"own": "the function's subquestions", "other": "other functions' subquestions",
+                 "main": "main questions"}  # fmt: skip
+
+
+def plot_function_interventions(
+    report: FunctionInterventionReport,
+    scopes: Sequence[str] = ("own", "other", "main"),
+    *,
+    title: str | None = None,
+) -> go.Figure:
+    """Grouped bars per function: baseline, functional heads, random heads (mean, std error bars).
+
+    Args:
+        report: The report.
+        scopes: Panels, from ``"own"`` (the function's subquestions), ``"other"`` (the other
+            functions' subquestions) and ``"main"`` (main questions; left out when none).
+        title: Figure title.
+
+    Returns:
+        A figure with one panel per scope, each with three ``go.Bar`` traces (``x``: functions,
+        ``y``: accuracy).
+
+    Example:
+        >>> plot_function_interventions(report).write_html("interventions.html")  # doctest: +SKIP
+    """
+    scopes = [s for s in scopes if not (s == "main" and report.n_main == 0)]
+    if not scopes or any(s not in _SCOPE_TITLES for s in scopes):
+        raise ValueError(f"scopes must be some of {tuple(_SCOPE_TITLES)}, got {list(scopes)}")
+    rows = report.to_rows()
+    names = [r["function"] for r in rows]
+    fig = make_subplots(rows=1, cols=len(scopes), subplot_titles=[_SCOPE_TITLES[s] for s in scopes], shared_yaxes=True)
+    colours = {"baseline": "#7f7f7f", "functional": "#d62728", "random": "#1f77b4"}
+    for col, scope in enumerate(scopes, start=1):
+        bars = [("baseline", [r[f"baseline_{scope}"] for r in rows], None),
+                ("functional", [r[f"functional_{scope}"] for r in rows], None),
+                ("random", [r[f"random_{scope}_mean"] for r in rows], [r[f"random_{scope}_std"] for r in rows])]
+        for name, y, err in bars:
+            label = {"baseline": "no intervention", "functional": "functional heads",
+                     "random": "random heads (mean ± std)"}[name]  # fmt: skip
+            fig.add_trace(
+                go.Bar(x=names, y=y, name=label, legendgroup=name, showlegend=col == 1, marker_color=colours[name],
+                       error_y=None if err is None else {"type": "data", "array": err, "visible": True},
+                       hovertemplate=f"%{{x}}<br>{label}: %{{y:.3f}}<extra></extra>"),
+                row=1, col=col,
+            )  # fmt: skip
+    fig.update_yaxes(title_text="accuracy", range=[0, 1], col=1)
+    what = f"{report.mode} ({report.method}{'' if report.alpha is None else f', alpha={report.alpha:g}'})"
+    fig.update_layout(barmode="group", title=title or f"Functional heads vs random heads: {what}",
+                      height=420, width=max(700, 120 * len(names) * len(scopes)))  # fmt: skip
     return fig

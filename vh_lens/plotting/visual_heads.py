@@ -1,15 +1,12 @@
-"""Plots of visual-head scores (paper A) and a one-file HTML report.
+"""Plots of visual-head scores (paper A).
 
 All functions return a ``plotly.graph_objects.Figure`` and never show it.
 """
 
 from __future__ import annotations
 
-import html
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,8 +18,7 @@ from torch import Tensor
 
 from vh_lens.data.sample import load_rgb
 from vh_lens.core.layout import ImageGrid, TokenLayout
-from vh_lens.core.io import write_text
-from vh_lens.visual_heads.scores import METRICS, STAGES, VisualHeadScores, _check_metric, stage_layers
+from vh_lens.visual_heads.scores import STAGES, VisualHeadScores, check_metric, stage_layers
 
 _LABELS = {
     "image_weight": "image weight",
@@ -50,7 +46,7 @@ def plot_head_heatmap(
     Example:
         >>> fig = plot_head_heatmap(scores, "concentration")      # doctest: +SKIP
     """
-    metric = _check_metric(metric)
+    metric = check_metric(metric)
     if statistic == "mean":
         z = scores.mean[metric]
     elif statistic == "std":
@@ -122,7 +118,8 @@ def plot_layer_totals(
 ) -> go.Figure:
     """Per-layer sum over heads of each metric's mean, one line per metric.
 
-    Dotted vertical lines mark the stage boundaries (:func:`vh_lens.visual_heads.scores.stage_layers`).
+    Dotted vertical lines mark the stage boundaries (:func:`vh_lens.visual_heads.scores.stage_layers`),
+    and each stage is named above its layers.
 
     Args:
         scores: the scores.
@@ -137,7 +134,7 @@ def plot_layer_totals(
     fig = go.Figure()
     layers = np.arange(scores.n_layers)
     for metric in metrics:
-        totals = scores.mean[_check_metric(metric)].sum(dim=1)
+        totals = scores.mean[check_metric(metric)].sum(dim=1)
         if normalize:
             total = float(totals.sum())
             totals = totals / total if total != 0 else totals
@@ -146,6 +143,12 @@ def plot_layer_totals(
         span = stage_layers(stage, scores.n_layers)  # type: ignore[arg-type]
         if len(span):
             fig.add_vline(x=span.start - 0.5, line_dash="dot", line_color="grey")
+    for stage in STAGES:
+        span = stage_layers(stage, scores.n_layers)  # type: ignore[arg-type]
+        if len(span):
+            fig.add_annotation(x=(span.start + span.stop - 1) / 2, y=1.0, yref="paper", yanchor="bottom",
+                               text=f"{stage} (layers {span.start}-{span.stop - 1})", showarrow=False,
+                               font={"color": "grey"})  # fmt: skip
     fig.update_layout(
         title=title or ("per-layer distribution" if normalize else "per-layer totals over heads"),
         xaxis_title="layer",
@@ -274,91 +277,3 @@ def plot_head_attention_on_image(
     fig.update_layout(title=title or "attention of chosen heads over the image patches", height=360,
                       width=max(360, 300 * n))
     return fig
-
-
-# --------------------------------------------------------------------------------------------
-# Report
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _top_table(scores: VisualHeadScores, k: int, stage: str | None, metric: str) -> str:
-    n_layers = scores.n_layers if stage is None else len(stage_layers(stage, scores.n_layers))  # type: ignore[arg-type]
-    heads = scores.top_heads(min(k, n_layers * scores.n_heads), stage, metric)  # type: ignore[arg-type]
-    std = scores.std(metric)
-    rows = [
-        [rank + 1, layer, head, f"{float(scores.mean[metric][layer, head]):.4g} ± {float(std[layer, head]):.2g}"]
-        + [f"{float(scores.mean[m][layer, head]):.4g}" for m in METRICS if m != metric]
-        for rank, (layer, head) in enumerate(heads)
-    ]
-    headers = ["rank", "layer", "head", f"{_LABELS[metric]} (mean ± std)"]
-    headers += [_LABELS[m] for m in METRICS if m != metric]
-    return _table(headers, rows)
-
-
-def scores_report_html(
-    scores: VisualHeadScores,
-    path: str | os.PathLike[str],
-    *,
-    k: int = 10,
-    metric: str = "detection",
-    extra_figures: Sequence[go.Figure] = (),
-    title: str = "Visual-head scores",
-    include_plotlyjs: bool | str = True,
-) -> Path:
-    """Write one self-contained HTML report: metadata, top-heads tables and the figures.
-
-    Figures: heatmaps of the detection score, image weight and concentration, weight vs
-    concentration, per-layer totals, then ``extra_figures``. Tables: the top ``k`` heads by
-    ``metric`` overall and per stage. The file is written atomically.
-
-    Args:
-        scores: the scores.
-        path: the HTML file to write.
-        k: heads per top table.
-        metric: the metric that ranks the tables.
-        extra_figures: more figures to append.
-        title: page title.
-        include_plotlyjs: passed to ``Figure.to_html`` for the first figure (``True`` embeds
-            plotly.js so the file works offline; ``"cdn"`` makes it small).
-
-    Returns:
-        The path written.
-    """
-    metric = _check_metric(metric)
-    figures = [
-        plot_head_heatmap(scores, "detection"),
-        plot_head_heatmap(scores, "image_weight"),
-        plot_head_heatmap(scores, "concentration"),
-        plot_weight_vs_concentration(scores),
-        plot_layer_totals(scores),
-        *extra_figures,
-    ]
-    meta: Mapping[str, Any] = {"samples": scores.count, "layers": scores.n_layers, "heads": scores.n_heads,
-                               **scores.metadata}
-    parts = [
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>",
-        "</head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        _table(["key", "value"], [[key, value] for key, value in meta.items()]),
-        f"<h2>Top {k} heads by {html.escape(_LABELS[metric])}</h2>",
-        _top_table(scores, k, None, metric),
-    ]
-    for stage in STAGES:
-        if len(stage_layers(stage, scores.n_layers)):  # type: ignore[arg-type]
-            parts += [f"<h3>{stage} stage</h3>", _top_table(scores, k, stage, metric)]
-    parts.append("<h2>Figures</h2>")
-    for i, fig in enumerate(figures):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs if i == 0 else False))
-    parts.append("</body></html>")
-    path = Path(path)
-    write_text(path, "\n".join(parts))
-    return path

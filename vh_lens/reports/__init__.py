@@ -1,1 +1,7 @@
-"""HTML reports written by the command line."""
+"""HTML reports written by the command line, all on one page template (:mod:`vh_lens.reports.page`).
+
+- :mod:`vh_lens.reports.page`: :func:`~vh_lens.reports.page.write_report` (the template, plotly.js
+  ``file``/``cdn``/``inline``, sibling links and ``index.html``, rounded tables, figure widths);
+- :mod:`vh_lens.reports.scan`: the scan's page (``vh-lens scan``);
+- :mod:`vh_lens.reports.experiments`: the pages of ``vh-lens mask``, ``lens``, ``probe`` and ``patch``.
+"""

@@ -1,11 +1,11 @@
-"""The visual-head scan report: every figure of a scan in one self-contained HTML file.
+"""The visual-head scan report: every figure of a scan on one page of the shared template.
 
-:func:`write_scan_report` is what ``vh-lens scan`` writes: the report of
-:func:`vh_lens.plotting.visual_heads.scores_report_html` (metadata, top-heads tables overall and
-per stage, heatmaps of the detection score, image weight and concentration, weight against
-concentration, per-layer totals) plus the heatmaps of the other metrics (region and text
-weight) and, when a model and a sample are given, the attention of the top heads over that
-sample's image patches (:func:`plot_top_heads_on_image`).
+:func:`write_scan_report` is what ``vh-lens scan`` writes (:func:`vh_lens.reports.page.write_report`):
+figures first (heatmaps of every metric per head, weight against concentration, per-layer
+totals with the stage bounds, the top heads' attention over several samples' images and the
+mean map over samples (:func:`plot_top_heads_on_samples`), the plain vs visual-prompt comparison
+when both scans are given, the logit-lens rank traces when a lens result is given), then the
+top-heads tables overall and per stage, and the run's settings.
 
 :func:`head_attention_rows` reads the attention rows of a few chosen heads at a sample's query
 position with hooks on the layers concerned, keeping only those rows (never a whole cache).
@@ -14,7 +14,7 @@ position with hooks on the layers concerned, keeping only those rows (never a wh
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -28,13 +28,32 @@ from transformer_lens.utils import get_act_name
 
 from vh_lens.data.sample import Sample
 from vh_lens.core.layout import TokenLayout
-from vh_lens.plotting.visual_heads import plot_head_attention_on_image, plot_head_heatmap, scores_report_html
-from vh_lens.visual_heads.scores import METRICS, Head, Stage, VisualHeadScores
+from vh_lens.plotting.overlays import OverlayRow, plot_attention_overlays, plot_prompt_comparison
+from vh_lens.plotting.visual_heads import (
+    plot_head_attention_on_image,
+    plot_head_heatmap,
+    plot_layer_totals,
+    plot_weight_vs_concentration,
+)
+from vh_lens.reports.page import Table, write_report
+from vh_lens.visual_heads.scores import METRICS, STAGES, Head, Stage, VisualHeadScores, stage_layers
 
-__all__ = ["head_attention_rows", "plot_top_heads_on_image", "write_scan_report"]
+__all__ = [
+    "head_attention_rows",
+    "plot_top_heads_on_image",
+    "plot_top_heads_on_samples",
+    "prompt_pair",
+    "write_scan_report",
+]
 
-_HEATMAPS_IN_BASE_REPORT = ("detection", "image_weight", "concentration")
-"""The heatmaps :func:`scores_report_html` draws itself; :func:`write_scan_report` adds the others."""
+_LABELS = {
+    "image_weight": "image weight",
+    "region_weight": "region weight",
+    "text_weight": "text weight",
+    "concentration": "concentration",
+    "detection": "detection score",
+}
+_HEATMAP_ORDER = ("detection", "image_weight", "concentration", "region_weight", "text_weight")
 
 
 def head_attention_rows(
@@ -170,50 +189,241 @@ def _display_box(box: Sequence[float], size: tuple[int, int], max_side: int = 33
     return (left * sx - 0.5, top * sy - 0.5, right * sx - 0.5, bottom * sy - 0.5)
 
 
+def _overlay_samples(samples: Sequence[Sample], n: int = 3) -> list[tuple[str, Sample]]:
+    """Up to ``n`` samples with an image: one per question type (``metadata["question_type"]``)."""
+    with_image = [s for s in samples if s.image is not None]
+    chosen: dict[str, Sample] = {}
+    for s in with_image:
+        kind = s.metadata.get("question_type") if isinstance(s.metadata, Mapping) else None
+        if kind is None or str(kind) in chosen:
+            continue
+        chosen[str(kind)] = s
+        if len(chosen) == n:
+            break
+    if chosen:
+        return [(f"{kind} question", s) for kind, s in chosen.items()]
+    return [("", s) for s in with_image[:n]]
+
+
+def _sample_name(sample: Sample, index: int) -> str:
+    ident = sample.metadata.get("id") if isinstance(sample.metadata, Mapping) else None
+    return f"sample {ident}" if ident is not None else f"sample {index}"
+
+
+def plot_top_heads_on_samples(
+    model: Any,
+    scores: VisualHeadScores,
+    samples: Sequence[Sample],
+    *,
+    k: int = 4,
+    metric: str = "detection",
+    n_examples: int = 3,
+    mean_samples: int = 16,
+    query: Literal["last_prompt", "answer_token"] | None = None,
+) -> go.Figure:
+    """The top ``k`` heads' attention over several samples' images and their mean map.
+
+    One row per example sample (one per question type where the samples name one,
+    ``metadata["question_type"]``; else the first ``n_examples`` with an image), each labelled
+    with the sample and its question type, each panel with that head's image weight **on this
+    sample**; then one row with the mean over the first ``mean_samples`` samples with an image
+    of each head's share of its image attention per image token (no picture behind it), each
+    panel with the head's mean image weight **over the scan**. Values are shares of each
+    head's image attention (they sum to 1 over the image tokens).
+
+    Args:
+        model: the :class:`vh_lens.LlavaLens` the scores were computed on.
+        scores: the scan's scores (they choose the heads).
+        samples: the samples to draw from (those with an image are used).
+        k: number of heads (columns).
+        metric: the metric that ranks the heads.
+        n_examples: example rows.
+        mean_samples: samples averaged in the mean row (those whose base grid has the shape
+            of the first one's).
+        query: the query row to read; default: the scan's (``scores.metadata["query"]``).
+
+    Returns:
+        A :func:`vh_lens.plotting.overlays.plot_attention_overlays` figure.
+    """
+    examples = _overlay_samples(samples, n_examples)
+    if not examples:
+        raise ValueError("plot_top_heads_on_samples needs samples with an image")
+    query = query or scores.metadata.get("query", "last_prompt")
+    heads = scores.top_heads(min(k, scores.n_layers * scores.n_heads), None, metric)
+    names = [f"L{layer}H{head}" for layer, head in heads]
+    index = {id(s): i for i, s in enumerate(samples)}
+    rows: list[OverlayRow] = []
+    for kind, sample in examples:
+        layout, attn = head_attention_rows(model, sample, heads, query=query)  # type: ignore[arg-type]
+        grid = layout.grid("base")
+        values = attn[:, grid.positions]
+        weights = attn[:, layout.image_positions].sum(-1)
+        share = values / values.sum(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+        question = sample.question if len(sample.question) <= 40 else sample.question[:37] + "..."
+        label = f"{_sample_name(sample, index.get(id(sample), 0))}{f' ({kind})' if kind else ''}: {question!r}"
+        rows.append(OverlayRow(label, share, sample.load_image(), grid.cell_boxes, sample.box,
+                               [f"weight here {float(w):.2f}" for w in weights]))  # fmt: skip
+    total, count, shape = None, 0, None
+    for sample in [s for s in samples if s.image is not None][: max(0, mean_samples)]:
+        layout, attn = head_attention_rows(model, sample, heads, query=query)  # type: ignore[arg-type]
+        values = attn[:, layout.grid("base").positions]
+        if shape is None:
+            shape = tuple(values.shape)
+        if tuple(values.shape) != shape:
+            continue
+        share = values / values.sum(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+        total = share if total is None else total + share
+        count += 1
+    if total is not None:
+        mean_weight = scores.mean["image_weight"]
+        rows.append(OverlayRow(f"mean map over {count} samples (image tokens; no picture)", total / count,
+                               panel_labels=[f"scan mean weight {float(mean_weight[h]):.2f}" for h in heads],
+                               own_scale=True))  # fmt: skip
+    return plot_attention_overlays(
+        rows, names, colorbar_title="share",
+        title=f"top {len(heads)} heads by {_LABELS.get(metric, metric)}: attention over the image, per sample and "
+        "mean",
+    )  # fmt: skip
+
+
+def _top_table(scores: VisualHeadScores, k: int, stage: Stage | None, metric: str) -> Table:
+    n_layers = scores.n_layers if stage is None else len(stage_layers(stage, scores.n_layers))
+    heads = scores.top_heads(min(k, n_layers * scores.n_heads), stage, metric)
+    std = scores.std(metric)
+    others = [m for m in METRICS if m != metric]
+    rows = [
+        [rank + 1, layer, head, f"{float(scores.mean[metric][layer, head]):.4g} ± {float(std[layer, head]):.2g}"]
+        + [float(scores.mean[m][layer, head]) for m in others]
+        for rank, (layer, head) in enumerate(heads)
+    ]
+    header = ["rank", "layer", "head", f"{_LABELS[metric]} (mean ± std)", *[_LABELS[m] for m in others]]
+    title = f"Top {len(heads)} heads by {_LABELS[metric]}" if stage is None else f"{stage} stage"
+    span = stage_layers(stage, scores.n_layers) if stage is not None else None
+    note = None if span is None else f"layers {span.start}-{span.stop - 1}"
+    return Table(title, header, rows, note=note, name="top" if stage is None else f"top-{stage}")
+
+
+def scan_figures(scores: VisualHeadScores) -> dict[str, go.Figure]:
+    """The figures of a scan that need only its scores: ``{name: figure}`` in page order."""
+    figures = {f"heatmap-{m.replace('_', '-')}": plot_head_heatmap(scores, m) for m in _HEATMAP_ORDER}
+    figures["weight-vs-concentration"] = plot_weight_vs_concentration(scores)
+    figures["layer-totals"] = plot_layer_totals(scores)
+    return figures
+
+
+def _has_visual_prompt(scores: VisualHeadScores) -> bool:
+    data = str(scores.metadata.get("data", ""))
+    return "visual prompt" in data or "box drawn" in data
+
+
+def prompt_pair(
+    scores: VisualHeadScores, other: VisualHeadScores | str | os.PathLike[str]
+) -> tuple[VisualHeadScores, VisualHeadScores]:
+    """``(plain, visual_prompt)`` of two scans of one model and data, for :func:`write_scan_report`.
+
+    Which scan drew the box is read from the scores' metadata as ``vh-lens scan`` writes it
+    (``"data"`` names ``"visual prompt"``, or ``"box drawn"`` for the demo).
+
+    Args:
+        scores: one scan.
+        other: the other scan, or the folder it was saved to (a ``vh-lens scan --out`` folder
+            or its ``scores/`` folder).
+
+    Raises:
+        ValueError: the scans differ in shape or model, or not exactly one of them has the
+            visual prompt.
+    """
+    if not isinstance(other, VisualHeadScores):
+        folder = Path(other)
+        other = VisualHeadScores.load(folder / "scores" if (folder / "scores" / "metadata.json").is_file() else folder)
+    if (scores.n_layers, scores.n_heads) != (other.n_layers, other.n_heads):
+        raise ValueError(f"the scans differ in shape: {scores.n_layers}x{scores.n_heads} vs {other.n_layers}x{other.n_heads}")
+    models = (scores.metadata.get("model"), other.metadata.get("model"))
+    if None not in models and models[0] != models[1]:
+        raise ValueError(f"the scans are of different models: {models[0]} and {models[1]}")
+    flags = (_has_visual_prompt(scores), _has_visual_prompt(other))
+    if flags[0] == flags[1]:
+        which = "both" if flags[0] else "neither"
+        raise ValueError(f"{which} of the scans has the visual prompt (metadata 'data'); need one plain, one visual")
+    return (other, scores) if flags[0] else (scores, other)
+
+
 def write_scan_report(
     scores: VisualHeadScores,
     path: str | os.PathLike[str],
     *,
     model: Any = None,
     sample: Sample | None = None,
+    samples: Sequence[Sample] | None = None,
     k: int = 10,
     image_heads: int = 4,
+    mean_samples: int = 16,
     note: str | None = None,
     title: str = "Visual-head scan",
-    include_plotlyjs: bool | str = True,
+    settings: Mapping[str, Any] | None = None,
+    prompt_pair: tuple[VisualHeadScores, VisualHeadScores] | None = None,
+    lens: Any = None,
+    plotlyjs: str = "file",
 ) -> Path:
-    """Write the full scan report (one self-contained HTML file, written atomically).
+    """Write the scan report page (:func:`vh_lens.reports.page.write_report`, atomically).
 
-    Everything :func:`~vh_lens.plotting.visual_heads.scores_report_html` shows, plus a heatmap
-    of every other metric (region weight, text weight) and, given ``model`` and a ``sample``
-    with an image, the attention of the top ``image_heads`` heads over that sample's image
-    (:func:`plot_top_heads_on_image`).
+    Figures: a heatmap per metric, weight vs concentration, per-layer totals with the stage
+    bounds; given ``model`` and ``samples`` (or one ``sample``) with images, the top
+    ``image_heads`` heads' attention over example samples and their mean map
+    (:func:`plot_top_heads_on_samples`); given ``prompt_pair``, the plain vs visual-prompt
+    comparison; given ``lens``, the logit-lens rank traces. Tables: the top ``k`` heads by
+    detection score overall and per stage. Settings: the scores' metadata, then ``settings``.
 
     Args:
         scores: the scan's scores.
-        path: the HTML file to write.
+        path: the page to write (e.g. ``out/report.html``).
         model: the model the scores came from (for the attention-over-image figure).
-        sample: the sample to draw that figure for.
+        sample: one sample for that figure (used when ``samples`` is not given).
+        samples: the samples to draw examples and the mean map from.
         k: heads per top-heads table (overall and per stage).
         image_heads: heads in the attention-over-image figure.
-        note: a warning shown in the page title, e.g. ``"demo on a random-weight model: no
-            findings"``.
+        mean_samples: samples averaged in the mean map.
+        note: a warning shown with the title, e.g. ``"demo on a random-weight model: no findings"``.
         title: page title.
-        include_plotlyjs: ``True`` embeds plotly.js (works offline); ``"cdn"`` keeps the file small.
+        settings: more settings to show (e.g. the command line's).
+        prompt_pair: ``(plain, visual_prompt)`` scans of the same model and data.
+        lens: a :class:`vh_lens.analysis.logit_lens.LogitLensResult` of the same model.
+        plotlyjs: ``"file"`` (shared ``plotly.min.js`` beside the page), ``"cdn"`` or ``"inline"``.
 
     Returns:
         The path written.
 
     Example:
-        >>> write_scan_report(scores, "out/report.html", model=model, sample=samples[0])  # doctest: +SKIP
+        >>> write_scan_report(scores, "out/report.html", model=model, samples=samples)  # doctest: +SKIP
     """
     if k < 1 or image_heads < 1:
         raise ValueError(f"k and image_heads must be at least 1, got {k} and {image_heads}")
-    figures = [plot_head_heatmap(scores, m) for m in METRICS if m not in _HEATMAPS_IN_BASE_REPORT]
-    if model is not None and sample is not None:
-        n = min(image_heads, scores.n_layers * scores.n_heads)
-        figures.append(plot_top_heads_on_image(model, scores, sample, k=n))
+    figures = scan_figures(scores)
+    captions: dict[str, str] = {}
+    pool = list(samples) if samples is not None else ([sample] if sample is not None else [])
+    if model is not None and any(s.image is not None for s in pool):
+        figures["attention-on-images"] = plot_top_heads_on_samples(
+            model, scores, pool, k=image_heads, mean_samples=mean_samples
+        )
+        query = str(scores.metadata.get("query", "last_prompt")).replace("_", " ")
+        captions["attention-on-images"] = (
+            f"Rows: example samples (one per question type where the data names one), then the mean map over "
+            f"samples. Colour: each head's share of its image attention per image token, at the {query} position. "
+            "'weight here' is the head's image weight on that sample; 'scan mean weight' its mean over the scan. "
+            "Cyan: the question's box."
+        )
+    if prompt_pair is not None:
+        figures["prompt-comparison"] = plot_prompt_comparison(*prompt_pair)
+    if lens is not None:
+        from vh_lens.plotting.logit_lens import plot_rank_per_layer
+
+        figures["lens-rank-final"] = plot_rank_per_layer(lens, "final")
+        if lens.has_answers:
+            figures["lens-rank-answer"] = plot_rank_per_layer(lens, "answer")
+    tables = [_top_table(scores, k, None, "detection")]
+    tables += [_top_table(scores, k, s, "detection") for s in STAGES if len(stage_layers(s, scores.n_layers))]
+    meta = {"samples": scores.count, "layers": scores.n_layers, "heads": scores.n_heads, **scores.metadata}
+    meta |= dict(settings or {})
     full_title = title if note is None else f"{title} ({note})"
-    return scores_report_html(
-        scores, path, k=k, extra_figures=figures, title=full_title, include_plotlyjs=include_plotlyjs
-    )
+    return write_report(path, title=full_title, settings=meta, figures=figures, tables=tables,
+                        notes=[note] if note else [], captions=captions, kind="scan", plotlyjs=plotlyjs)  # fmt: skip

@@ -2,6 +2,7 @@
 
 ``metrics`` (per-head attention on image and region, concentration, detection score) ->
 ``hooks`` (the pattern and q/k hook families) -> ``accumulator`` (streaming float64 moments) ->
-``scan`` (the scan over a dataset) -> ``scores`` (the result: stages, rankings) -> ``masking``
-(removing top heads vs random heads, measured as benchmark accuracy).
+``scan`` (the scan over a dataset, on :mod:`vh_lens.engine`; checkpoints) -> ``scores`` (the
+result: stages, rankings) -> ``masking`` (removing top heads vs random heads, measured as
+benchmark accuracy; its table in ``masking_result``).
 """

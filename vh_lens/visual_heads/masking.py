@@ -24,422 +24,85 @@ The samples are prepared (tokenised, images encoded) once and reused by every ev
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
-from tqdm import tqdm
 
-from vh_lens.core.io import csv_text, nan_to_none, read_json, write_json, write_text
-from vh_lens.data.sample import Sample
-from vh_lens.evaluation.scoring import EvalMethod, _check_options, _chunks, _evaluate_prepared, _offload, prepare_answer_batch
+from vh_lens import engine
 from vh_lens.analysis.interventions import HeadMeans, ablate_heads, head_means
-from vh_lens.visual_heads.scores import STAGES, VisualHeadScores, stage_layers
+from vh_lens.core.config import ExperimentConfig, check_choice, check_ints, resolve_config
+from vh_lens.core.hooks import Head
+from vh_lens.data.sample import Sample
+from vh_lens.evaluation.scoring import AccuracyReducer, EvalMethod, check_eval_options
+from vh_lens.visual_heads.masking_result import ABLATIONS, CSV_COLUMNS, MaskingResult, MaskingRow
+from vh_lens.visual_heads.scores import METRICS, STAGES, VisualHeadScores, stage_layers
 
-__all__ = ["MaskingResult", "MaskingRow", "masking_experiment"]
+__all__ = ["CSV_COLUMNS", "MaskingConfig", "MaskingResult", "MaskingRow", "masking_experiment"]
 
 logger = logging.getLogger(__name__)
 
-Head = tuple[int, int]
-_FORMAT = "vh_lens.MaskingResult"
-_JSON_FILE = "masking.json"
-_CSV_FILE = "masking.csv"
-_MD_FILE = "masking.md"
-_ABLATIONS = ("zero", "mean", "uniform")
-CSV_COLUMNS: tuple[str, ...] = (
-    "stage",
-    "k",
-    "k_used",
-    "n_stage_heads",
-    "method",
-    "metric",
-    "baseline_acc",
-    "top_acc",
-    "random_mean",
-    "random_std",
-    "top_drop",
-    "random_drop",
-    "n_seeds",
-    "random_accs",
-    "top_heads",
-)
-"""Columns of :meth:`MaskingResult.to_csv`. Lists are ``;``-separated; heads are ``layer.head``."""
-
-
-def _nan_std(values: Sequence[float]) -> float:
-    if not values:
-        return math.nan
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-
 
 @dataclass(frozen=True)
-class MaskingRow:
-    """One stage and ``k`` of the head-masking table.
+class MaskingConfig(ExperimentConfig):
+    """Settings of :func:`masking_experiment` (also written into the result's ``metadata["config"]``).
 
     Attributes:
-        stage: ``"early"``, ``"mid"`` or ``"late"``.
-        k: the requested number of heads.
-        k_used: heads actually removed: ``min(k, n_stage_heads)``.
-        n_stage_heads: heads in the stage (its layers times the heads per layer).
-        method: ablation method (``"zero"``, ``"mean"``, ``"uniform"``).
-        metric: the score that ranks the top heads.
-        baseline_acc: accuracy with nothing removed.
-        top_acc: accuracy with the stage's top ``k_used`` heads removed.
-        random_accs: accuracy with ``k_used`` random heads of the stage removed, one per seed
-            (empty when the stage has too few heads outside the top ones).
-        top_heads: the removed top heads, ``(layer, head)``, best first.
-        random_heads: the heads removed for each seed.
+        ks: numbers of heads to remove (each capped at the stage's head count).
+        stages: which of ``"early"``, ``"mid"``, ``"late"``.
+        control_seeds: one random control per seed (may be empty: no control).
+        method: ablation: ``"zero"``, ``"mean"`` or ``"uniform"``.
+        metric: the score that ranks heads (:data:`vh_lens.visual_heads.scores.METRICS`).
+        eval_method: how answers are read (``"score"`` or ``"generate"``).
+        batch_size: samples per forward pass.
+        max_new_tokens: generation length for ``eval_method="generate"``.
     """
 
-    stage: str
-    k: int
-    k_used: int
-    n_stage_heads: int
-    method: str
-    metric: str
-    baseline_acc: float
-    top_acc: float
-    random_accs: tuple[float, ...]
-    top_heads: tuple[Head, ...]
-    random_heads: tuple[tuple[Head, ...], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"MaskingRow.stage must be one of {STAGES}, got {self.stage!r}")
-        if not (1 <= self.k_used <= self.k) or self.k_used > self.n_stage_heads:
-            raise ValueError(
-                f"MaskingRow: need 1 <= k_used <= min(k, n_stage_heads), got k_used={self.k_used}, k={self.k}, "
-                f"n_stage_heads={self.n_stage_heads}"
-            )
-        if self.k_used != min(self.k, self.n_stage_heads):
-            raise ValueError(f"MaskingRow.k_used must be min(k, n_stage_heads) = {min(self.k, self.n_stage_heads)}")
-        if self.method not in _ABLATIONS:
-            raise ValueError(f"MaskingRow.method must be one of {_ABLATIONS}, got {self.method!r}")
-        for name in ("baseline_acc", "top_acc"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"MaskingRow.{name} must be in [0, 1], got {getattr(self, name)}")
-        accs = tuple(float(a) for a in self.random_accs)
-        if any(not 0.0 <= a <= 1.0 for a in accs):
-            raise ValueError(f"MaskingRow.random_accs must be in [0, 1], got {accs}")
-        top = tuple((int(layer), int(head)) for layer, head in self.top_heads)
-        rand = tuple(tuple((int(layer), int(head)) for layer, head in heads) for heads in self.random_heads)
-        if len(top) != self.k_used:
-            raise ValueError(f"MaskingRow.top_heads must list k_used={self.k_used} heads, got {len(top)}")
-        if rand and len(rand) != len(accs):
-            raise ValueError("MaskingRow.random_heads needs one head list per random accuracy")
-        object.__setattr__(self, "baseline_acc", float(self.baseline_acc))
-        object.__setattr__(self, "top_acc", float(self.top_acc))
-        object.__setattr__(self, "random_accs", accs)
-        object.__setattr__(self, "top_heads", top)
-        object.__setattr__(self, "random_heads", rand)
-
-    @property
-    def random_mean(self) -> float:
-        """Mean of :attr:`random_accs` (NaN without a random control)."""
-        return sum(self.random_accs) / len(self.random_accs) if self.random_accs else math.nan
-
-    @property
-    def random_std(self) -> float:
-        """Population standard deviation of :attr:`random_accs` (NaN without a random control)."""
-        return _nan_std(self.random_accs)
-
-    @property
-    def top_drop(self) -> float:
-        """``baseline_acc - top_acc``."""
-        return self.baseline_acc - self.top_acc
-
-    @property
-    def random_drop(self) -> float:
-        """``baseline_acc - random_mean``."""
-        return self.baseline_acc - self.random_mean
-
-    def to_dict(self) -> dict[str, Any]:
-        """The row as a flat dict with the columns :data:`CSV_COLUMNS` (lists kept as lists)."""
-        return {
-            "stage": self.stage,
-            "k": self.k,
-            "k_used": self.k_used,
-            "n_stage_heads": self.n_stage_heads,
-            "method": self.method,
-            "metric": self.metric,
-            "baseline_acc": self.baseline_acc,
-            "top_acc": self.top_acc,
-            "random_mean": self.random_mean,
-            "random_std": self.random_std,
-            "top_drop": self.top_drop,
-            "random_drop": self.random_drop,
-            "n_seeds": len(self.random_accs),
-            "random_accs": list(self.random_accs),
-            "top_heads": [list(h) for h in self.top_heads],
-        }
-
-
-@dataclass(frozen=True, eq=False)
-class MaskingResult:
-    """The head-masking table of :func:`masking_experiment`.
-
-    Attributes:
-        rows: one :class:`MaskingRow` per stage and requested ``k`` (stages in the order asked,
-            ``k`` ascending within a stage).
-        baseline: accuracy of the unmasked model.
-        n_samples: number of evaluated samples.
-        method: ablation method.
-        metric: the score ranking the top heads.
-        eval_method: ``"score"`` or ``"generate"``.
-        seeds: the seeds of the random controls.
-        metadata: anything else (JSON-serialisable), e.g. ``skipped_stages``.
-
-    Example:
-        >>> result = masking_experiment(model, samples, scores, ks=(10, 20))  # doctest: +SKIP
-        >>> print(result.to_markdown())  # doctest: +SKIP
-    """
-
-    rows: tuple[MaskingRow, ...]
-    baseline: float
-    n_samples: int
+    ks: tuple[int, ...] = (10, 20, 30, 50)
+    stages: tuple[str, ...] = ("early", "mid", "late")
+    control_seeds: tuple[int, ...] = (0, 1, 2)
     method: str = "zero"
     metric: str = "detection"
     eval_method: str = "score"
-    seeds: tuple[int, ...] = (0, 1, 2)
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 8
+    max_new_tokens: int = 8
 
-    def __post_init__(self) -> None:
-        rows = tuple(self.rows)
-        if not all(isinstance(r, MaskingRow) for r in rows):
-            raise ValueError("MaskingResult.rows must be MaskingRow objects")
-        if not 0.0 <= float(self.baseline) <= 1.0:
-            raise ValueError(f"MaskingResult.baseline must be in [0, 1], got {self.baseline}")
-        if isinstance(self.n_samples, bool) or int(self.n_samples) < 1:
-            raise ValueError(f"MaskingResult.n_samples must be positive, got {self.n_samples}")
-        keys = [(r.stage, r.k) for r in rows]
-        if len(set(keys)) != len(keys):
-            raise ValueError("MaskingResult.rows repeat a (stage, k) pair")
-        for r in rows:
-            if (r.method, r.metric) != (self.method, self.metric) or not math.isclose(r.baseline_acc, self.baseline):
-                raise ValueError("every MaskingRow must share the result's method, metric and baseline")
-        try:
-            metadata = json.loads(json.dumps(dict(self.metadata)))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"MaskingResult.metadata must be JSON-serialisable: {err}") from err
-        object.__setattr__(self, "rows", rows)
-        object.__setattr__(self, "baseline", float(self.baseline))
-        object.__setattr__(self, "n_samples", int(self.n_samples))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        object.__setattr__(self, "metadata", metadata)
-
-    @property
-    def stages(self) -> tuple[str, ...]:
-        """The stages present, in row order."""
-        return tuple(dict.fromkeys(r.stage for r in self.rows))
-
-    @property
-    def ks(self) -> tuple[int, ...]:
-        """The requested ``k`` values, ascending."""
-        return tuple(sorted({r.k for r in self.rows}))
-
-    def row(self, stage: str, k: int) -> MaskingRow:
-        """The row of ``stage`` and requested ``k``."""
-        for r in self.rows:
-            if r.stage == stage and r.k == k:
-                return r
-        raise KeyError(f"no row for stage {stage!r} and k={k}")
-
-    def curve(self, stage: str) -> dict[str, list[float]]:
-        """Accuracy against the number of removed heads for one stage.
-
-        Returns:
-            ``{"k": [...], "top": [...], "random_mean": [...], "random_std": [...]}``, over the
-            distinct ``k_used`` values ascending (capped ``k`` collapse to one point).
-        """
-        points: dict[int, MaskingRow] = {}
-        for r in self.rows:
-            if r.stage == stage:
-                points.setdefault(r.k_used, r)
-        if not points:
-            raise KeyError(f"no rows for stage {stage!r}")
-        ordered = [points[k] for k in sorted(points)]
-        return {
-            "k": [float(r.k_used) for r in ordered],
-            "top": [r.top_acc for r in ordered],
-            "random_mean": [r.random_mean for r in ordered],
-            "random_std": [r.random_std for r in ordered],
-        }
-
-    # -- tables -----------------------------------------------------------------------------
-
-    def to_rows(self) -> list[dict[str, Any]]:
-        """One flat dict per row (:meth:`MaskingRow.to_dict`)."""
-        return [r.to_dict() for r in self.rows]
-
-    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
-        """The rows as CSV (columns :data:`CSV_COLUMNS`; floats written exactly with ``repr``).
-
-        Args:
-            path: where to write it (atomically); ``None`` only returns the text.
-
-        Returns:
-            The CSV text.
-        """
-        rows = []
-        for r in self.to_rows():
-            r["random_accs"] = ";".join(repr(a) for a in r["random_accs"])
-            r["top_heads"] = ";".join(f"{layer}.{head}" for layer, head in r["top_heads"])
-            rows.append({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
-        text = csv_text(rows, CSV_COLUMNS)
-        if path is not None:
-            write_text(path, text)
-        return text
-
-    def to_markdown(self, digits: int = 1) -> str:
-        """Paper A's table: one row per stage, one column per ``k``, cells ``top / random``.
-
-        Accuracies are percentages; the random cell is the mean over seeds ``± std`` when
-        there are several seeds, ``–`` without a random control. A capped ``k`` shows the
-        number of heads actually removed in brackets.
-
-        Example:
-            >>> print(result.to_markdown())  # doctest: +SKIP
-            Unmasked accuracy: 61.0% (n=200). ...
-            | stage | k=10 | k=20 |
-            |---|---|---|
-            | early | 40.5 / 60.2 ± 0.8 | 33.0 / 59.1 ± 1.2 |
-        """
-
-        def pct(x: float) -> str:
-            return f"{100 * x:.{digits}f}"
-
-        ks = self.ks
-        lines = [
-            f"Unmasked accuracy: {pct(self.baseline)}% (n={self.n_samples}). Cells: accuracy (%) with the "
-            f"stage's top-k heads removed / with k random heads of the stage removed (mean ± std over "
-            f"{len(self.seeds)} seed(s)). Ablation: {self.method}; heads ranked by {self.metric}; answers read "
-            f"by {self.eval_method}.",
-            "",
-            "| stage | " + " | ".join(f"k={k}" for k in ks) + " |",
-            "|---|" + "---|" * len(ks),
-        ]
-        for stage in self.stages:
-            cells = []
-            for k in ks:
-                try:
-                    r = self.row(stage, k)
-                except KeyError:
-                    cells.append("")
-                    continue
-                if not r.random_accs:
-                    rand = "–"
-                elif len(r.random_accs) > 1:
-                    rand = f"{pct(r.random_mean)} ± {pct(r.random_std)}"
-                else:
-                    rand = pct(r.random_mean)
-                capped = f" [{r.k_used}]" if r.k_used != r.k else ""
-                cells.append(f"{pct(r.top_acc)} / {rand}{capped}")
-            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
-
-    # -- persistence --------------------------------------------------------------------------
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (NaN written as ``null``)."""
-        return {
-            "format": _FORMAT,
-            "version": 1,
-            "baseline": self.baseline,
-            "n_samples": self.n_samples,
-            "method": self.method,
-            "metric": self.metric,
-            "eval_method": self.eval_method,
-            "seeds": list(self.seeds),
-            "metadata": dict(self.metadata),
-            "rows": [
-                {
-                    **asdict(r),
-                    "top_heads": [list(h) for h in r.top_heads],
-                    "random_heads": [[list(h) for h in hs] for hs in r.random_heads],
-                }
-                for r in self.rows
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> MaskingResult:
-        """Inverse of :meth:`to_json`."""
-        if data.get("format") != _FORMAT:
-            raise ValueError(f"not a saved MaskingResult (format={data.get('format')!r})")
-        rows = tuple(
-            MaskingRow(
-                **{
-                    **r,
-                    "random_accs": tuple(r["random_accs"]),
-                    "top_heads": tuple(tuple(h) for h in r["top_heads"]),
-                    "random_heads": tuple(tuple(tuple(h) for h in hs) for hs in r["random_heads"]),
-                }
-            )
-            for r in data["rows"]
-        )
-        return cls(
-            rows=rows,
-            baseline=data["baseline"],
-            n_samples=data["n_samples"],
-            method=data["method"],
-            metric=data["metric"],
-            eval_method=data["eval_method"],
-            seeds=tuple(data["seeds"]),
-            metadata=data.get("metadata", {}),
-        )
-
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Save to ``directory``: ``masking.csv``, ``masking.md`` and ``masking.json``.
-
-        Each file is written atomically (temporary file, then ``os.replace``), the JSON last,
-        so a complete ``masking.json`` implies the others are complete.
-
-        Returns:
-            The directory.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.to_csv(directory / _CSV_FILE)
-        write_text(directory / _MD_FILE, self.to_markdown())
-        write_json(directory / _JSON_FILE, nan_to_none(self.to_json()), indent=2)
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> MaskingResult:
-        """Load a result saved by :meth:`save` (from its ``masking.json``).
-
-        Raises:
-            FileNotFoundError: no ``masking.json`` in ``directory``.
-            ValueError: the file is not a saved :class:`MaskingResult`.
-        """
-        path = Path(directory) / _JSON_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved MaskingResult at {directory}: {_JSON_FILE} missing")
-        return cls.from_json(read_json(path, what="MaskingResult", version=1))  # issue 14: version checked
+    def validate(self) -> None:
+        check_eval_options(self.eval_method, self.batch_size, self.max_new_tokens)
+        check_ints("ks", list(self.ks), positive=True)
+        check_ints("control_seeds", list(self.control_seeds), positive=False, allow_empty=True)
+        stages = tuple(self.stages)
+        bad = [s for s in stages if s not in STAGES]
+        if bad or not stages or len(set(stages)) != len(stages):
+            raise ValueError(f"stages must be distinct values of {STAGES}, got {list(stages)!r}")
+        check_choice("method", self.method, ABLATIONS)
+        check_choice("metric", self.metric, METRICS)
 
 
-# --------------------------------------------------------------------------------------------
-# The experiment
-
-
-def _check_ints(name: str, values: Sequence[int], *, positive: bool) -> tuple[int, ...]:
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or (positive and v < 1):
-            raise ValueError(f"{name} must be {'positive ' if positive else ''}ints, got {list(values)!r}")
-        out.append(int(v))
-    if not out:
-        raise ValueError(f"{name} must not be empty")
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name} repeat a value: {list(values)!r}")
-    return tuple(out)
+def _plan(
+    scores: VisualHeadScores, cfg: Any, config: MaskingConfig
+) -> tuple[dict[tuple[str, int], tuple[list[Head], list[list[Head]]]], list[str]]:
+    """The head sets of every (stage, k_used): the top heads and one random control per seed."""
+    plans: dict[tuple[str, int], tuple[list[Head], list[list[Head]]]] = {}
+    skipped = []
+    for stage in config.stages:
+        n_stage = len(stage_layers(stage, cfg.n_layers)) * cfg.n_heads  # type: ignore[arg-type]
+        if n_stage == 0:
+            logger.info("stage %r has no layers in a %d-layer model; skipped", stage, cfg.n_layers)
+            skipped.append(stage)
+            continue
+        for k_used in sorted({min(k, n_stage) for k in config.ks}):
+            top = scores.top_heads(k_used, stage, config.metric)  # type: ignore[arg-type]
+            controls = []
+            if n_stage - k_used >= k_used:
+                controls = [
+                    scores.random_heads(k_used, stage, seed=seed, exclude_top=top, metric=config.metric)  # type: ignore[arg-type]
+                    for seed in config.control_seeds
+                ]
+            plans[(stage, k_used)] = (top, controls)
+    return plans, skipped
 
 
 def masking_experiment(
@@ -447,24 +110,32 @@ def masking_experiment(
     samples: Sequence[Sample],
     scores: VisualHeadScores,
     *,
-    ks: Sequence[int] = (10, 20, 30, 50),
-    stages: Sequence[str] = ("early", "mid", "late"),
-    control_seeds: Sequence[int] = (0, 1, 2),
-    method: str = "zero",
-    metric: str = "detection",
-    eval_method: EvalMethod = "score",
+    config: MaskingConfig | Mapping[str, Any] | None = None,
+    ks: Sequence[int] | None = None,
+    stages: Sequence[str] | None = None,
+    control_seeds: Sequence[int] | None = None,
+    method: str | None = None,
+    metric: str | None = None,
+    eval_method: EvalMethod | None = None,
     means: HeadMeans | Tensor | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 8,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
     format_question: Callable[[Sample], str] | None = None,
     progress: bool = True,
 ) -> MaskingResult:
     """Paper A's head-masking table: accuracy with each stage's top-k heads or k random heads removed.
 
+    The samples are prepared once (:func:`vh_lens.engine.prepare`) and evaluated under one
+    :class:`~vh_lens.engine.Condition` per head set (:func:`vh_lens.engine.run_conditions`).
+
     Args:
         model: a :class:`~vh_lens.LlavaLens`.
         samples: benchmark samples with gold answers.
         scores: visual-head scores of the same model (``[n_layers, n_heads]`` maps).
+        config: the settings (:class:`MaskingConfig`, or its dict); the keyword arguments
+            below override its fields. Defaults: ``ks=(10, 20, 30, 50)``, all three stages,
+            ``control_seeds=(0, 1, 2)``, ``method="zero"``, ``metric="detection"``,
+            ``eval_method="score"``, ``batch_size=8``, ``max_new_tokens=8``.
         ks: numbers of heads to remove (each capped at the stage's head count, see the module
             docstring).
         stages: which of ``"early"``, ``"mid"``, ``"late"``.
@@ -477,12 +148,11 @@ def masking_experiment(
             (all non-padding positions, :func:`vh_lens.analysis.interventions.head_means`).
         batch_size: samples per forward pass.
         max_new_tokens: generation length for ``eval_method="generate"``.
-        format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.evaluation.answers.format_question`).
+        format_question: how a sample becomes the user turn (default: the model's own).
         progress: show a tqdm progress bar over the evaluations.
 
     Returns:
-        :class:`MaskingResult`.
+        :class:`MaskingResult`; ``metadata["config"]`` holds the settings.
 
     Raises:
         ValueError: bad options, or scores whose shape differs from the model's heads.
@@ -492,16 +162,13 @@ def masking_experiment(
         >>> result = masking_experiment(model, samples, scores, ks=(10, 20, 30, 50))  # doctest: +SKIP
         >>> print(result.to_markdown())  # doctest: +SKIP
     """
-    _check_options(eval_method, batch_size, max_new_tokens)
-    ks = tuple(sorted(_check_ints("ks", list(ks), positive=True)))
-    seeds = _check_ints("control_seeds", list(control_seeds), positive=False) if len(control_seeds) else ()
-    stages = tuple(stages)
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages or len(set(stages)) != len(stages):
-        raise ValueError(f"stages must be distinct values of {STAGES}, got {list(stages)!r}")
-    if method not in _ABLATIONS:
-        raise ValueError(f"method must be one of {_ABLATIONS}, got {method!r}")
-    if means is not None and method != "mean":
+    given = {
+        "ks": ks, "stages": stages, "control_seeds": control_seeds, "method": method, "metric": metric,
+        "eval_method": eval_method, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+    }  # fmt: skip
+    conf = resolve_config(MaskingConfig, config, {k: v for k, v in given.items() if v is not None})
+    ks_sorted = tuple(sorted(conf.ks))
+    if means is not None and conf.method != "mean":
         raise ValueError("means is only used by method='mean'")
     if not isinstance(scores, VisualHeadScores):
         raise ValueError(f"scores must be a VisualHeadScores, got {type(scores).__name__}")
@@ -516,75 +183,50 @@ def masking_experiment(
         raise ValueError("masking_experiment: no samples given")
 
     # Plan every head set first (cheap, and errors surface before any forward pass).
-    plans: dict[tuple[str, int], tuple[list[Head], list[list[Head]]]] = {}
-    skipped = []
-    for stage in stages:
-        n_stage = len(stage_layers(stage, cfg.n_layers)) * cfg.n_heads  # type: ignore[arg-type]
-        if n_stage == 0:
-            logger.info("stage %r has no layers in a %d-layer model; skipped", stage, cfg.n_layers)
-            skipped.append(stage)
-            continue
-        for k_used in sorted({min(k, n_stage) for k in ks}):
-            top = scores.top_heads(k_used, stage, metric)  # type: ignore[arg-type]
-            controls = []
-            if n_stage - k_used >= k_used:
-                controls = [
-                    scores.random_heads(
-                        k_used, stage, seed=seed, exclude_top=top, metric=metric  # type: ignore[arg-type]
-                    )
-                    for seed in seeds
-                ]
-            plans[(stage, k_used)] = (top, controls)
+    plans, skipped = _plan(scores, cfg, conf)
     if not plans:
-        raise ValueError(f"none of the stages {list(stages)} has layers in a {cfg.n_layers}-layer model")
+        raise ValueError(f"none of the stages {list(conf.stages)} has layers in a {cfg.n_layers}-layer model")
 
-    prepared = [
-        _offload(prepare_answer_batch(model, chunk, method=eval_method, format_question=format_question, offset=start))
-        for start, chunk in _chunks(samples, batch_size)
-    ]
-    if method == "mean" and means is None:
-        means = head_means(model, [p.batch for p in prepared], positions="all")
+    prepared = engine.prepare(
+        model, samples, batch_size=conf.batch_size, answers=conf.eval_method, format_question=format_question
+    )
+    if conf.method == "mean" and means is None:
+        means = head_means(model, prepared, positions="all")
 
-    n_runs = 1 + sum(1 + len(controls) for _, controls in plans.values())
-    bar = tqdm(total=n_runs, desc=f"masking ({method})", unit="eval", disable=not progress)
+    def condition(name: str, heads: list[Head] | None) -> engine.Condition:
+        hooks = () if heads is None else tuple(ablate_heads(heads, conf.method, means=means, cfg=cfg))  # type: ignore[arg-type]
+        return engine.Condition(name, hooks)
 
-    def accuracy(heads: list[Head] | None) -> float:
-        hooks = [] if heads is None else ablate_heads(heads, method, means=means, cfg=cfg)  # type: ignore[arg-type]
-        result = _evaluate_prepared(
-            model, prepared, fwd_hooks=hooks, method=eval_method, max_new_tokens=max_new_tokens
-        )
-        bar.update(1)
-        return result.accuracy
-
-    try:
-        baseline = accuracy(None)
-        measured: dict[tuple[str, int], tuple[float, list[float]]] = {}
-        for (stage, k_used), (top, controls) in plans.items():
-            bar.set_postfix_str(f"{stage} k={k_used}")
-            measured[(stage, k_used)] = (accuracy(top), [accuracy(c) for c in controls])
-    finally:
-        bar.close()
+    conditions = [condition("baseline", None)]
+    for (stage, k_used), (top, controls) in plans.items():
+        conditions.append(condition(f"{stage} k={k_used} top", top))
+        conditions += [condition(f"{stage} k={k_used} seed={i}", c) for i, c in enumerate(controls)]
+    out = engine.run_conditions(
+        model, prepared, conditions, lambda _: AccuracyReducer(conf.eval_method, conf.max_new_tokens),  # type: ignore[arg-type]
+        progress=progress, desc=f"masking ({conf.method})",
+    )  # fmt: skip
+    accuracy = {name: reducer.result().accuracy for name, reducer in out.items()}
+    baseline = accuracy["baseline"]
 
     rows = []
-    for stage in stages:
+    for stage in conf.stages:
         if stage in skipped:
             continue
         n_stage = len(stage_layers(stage, cfg.n_layers)) * cfg.n_heads  # type: ignore[arg-type]
-        for k in ks:
+        for k in ks_sorted:
             k_used = min(k, n_stage)
             top, controls = plans[(stage, k_used)]
-            top_acc, random_accs = measured[(stage, k_used)]
             rows.append(
                 MaskingRow(
                     stage=stage,
                     k=k,
                     k_used=k_used,
                     n_stage_heads=n_stage,
-                    method=method,
-                    metric=metric,
+                    method=conf.method,
+                    metric=conf.metric,
                     baseline_acc=baseline,
-                    top_acc=top_acc,
-                    random_accs=tuple(random_accs),
+                    top_acc=accuracy[f"{stage} k={k_used} top"],
+                    random_accs=tuple(accuracy[f"{stage} k={k_used} seed={i}"] for i in range(len(controls))),
                     top_heads=tuple(top),
                     random_heads=tuple(tuple(c) for c in controls),
                 )
@@ -593,21 +235,22 @@ def masking_experiment(
         "skipped_stages": skipped,
         "n_layers": int(cfg.n_layers),
         "n_heads": int(cfg.n_heads),
-        "ks": list(ks),
+        "ks": list(ks_sorted),
         "random_std": "population (ddof=0) over seeds",
         "means": (
             f"HeadMeans over {means.count} positions ({means.positions})"
             if isinstance(means, HeadMeans)
             else (None if means is None else "given as a tensor")
         ),
+        "config": conf.to_dict(),
     }
     return MaskingResult(
         rows=tuple(rows),
         baseline=baseline,
         n_samples=len(samples),
-        method=method,
-        metric=metric,
-        eval_method=eval_method,
-        seeds=seeds,
+        method=conf.method,
+        metric=conf.metric,
+        eval_method=conf.eval_method,
+        seeds=tuple(conf.control_seeds),
         metadata=metadata,
     )

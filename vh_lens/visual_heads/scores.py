@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vh_lens.core.hooks import Head, random_heads
 from vh_lens.core.io import check_format_version, check_published, load_tensors, save_tensors, write_csv, write_json
 
 METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "concentration", "detection")
@@ -29,8 +30,6 @@ METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "con
 
 STAGES: tuple[str, ...] = ("early", "mid", "late")
 Stage = Literal["early", "mid", "late"]
-Head = tuple[int, int]
-"""A head as ``(layer, head)``, both 0-based."""
 
 _FORMAT = "vh_lens.VisualHeadScores"
 _VERSION = 1
@@ -193,7 +192,7 @@ class VisualHeadScores:
 
     def std(self, metric: str = "detection") -> Float[Tensor, "layer head"]:
         """Population standard deviation of ``metric`` over samples, ``[n_layers, n_heads]``."""
-        return self.variance[_check_metric(metric)].sqrt()
+        return self.variance[check_metric(metric)].sqrt()
 
     # -- head selection -----------------------------------------------------------------------
 
@@ -217,7 +216,7 @@ class VisualHeadScores:
             >>> scores.top_heads(5, stage="early")                # doctest: +SKIP
             [(3, 17), (2, 5), ...]
         """
-        values = self.mean[_check_metric(metric)]
+        values = self.mean[check_metric(metric)]
         candidates = self._candidates(stage)
         _check_k(k, len(candidates), f"stage {stage!r}" if stage else "the model")
         if k == 0:
@@ -264,11 +263,11 @@ class VisualHeadScores:
             excluded = set(self.top_heads(exclude_top, stage, metric))
         else:
             excluded = {(int(layer), int(head)) for layer, head in exclude_top}  # type: ignore[union-attr]
-        pool = [h for h in self._candidates(stage) if h not in excluded]
-        _check_k(k, len(pool), f"stage {stage!r} after excluding {len(excluded)} heads")
-        gen = torch.Generator().manual_seed(int(seed))
-        chosen = torch.randperm(len(pool), generator=gen)[:k].tolist()
-        return sorted(pool[i] for i in chosen)
+        layers = range(self.n_layers) if stage is None else stage_layers(stage, self.n_layers)
+        return random_heads(
+            self.n_layers, self.n_heads, k, excluded, seed, layers=layers, sort=True,
+            where=f"stage {stage!r} after excluding {len(excluded)} heads",
+        )  # fmt: skip
 
     # -- tables ---------------------------------------------------------------------------------
 
@@ -383,7 +382,7 @@ def pearson(a: VisualHeadScores, b: VisualHeadScores, metric: str = "detection")
     Example:
         >>> pearson(scores_7b, scores_7b_v16, "detection")       # doctest: +SKIP
     """
-    metric = _check_metric(metric)
+    metric = check_metric(metric)
     x, y = a.mean[metric].flatten(), b.mean[metric].flatten()
     if a.mean[metric].shape != b.mean[metric].shape:
         raise ValueError(f"head maps differ in shape: {tuple(a.mean[metric].shape)} vs {tuple(b.mean[metric].shape)}")
@@ -400,7 +399,7 @@ def layer_distribution(scores: VisualHeadScores, metric: str = "detection") -> F
     Raises:
         ValueError: a layer sum is negative or all sums are zero.
     """
-    sums = scores.mean[_check_metric(metric)].sum(dim=1)
+    sums = scores.mean[check_metric(metric)].sum(dim=1)
     if bool((sums < 0).any()):
         raise ValueError(f"metric {metric!r} has negative layer sums; not a distribution")
     total = float(sums.sum())
@@ -442,7 +441,8 @@ def emd_layers(a: VisualHeadScores, b: VisualHeadScores, metric: str = "detectio
 # Helpers
 
 
-def _check_metric(metric: str) -> str:
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of :data:`METRICS`, else ``ValueError``."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return metric

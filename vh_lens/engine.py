@@ -1,0 +1,505 @@
+"""The engine every experiment runs on: prepare samples once, run them in batches under hook conditions.
+
+Three pieces:
+
+- :func:`prepare` / :func:`iter_batches`: samples become :class:`PreparedBatch` objects
+  (tokenised, images encoded, with the candidate answers to score when asked); :func:`prepare`
+  keeps them all, offloaded to the CPU, for experiments that reuse them many times (masking,
+  interventions), :func:`iter_batches` streams them (a scan over a large data set).
+- :class:`Condition`: a named set of forward hooks (an ablation, a steering, nothing). A
+  condition may declare its first hooked layer (:attr:`Condition.first_layer`), so a later
+  sweep can start at it.
+- a :class:`Reducer`: what a run computes. The condition's hooks are attached for the whole
+  run (``model.hooks``; with each batch for models without it). Per batch, the engine asks the
+  reducer for the hooks that read activations (:meth:`Reducer.hooks`, attached after the
+  condition's), runs the forward pass and hands the output to :meth:`Reducer.update`.
+  :meth:`Reducer.result` gives the result; :meth:`Reducer.state_dict` /
+  :meth:`Reducer.load_state_dict` resume a run; :meth:`Reducer.merge` folds the reducer of the
+  following samples into this one (data-parallel runs merge the ranks' reducers in rank order,
+  so the result equals a run over all samples in one process).
+
+:func:`run` runs one condition; :func:`run_conditions` runs several over the same prepared
+batches, one fresh reducer each.
+
+Data parallelism plugs in through a :class:`World` (``world=``): it decides which samples this
+process prepares (:meth:`World.shard`) and combines the processes' reducers
+(:meth:`World.reduce`). :data:`LOCAL` (one process, all samples) is the default;
+:mod:`vh_lens.distributed` provides the ``torch.distributed`` one.
+
+Example:
+    >>> prepared = prepare(model, samples, batch_size=8, answers="score")  # doctest: +SKIP
+    >>> conditions = [Condition("baseline"), Condition("ablate", tuple(ablate_heads([(3, 1)])))]  # doctest: +SKIP
+    >>> out = run_conditions(model, prepared, conditions, lambda c: AccuracyReducer("score"))  # doctest: +SKIP
+    >>> out["ablate"].result().accuracy  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from tqdm import tqdm
+
+from vh_lens.core.hooks import FwdHook, first_hooked_layer
+
+__all__ = [
+    "LOCAL",
+    "Condition",
+    "LocalWorld",
+    "PreparedBatch",
+    "PreparedSamples",
+    "Reducer",
+    "World",
+    "iter_batches",
+    "offload",
+    "prepare",
+    "run",
+    "run_conditions",
+]
+
+ANSWER_METHODS = ("score", "generate")
+
+
+# --------------------------------------------------------------------------------------------
+# Conditions
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A named set of forward hooks that a run is made under.
+
+    Attributes:
+        name: the condition's name (unique within one :func:`run_conditions`).
+        fwd_hooks: ``(hook name or filter, fn)`` pairs, attached for each batch before the
+            reducer's own hooks (so a reducer reads what the intervention produced).
+        first_layer: the first layer the hooks change, declared by the caller; ``None``: derived
+            from the hook names (:func:`vh_lens.core.hooks.first_hooked_layer`), see
+            :attr:`start_layer`.
+        metadata: anything the experiment wants to keep with the condition (heads, seed...).
+    """
+
+    name: str = "baseline"
+    fwd_hooks: tuple[FwdHook, ...] = ()
+    first_layer: int | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Condition.name must be a non-empty string, got {self.name!r}")
+        hooks = tuple(tuple(h) for h in self.fwd_hooks)
+        if any(len(h) != 2 or not callable(h[1]) for h in hooks):
+            raise ValueError(f"Condition.fwd_hooks of {self.name!r} must be (name, fn) pairs")
+        object.__setattr__(self, "fwd_hooks", hooks)
+        if self.first_layer is not None and (
+            isinstance(self.first_layer, bool) or not isinstance(self.first_layer, int) or self.first_layer < 0
+        ):
+            raise ValueError(f"Condition.first_layer must be None or a layer index >= 0, got {self.first_layer!r}")
+
+    @property
+    def start_layer(self) -> int:
+        """Where a sweep may start: the declared :attr:`first_layer`, else the lowest hooked layer.
+
+        0 when the hooks touch something before the first block or use name filters; the number
+        of layers is not known here, so a condition without hooks also gives 0.
+        """
+        if self.first_layer is not None:
+            return self.first_layer
+        derived = first_hooked_layer(self.fwd_hooks)
+        return 0 if derived is None else derived
+
+
+BASELINE = Condition("baseline")
+"""The condition without hooks."""
+
+
+# --------------------------------------------------------------------------------------------
+# Prepared batches
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedBatch:
+    """One batch of samples, ready for forward passes.
+
+    Attributes:
+        start: index of ``samples[0]`` in the whole data set (before sharding).
+        samples: the samples, in batch order.
+        batch: the model's batch (a :class:`~vh_lens.LlavaBatch`; for answer scoring, with
+            the shared candidate prefix appended).
+        answers: the :class:`~vh_lens.evaluation.scoring.AnswerBatch` when prepared with
+            ``answers=`` (its ``batch`` is :attr:`batch`), else ``None``.
+    """
+
+    start: int
+    samples: tuple[Any, ...]
+    batch: Any
+    answers: Any | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def indices(self) -> range:
+        """Indices of the samples in the whole data set."""
+        return range(self.start, self.start + len(self.samples))
+
+    @property
+    def layouts(self) -> list[Any]:
+        return list(self.batch.layout)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedSamples:
+    """Batches prepared once and reused by every run (see :func:`prepare`).
+
+    Attributes:
+        batches: the batches, in sample order.
+        n_total: samples in the whole data set (all shards).
+        answers: the answer method they were prepared for (``"score"``, ``"generate"``) or ``None``.
+    """
+
+    batches: tuple[PreparedBatch, ...]
+    n_total: int
+    answers: str | None = None
+
+    def __iter__(self) -> Iterator[PreparedBatch]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples prepared in this process."""
+        return sum(len(b) for b in self.batches)
+
+    @property
+    def samples(self) -> list[Any]:
+        return [s for b in self.batches for s in b.samples]
+
+
+def offload(batch: Any) -> Any:
+    """A copy of a :class:`~vh_lens.LlavaBatch` holding only what a forward pass needs, on the CPU.
+
+    Pixel values are dropped (the image features are already in ``embeds``); other batch types
+    are moved with ``.to("cpu")`` when they can be.
+    """
+    from vh_lens.core.model import LlavaBatch
+
+    if not isinstance(batch, LlavaBatch):
+        return batch.to("cpu") if hasattr(batch, "to") else batch
+    return LlavaBatch(
+        input_ids=batch.input_ids.cpu(),
+        attention_mask=batch.attention_mask.cpu(),
+        embeds=batch.embeds.detach().cpu(),
+        layout=batch.layout,
+        pixel_values=[None] * len(batch),
+        prompts=batch.prompts,
+    )
+
+
+def _offload_prepared(item: PreparedBatch) -> PreparedBatch:
+    slim = offload(item.batch)
+    answers = item.answers
+    if answers is not None:
+        answers = replace(answers, batch=slim)
+    return PreparedBatch(item.start, item.samples, slim, answers)
+
+
+Preparer = Callable[[Any, Sequence[Any], int], PreparedBatch]
+"""``preparer(model, samples, start) -> PreparedBatch``: how one chunk of samples is prepared."""
+
+
+def _default_preparer(answers: str | None, format_question: Callable[[Any], str] | None) -> Preparer:
+    if answers is not None and answers not in ANSWER_METHODS:
+        raise ValueError(f"answers must be None or one of {ANSWER_METHODS}, got {answers!r}")
+
+    def preparer(model: Any, chunk: Sequence[Any], start: int) -> PreparedBatch:
+        if answers is not None:
+            from vh_lens.evaluation.scoring import prepare_answer_batch
+
+            ab = prepare_answer_batch(model, chunk, method=answers, format_question=format_question, offset=start)  # type: ignore[arg-type]
+            return PreparedBatch(start, tuple(chunk), ab.batch, ab)
+        if format_question is None:
+            return PreparedBatch(start, tuple(chunk), model.prepare_samples(list(chunk)))
+        return PreparedBatch(start, tuple(chunk), model.prepare_samples(list(chunk), format_question=format_question))
+
+    return preparer
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def iter_batches(
+    model: Any,
+    samples: Iterable[Any],
+    *,
+    batch_size: int = 8,
+    answers: str | None = None,
+    format_question: Callable[[Any], str] | None = None,
+    preparer: Preparer | None = None,
+    skip: int = 0,
+    offset: int = 0,
+) -> Iterator[PreparedBatch]:
+    """Prepare ``samples`` lazily, ``batch_size`` at a time (for streaming runs).
+
+    Args:
+        model: a :class:`~vh_lens.LlavaLens` (or anything with ``prepare_samples``).
+        samples: a sequence or any iterable of samples.
+        batch_size: samples per batch.
+        answers: ``"score"`` / ``"generate"``: also prepare the candidate answers
+            (:func:`vh_lens.evaluation.scoring.prepare_answer_batch`); ``None``: only the prompts.
+        format_question: how a sample becomes the user turn (default: the model's own).
+        preparer: prepare each chunk yourself (``preparer(model, samples, start)``); replaces
+            ``answers`` and ``format_question``.
+        skip: samples to skip first (a resumed run); they are consumed, not prepared.
+        offset: index in the whole data set of the first sample of ``samples`` (when the caller
+            has consumed some already); batches' :attr:`PreparedBatch.start` count from it.
+    """
+    _check_batch_size(batch_size)
+    if preparer is None:
+        preparer = _default_preparer(answers, format_question)
+    it = iter(samples)
+    for _ in itertools.islice(it, skip):
+        pass
+    start = offset + skip
+    while chunk := list(itertools.islice(it, batch_size)):
+        yield preparer(model, chunk, start)
+        start += len(chunk)
+
+
+def prepare(
+    model: Any,
+    samples: Sequence[Any],
+    *,
+    batch_size: int = 8,
+    answers: str | None = None,
+    format_question: Callable[[Any], str] | None = None,
+    preparer: Preparer | None = None,
+    offload_to_cpu: bool = True,
+    world: World | None = None,
+) -> PreparedSamples:
+    """Prepare ``samples`` once (tokenise, encode images, offload) for many runs.
+
+    Args:
+        model, batch_size, answers, format_question, preparer: as :func:`iter_batches`.
+        samples: the samples (a sequence: its length is needed to shard it).
+        offload_to_cpu: keep only what a forward pass needs, on the CPU (:func:`offload`).
+        world: which samples this process prepares (:meth:`World.shard`); default all.
+
+    Raises:
+        ValueError: no samples, a bad batch size, or what preparing a sample raises.
+    """
+    samples = list(samples)
+    if not samples:
+        raise ValueError("prepare: no samples given")
+    _check_batch_size(batch_size)
+    world = LOCAL if world is None else world
+    shard = world.shard(len(samples))
+    if preparer is None:
+        preparer = _default_preparer(answers, format_question)
+    batches = []
+    for first in range(shard.start, shard.stop, batch_size):
+        chunk = samples[first : min(first + batch_size, shard.stop)]
+        item = preparer(model, chunk, first)
+        batches.append(_offload_prepared(item) if offload_to_cpu else item)
+    return PreparedSamples(tuple(batches), len(samples), answers)
+
+
+# --------------------------------------------------------------------------------------------
+# Reducers
+
+
+class Reducer:
+    """What a run computes. Subclass it and override what you need.
+
+    The engine calls, for each batch: :meth:`hooks` (the hooks that read activations; they are
+    attached after the condition's), :meth:`forward` (default: ``model.run_with_hooks``), then
+    :meth:`update` with the forward's output. :meth:`result` turns the state into the result.
+
+    For resumable and data-parallel runs, implement :meth:`state_dict` /
+    :meth:`load_state_dict` (tensors and JSON values) and :meth:`merge` (fold the reducer of
+    the *following* samples into this one: ``a.merge(b)`` must give what one reducer that saw
+    ``a``'s samples, then ``b``'s, gives).
+    """
+
+    def hooks(self, item: PreparedBatch) -> list[FwdHook]:
+        """Hooks that read this batch's activations (default: none)."""
+        return []
+
+    def forward(self, model: Any, item: PreparedBatch, fwd_hooks: list[FwdHook]) -> Any:
+        """The forward pass of one batch under ``fwd_hooks`` (default: logits of ``run_with_hooks``)."""
+        return model.run_with_hooks(item.batch, fwd_hooks=fwd_hooks)
+
+    def update(self, output: Any, item: PreparedBatch) -> None:
+        """Fold one batch's output (logits by default) into the state."""
+
+    def result(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.result")
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved (no state_dict)")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be restored (no load_state_dict)")
+
+    def merge(self, other: Reducer) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be merged")
+
+
+# --------------------------------------------------------------------------------------------
+# Worlds (data parallelism)
+
+
+@runtime_checkable
+class World(Protocol):
+    """Which samples this process runs, and how the processes' reducers are combined.
+
+    ``shard(n)`` returns the contiguous range of sample indices (out of ``n``) this process
+    prepares and runs; the ranks' ranges, in rank order, must cover ``0..n-1``.
+    ``reduce(reducer)`` returns the reducer of all samples (e.g. gather every rank's
+    ``state_dict``, load them into fresh reducers and ``merge`` them in rank order); it is
+    called once at the end of :func:`run` on every process.
+    """
+
+    rank: int
+    size: int
+
+    def shard(self, n: int) -> range: ...
+
+    def reduce(self, reducer: Reducer) -> Reducer: ...
+
+
+@dataclass(frozen=True)
+class LocalWorld:
+    """One process that runs every sample."""
+
+    rank: int = 0
+    size: int = 1
+
+    def shard(self, n: int) -> range:
+        return range(n)
+
+    def reduce(self, reducer: Reducer) -> Reducer:
+        return reducer
+
+
+LOCAL = LocalWorld()
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def _move(item: PreparedBatch, device: torch.device | str | None) -> PreparedBatch:
+    if device is None:
+        return item
+    answers = item.answers
+    moved = item.batch.to(device)
+    if answers is not None:
+        answers = replace(answers, batch=moved)
+    return PreparedBatch(item.start, item.samples, moved, answers)
+
+
+def run(
+    model: Any,
+    batches: Iterable[PreparedBatch],
+    reducer: Reducer,
+    *,
+    condition: Condition | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "run",
+    total: int | None = None,
+    on_batch: Callable[[PreparedBatch, Reducer], None] | None = None,
+    world: World | None = None,
+    grad: bool = False,
+) -> Reducer:
+    """Run every batch under ``condition`` and fold it into ``reducer``.
+
+    Args:
+        model: a :class:`~vh_lens.LlavaLens` (``run_with_hooks``; what the reducer's forward uses).
+        batches: :class:`PreparedSamples` or any iterable of :class:`PreparedBatch` (streamed).
+        reducer: the :class:`Reducer` (updated in place, and returned).
+        condition: the hooks to run under (default: none).
+        device: move each batch there first (``batch.to(device)``).
+        progress: a tqdm bar over batches (``total`` batches, if known).
+        desc: the bar's label.
+        on_batch: called after each batch's update, e.g. to write a checkpoint.
+        world: combine the processes' reducers at the end (:meth:`World.reduce`); default one process.
+        grad: keep autograd on (default: ``torch.no_grad``).
+
+    Returns:
+        ``reducer`` (or, with a ``world``, what :meth:`World.reduce` returns).
+    """
+    condition = BASELINE if condition is None else condition
+    if total is None and hasattr(batches, "__len__"):
+        total = len(batches)  # type: ignore[arg-type]
+    context = torch.enable_grad() if grad else torch.no_grad()
+    # The condition's hooks are attached once for the whole run (``model.hooks``, removed at the
+    # end, also on error) where the model allows it; else they go with each batch.
+    whole_run = hasattr(model, "hooks")
+    per_batch = [] if whole_run else list(condition.fwd_hooks)
+    attached = model.hooks(fwd_hooks=list(condition.fwd_hooks)) if whole_run else contextlib.nullcontext()
+    with context, attached, tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False) as bar:
+        for item in batches:
+            item = _move(item, device)
+            hooks = per_batch + list(reducer.hooks(item))
+            output = reducer.forward(model, item, hooks)
+            reducer.update(output, item)
+            if on_batch is not None:
+                on_batch(item, reducer)
+            bar.update(1)
+    return (LOCAL if world is None else world).reduce(reducer)
+
+
+def run_conditions(
+    model: Any,
+    prepared: PreparedSamples | Sequence[PreparedBatch],
+    conditions: Sequence[Condition] | Mapping[str, Sequence[FwdHook]],
+    make_reducer: Callable[[Condition], Reducer],
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "conditions",
+    world: World | None = None,
+    on_condition: Callable[[Condition, Reducer], None] | None = None,
+) -> dict[str, Reducer]:
+    """Run the same prepared batches under each condition, one fresh reducer each.
+
+    Args:
+        prepared: batches prepared once (:func:`prepare`).
+        conditions: :class:`Condition` objects, or ``{name: fwd_hooks}``.
+        make_reducer: a fresh reducer for a condition.
+        progress: a tqdm bar over the conditions.
+        on_condition: called after each condition with its (reduced) reducer.
+
+    Returns:
+        ``{condition name: reducer}`` in the order given.
+
+    Raises:
+        ValueError: no conditions, or two with the same name.
+    """
+    if isinstance(conditions, Mapping):
+        conditions = [Condition(name, tuple(hooks)) for name, hooks in conditions.items()]
+    conditions = list(conditions)
+    if not conditions:
+        raise ValueError("run_conditions: no conditions given")
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be distinct, got {names}")
+    out: dict[str, Reducer] = {}
+    with tqdm(total=len(conditions), desc=desc, unit="condition", disable=not progress) as bar:
+        for cond in conditions:
+            bar.set_postfix_str(cond.name)
+            reducer = run(model, prepared, make_reducer(cond), condition=cond, device=device, world=world)
+            out[cond.name] = reducer
+            if on_condition is not None:
+                on_condition(cond, reducer)
+            bar.update(1)
+    return out

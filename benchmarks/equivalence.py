@@ -34,7 +34,7 @@ def _image(size, seed):
 @torch.no_grad()
 def max_differences(kind, backbone, kv, processed):
     hf, processor = tiny_llava(kind, backbone, n_kv_heads=kv)
-    loader = vh_lens.load_llava if processed else vh_lens.load_llava_no_processing
+    loader = vh_lens.load_llava if processed else vh_lens.core.load_llava_no_processing
     model = loader(hf, processor=processor)
     images = [_image((70, 40), 0), _image((50, 90), 1), None]
     batch = model.prepare(images=images, questions=QUESTIONS)

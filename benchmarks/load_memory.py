@@ -10,7 +10,7 @@ with
   time and peak count the weights in memory;
 - ``load_llava``: ``vh_lens.load_llava(folder, dtype=...)`` (weight processing on);
 - ``load_llava_unchecked``: the same with ``check_finite=False`` (no NaN / inf scan);
-- ``no_processing``: ``vh_lens.load_llava_no_processing(folder, dtype=...)``;
+- ``no_processing``: ``vh_lens.core.load_llava_no_processing(folder, dtype=...)``;
 
 and reports for each the wall time of the load call, ``loaded`` (bytes of the parameters and
 buffers that stay loaded), ``peak`` (the process's peak resident memory during loading minus its
@@ -81,7 +81,7 @@ def _child(folder: str, loader: str, dtype_name: str) -> None:
 
         def load():
             if loader == "no_processing":
-                return vh_lens.load_llava_no_processing(folder, dtype=dtype)
+                return vh_lens.core.load_llava_no_processing(folder, dtype=dtype)
             return vh_lens.load_llava(folder, dtype=dtype, check_finite=loader == "load_llava")
 
     before = _rss_bytes()

@@ -93,7 +93,7 @@ def tiny_lens(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | No
     import vh_lens
 
     model, processor = tiny_pair(kind, backbone, n_kv_heads)
-    loader = vh_lens.load_llava if processed else vh_lens.load_llava_no_processing
+    loader = vh_lens.load_llava if processed else vh_lens.core.load_llava_no_processing
     return loader(model, processor=processor)
 
 

@@ -178,7 +178,7 @@ def _max_differences(hf, processor, *, n_samples: int = 3) -> dict[str, float]:
     images = _images()[:n_samples]
     worst = {"logits": 0.0, "pattern": 0.0}
     refs = None
-    for loader in (vh_lens.load_llava, vh_lens.load_llava_no_processing):
+    for loader in (vh_lens.load_llava, vh_lens.core.load_llava_no_processing):
         model = loader(hf, processor=processor)
         batch = model.prepare(images=images, questions=QUESTIONS[:n_samples])
         assert len(set(batch.attention_mask.sum(-1).tolist())) == n_samples, "samples must differ in length"
@@ -415,11 +415,11 @@ def test_float64_load_keeps_every_parameter_float64(tmp_path):
     hf.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     for source in (hf, tmp_path):
-        for loader in (vh_lens.load_llava, vh_lens.load_llava_no_processing):
+        for loader in (vh_lens.load_llava, vh_lens.core.load_llava_no_processing):
             model = loader(source, processor=processor if source is hf else None)
             wrong = [n for n, p in model.named_parameters() if p.dtype != torch.float64]
             assert not wrong, f"not float64: {wrong[:5]}"
-    raw = vh_lens.load_llava_no_processing(tmp_path)
+    raw = vh_lens.core.load_llava_no_processing(tmp_path)
     attn = hf.model.language_model.layers[0].self_attn
     # bit-exact: a pass through float32 would round these
     assert torch.equal(raw.lm.blocks[0].attn.W_Q[0], attn.q_proj.weight[: raw.cfg.d_head].T)

@@ -227,7 +227,7 @@ def test_report_shape_and_baseline_equals_evaluate(setup, tmp_path: Path) -> Non
     assert len(report.to_markdown().splitlines()) == 4 + len(probes.functions)
     fig = plot_function_interventions(report)
     assert isinstance(fig, go.Figure) and len(fig.data) == 9
-    assert vh_lens.plot_function_interventions is plot_function_interventions  # the top-level name still works
+    assert vh_lens.plotting.plot_function_interventions is plot_function_interventions  # the top-level name still works
     assert list(fig.data[0].x) == list(probes.functions)
 
     report.save(tmp_path / "rep")

@@ -159,11 +159,13 @@ class PreparedSamples:
         batches: the batches, in sample order.
         n_total: samples in the whole data set (all shards).
         answers: the answer method they were prepared for (``"score"``, ``"generate"``) or ``None``.
+        world: the :class:`World` whose shard this is; :func:`run` reduces over it by default.
     """
 
     batches: tuple[PreparedBatch, ...]
     n_total: int
     answers: str | None = None
+    world: Any = None
 
     def __iter__(self) -> Iterator[PreparedBatch]:
         return iter(self.batches)
@@ -290,7 +292,8 @@ def prepare(
         model, batch_size, answers, format_question, preparer: as :func:`iter_batches`.
         samples: the samples (a sequence: its length is needed to shard it).
         offload_to_cpu: keep only what a forward pass needs, on the CPU (:func:`offload`).
-        world: which samples this process prepares (:meth:`World.shard`); default all.
+        world: which samples this process prepares (:meth:`World.shard`); default
+            :func:`vh_lens.distributed.current_world`: this rank's shard under ``torchrun``, else all.
 
     Raises:
         ValueError: no samples, a bad batch size, or what preparing a sample raises.
@@ -299,7 +302,10 @@ def prepare(
     if not samples:
         raise ValueError("prepare: no samples given")
     _check_batch_size(batch_size)
-    world = LOCAL if world is None else world
+    if world is None:
+        from vh_lens.distributed import current_world
+
+        world = current_world()
     shard = world.shard(len(samples))
     if preparer is None:
         preparer = _default_preparer(answers, format_question)
@@ -308,7 +314,7 @@ def prepare(
         chunk = samples[first : min(first + batch_size, shard.stop)]
         item = preparer(model, chunk, first)
         batches.append(_offload_prepared(item) if offload_to_cpu else item)
-    return PreparedSamples(tuple(batches), len(samples), answers)
+    return PreparedSamples(tuple(batches), len(samples), answers, world)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,7 +437,8 @@ def run(
         progress: a tqdm bar over batches (``total`` batches, if known).
         desc: the bar's label.
         on_batch: called after each batch's update, e.g. to write a checkpoint.
-        world: combine the processes' reducers at the end (:meth:`World.reduce`); default one process.
+        world: combine the processes' reducers at the end (:meth:`World.reduce`); default: the
+            world ``batches`` were prepared for (:attr:`PreparedSamples.world`), else one process.
         grad: keep autograd on (default: ``torch.no_grad``).
 
     Returns:
@@ -455,7 +462,9 @@ def run(
             if on_batch is not None:
                 on_batch(item, reducer)
             bar.update(1)
-    return (LOCAL if world is None else world).reduce(reducer)
+    if world is None:
+        world = getattr(batches, "world", None) or LOCAL
+    return world.reduce(reducer)
 
 
 def run_conditions(

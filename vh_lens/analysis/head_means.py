@@ -219,5 +219,6 @@ def head_means(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     reducer = HeadMeansReducer(model.cfg, positions)
-    run(model, _batches(model, data, batch_size), reducer)
+    # prepared samples carry their world (data-parallel shards): the means are over all ranks
+    reducer = run(model, _batches(model, data, batch_size), reducer, world=getattr(data, "world", None))
     return reducer.result()

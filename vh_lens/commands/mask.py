@@ -16,6 +16,7 @@ import contextlib
 import glob
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,15 @@ def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
     the run fails.
     """
     from vh_lens.core.io import make_temp_dir, publish
+    from vh_lens.distributed import is_main_process
 
+    if not is_main_process():  # under torchrun only rank 0 writes; the others write to a scratch folder
+        scratch = Path(tempfile.mkdtemp(prefix="vh_lens_rank_"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     out = Path(out).absolute()
     finish_interrupted(out)
     _check_out(out, overwrite)

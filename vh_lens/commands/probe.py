@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         if report is not None:
             figures.append(plot_function_interventions(report))
         write_probe_report(tmp / "report.html", title=f"Functional heads: {args.data.name}", tables=tables,
-                           titles=_TITLES, figures=figures, report=report, notes=[*(f'Warning: {w}' for w in warnings), summary[2]],
+                           titles=_TITLES, figures=figures, report=report, notes=[summary[2]], warnings=warnings,
                            settings=command_settings(args, "vh-lens probe"), plotlyjs=args.plotlyjs)  # fmt: skip
         timings["total_s"] = time.perf_counter() - start
         info = {"argv": sys.argv[1:], "data": str(args.data), "model": str(args.model), "n_items": len(items),

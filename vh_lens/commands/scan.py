@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -460,6 +461,11 @@ def _summary(scores: Any, k: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vh-lens scan``; returns the exit code."""
+    from vh_lens.distributed import launched
+
+    if launched() and int(os.environ["WORLD_SIZE"]) > 1:  # every rank would scan everything and publish
+        raise ValueError("vh-lens scan does not split across torchrun ranks yet: run it in one process, "
+                         "or use vh_lens.parallel.scan_visual_heads in a script")
     demo = is_demo(args)
     check_arguments(args, demo)
     if not demo:

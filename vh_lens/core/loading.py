@@ -36,6 +36,7 @@ from vh_lens.core.conformance import (
     check_conformance,
     tl_activation,
 )
+from vh_lens.core.devices import check_n_devices, place_layers
 from vh_lens.core.processing import process_group, working_dtype, write
 from vh_lens.core.tensor_source import CheckpointError, TensorSource, normalise_key
 
@@ -362,7 +363,10 @@ def load_backbone(
     TransformerLens skips it for RMS norm, which every supported backbone has.
     """
     del center_writing_weights  # see above: a no-op for RMS-normed models, as in TransformerLens
-    lm = HookedTransformer(cfg, move_to_device=True)
+    split = getattr(cfg, "n_devices", 1) > 1
+    lm = HookedTransformer(cfg, move_to_device=not split)
+    if split:
+        place_layers(lm)
     target = _Filled(lm.state_dict())
     flags = dict(fold_ln=fold_ln, center_unembed=center_unembed, fold_value_biases=fold_value_biases,
                  work=working_dtype(cfg.dtype))
@@ -464,6 +468,7 @@ def load_llava(
     n_ctx: int | None = None,
     fast_attention: bool = True,
     check_finite: bool = True,
+    n_devices: int = 1,
 ):
     """Load a LLaVA checkpoint as a :class:`~vh_lens.LlavaLens`.
 
@@ -488,6 +493,9 @@ def load_llava(
             TransformerLens' own attention. Switch later with ``model.fast_attention = ...``.
         check_finite: check every tensor read (language and vision side) for NaN and infinity
             and refuse a checkpoint holding any (measured: 0.7 s of 18 s for LLaVA-1.5-7B in float16); ``False`` skips it.
+        n_devices: split the language backbone's layers over this many CUDA devices from
+            ``device`` on (TransformerLens' layer split, :func:`vh_lens.core.devices.layer_devices`), for models that do
+            not fit one GPU; the vision tower, projector and embedding stay on the first device.
 
     Returns:
         A :class:`~vh_lens.LlavaLens`.
@@ -525,7 +533,9 @@ def load_llava(
             vision = build_vision(config, src, dtype)
     else:
         raise TypeError(f"load_llava: source must be a folder path or a Hugging Face LLaVA model, got {type(source).__name__}")
+    n_devices = check_n_devices(n_devices, device, int(config.text_config.num_hidden_layers))
     cfg = hooked_config(config, dtype=dtype, device=device, n_ctx=n_ctx, fold_ln=fold_ln)
+    cfg.n_devices = n_devices  # checked above (TransformerLens' config checks only at construction)
     with _single_threaded():
         lm = load_backbone(
             src,

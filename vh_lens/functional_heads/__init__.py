@@ -6,3 +6,38 @@ cognitive functions) -> ``selection`` (group splits, functional heads, direction
 ``config`` holds the frozen settings of the three entry points; the figures are in
 :mod:`vh_lens.plotting.functional`.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vh_lens.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "collect_head_activations": "vh_lens.functional_heads.activations",
+    "HeadActivations": "vh_lens.functional_heads.activations",
+    "probe_heads": "vh_lens.functional_heads.probes",
+    "ProbeResult": "vh_lens.functional_heads.probes",
+    "FunctionDirections": "vh_lens.functional_heads.selection",
+    "mean_difference_directions": "vh_lens.functional_heads.selection",
+    "split_by_group": "vh_lens.functional_heads.selection",
+    "elbow_index": "vh_lens.functional_heads.selection",
+    "intervene_on_functions": "vh_lens.functional_heads.interventions",
+    "function_hooks": "vh_lens.functional_heads.interventions",
+    "FunctionInterventionReport": "vh_lens.functional_heads.report",
+    "InterventionRun": "vh_lens.functional_heads.report",
+    "CollectionConfig": "vh_lens.functional_heads.config",
+    "ProbeConfig": "vh_lens.functional_heads.config",
+    "InterventionConfig": "vh_lens.functional_heads.config",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vh_lens.functional_heads.activations import collect_head_activations, HeadActivations
+    from vh_lens.functional_heads.probes import probe_heads, ProbeResult
+    from vh_lens.functional_heads.selection import FunctionDirections, mean_difference_directions, split_by_group, elbow_index
+    from vh_lens.functional_heads.interventions import intervene_on_functions, function_hooks
+    from vh_lens.functional_heads.report import FunctionInterventionReport, InterventionRun
+    from vh_lens.functional_heads.config import CollectionConfig, ProbeConfig, InterventionConfig

@@ -290,8 +290,9 @@ def intervene_on_functions(
             its dict; defaults: remove by zeroing, the elbow, seeds 0, 1, 2, generation, 16
             new tokens, batches of 8). The keyword arguments of the same names override its
             fields (``None``: keep the config's); see the config for what each means.
-        functions, mode, removal, emphasis, alpha, k, control_seeds, eval_method, include_main,
-            main_answer, context, batch_size, max_new_tokens: The config's fields.
+        functions, mode, removal, emphasis, alpha, k, control_seeds: The config's fields of the
+            same names, as are ``eval_method``, ``include_main``, ``main_answer``, ``context``,
+            ``batch_size`` and ``max_new_tokens``.
         acts: The probed activations: their per-head means for ``removal="mean"``, and the
             directions for ``emphasis="shift"`` (over ``probes.train_index``).
         directions: Directions for ``emphasis="shift"``, instead of computing them from ``acts``.
@@ -308,7 +309,7 @@ def intervene_on_functions(
 
     Example:
         >>> report = intervene_on_functions(model, items, probes, acts=acts, removal="mean")  # doctest: +SKIP
-        >>> vh_lens.plot_function_interventions(report)                                       # doctest: +SKIP
+        >>> vh_lens.plotting.plot_function_interventions(report)                                       # doctest: +SKIP
     """
     given = {
         "functions": functions, "mode": mode, "removal": removal, "emphasis": emphasis, "alpha": alpha, "k": k,

@@ -98,6 +98,7 @@ def write_probe_report(
     report: Any = None,
     settings: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
+    warnings: Sequence[str] = (),
     plotlyjs: str = "file",
 ) -> Path:
     """The functional-heads page of ``vh-lens probe``: the figures, then the summary tables.
@@ -110,7 +111,8 @@ def write_probe_report(
         figures: the figures (a list gets the names ``figure-1``, ...; a mapping keeps its names).
         report: a :class:`~vh_lens.functional_heads.interventions.FunctionInterventionReport` (its table is added).
         settings: the run's settings.
-        notes: warnings shown under the title (e.g. too few test items).
+        notes: remarks shown under the title.
+        warnings: warnings shown under the title (e.g. too few test items, unknown tokens).
         plotlyjs: ``"file"``, ``"cdn"`` or ``"inline"``.
     """
     named = dict(figures) if isinstance(figures, Mapping) else {f"figure-{i + 1}": f for i, f in enumerate(figures)}
@@ -121,7 +123,7 @@ def write_probe_report(
                   "functional_other", "random_other_mean", "baseline_main", "functional_main", "random_main_mean"]  # fmt: skip
         out.append(rows_table("Interventions", rows, header, note=report.to_markdown().splitlines()[0],
                               name="interventions"))  # fmt: skip
-    return write_report(path, title=title, settings=settings, figures=named, tables=out, notes=notes, kind="probe",
+    return write_report(path, title=title, settings=settings, figures=named, tables=out, notes=notes, warnings=warnings, kind="probe",
                         plotlyjs=plotlyjs)  # fmt: skip
 
 

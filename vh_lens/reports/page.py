@@ -338,7 +338,7 @@ def write_index(
     pages = report_pages(folder) if pages is None else list(pages)
     page_list = [{"file": file, "title": title} for file, title, _ in pages]
     text = _render(
-        kind="index", title=f"vh-lens reports in {folder.name}", notes=[], settings=[], figures=[], tables=[],
+        kind="index", title=f"vh-lens reports in {folder.name}", notes=[], warnings=[], settings=[], figures=[], tables=[],
         pages=page_list, plotly_script="", nav=Markup(_nav(INDEX_FILE, pages)),
     )  # fmt: skip
     path = folder / INDEX_FILE
@@ -354,6 +354,7 @@ def write_report(
     figures: Mapping[str, go.Figure] | Iterable[tuple[str, go.Figure]] = (),
     tables: Sequence[Table] = (),
     notes: Sequence[str] = (),
+    warnings: Sequence[str] = (),
     captions: Mapping[str, str] | None = None,
     kind: str | None = None,
     plotlyjs: str = "file",
@@ -366,7 +367,8 @@ def write_report(
         settings: the run's settings (nested mappings are flattened), shown in a table.
         figures: ``{name: figure}`` in page order; each figure's div id is ``fig-<name>``.
         tables: the tables, after the figures.
-        notes: warnings shown under the title.
+        notes: remarks shown under the title.
+        warnings: shown under the title, each as "Warning: ..." (before the notes).
         captions: ``{name: text}`` shown above a figure.
         kind: a word for the page (``"scan"``, ``"mask"``, ...); default the file's stem.
         plotlyjs: ``"file"`` (a shared ``plotly.min.js`` beside the page), ``"cdn"`` or
@@ -408,7 +410,7 @@ def write_report(
                              "rows": rows})  # fmt: skip
     figure_fields = [{"name": n, "html": Markup(_figure_html(n, f)), "caption": captions.get(n)} for n, f in items]
     text = _render(
-        kind=kind, title=title, notes=list(notes), settings=flatten_settings(settings), figures=figure_fields,
+        kind=kind, title=title, notes=list(notes), warnings=list(warnings), settings=flatten_settings(settings), figures=figure_fields,
         tables=table_fields, pages=[], plotly_script=Markup(script), nav=Markup(_nav(path.name, pages)),
     )  # fmt: skip
     write_text(path, text)

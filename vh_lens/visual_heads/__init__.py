@@ -6,3 +6,45 @@
 result: stages, rankings) -> ``masking`` (removing top heads vs random heads, measured as
 benchmark accuracy; its table in ``masking_result``).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vh_lens.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "scan_visual_heads": "vh_lens.visual_heads.scan",
+    "ScanConfig": "vh_lens.visual_heads.scan",
+    "visual_head_hooks": "vh_lens.visual_heads.hooks",
+    "visual_head_qk_hooks": "vh_lens.visual_heads.hooks",
+    "head_metrics": "vh_lens.visual_heads.metrics",
+    "detection_score": "vh_lens.visual_heads.metrics",
+    "default_layer_fn": "vh_lens.visual_heads.metrics",
+    "HEAD_METRICS": "vh_lens.visual_heads.metrics",
+    "ScoreAccumulator": "vh_lens.visual_heads.accumulator",
+    "VisualHeadScores": "vh_lens.visual_heads.scores",
+    "METRICS": "vh_lens.visual_heads.scores",
+    "STAGES": "vh_lens.visual_heads.scores",
+    "stage_layers": "vh_lens.visual_heads.scores",
+    "stage_of": "vh_lens.visual_heads.scores",
+    "pearson": "vh_lens.visual_heads.scores",
+    "emd_layers": "vh_lens.visual_heads.scores",
+    "layer_distribution": "vh_lens.visual_heads.scores",
+    "masking_experiment": "vh_lens.visual_heads.masking",
+    "MaskingConfig": "vh_lens.visual_heads.masking",
+    "MaskingResult": "vh_lens.visual_heads.masking_result",
+    "MaskingRow": "vh_lens.visual_heads.masking_result",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vh_lens.visual_heads.scan import scan_visual_heads, ScanConfig
+    from vh_lens.visual_heads.hooks import visual_head_hooks, visual_head_qk_hooks
+    from vh_lens.visual_heads.metrics import head_metrics, detection_score, default_layer_fn, HEAD_METRICS
+    from vh_lens.visual_heads.accumulator import ScoreAccumulator
+    from vh_lens.visual_heads.scores import VisualHeadScores, METRICS, STAGES, stage_layers, stage_of, pearson, emd_layers, layer_distribution
+    from vh_lens.visual_heads.masking import masking_experiment, MaskingConfig
+    from vh_lens.visual_heads.masking_result import MaskingResult, MaskingRow

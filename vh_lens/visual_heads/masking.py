@@ -32,6 +32,8 @@ from typing import Any
 from torch import Tensor
 
 from vh_lens import engine
+from vh_lens.distributed import samples_per_rank
+from vh_lens.sweep import run_conditions_shared_prefix
 from vh_lens.analysis.interventions import HeadMeans, ablate_heads, head_means
 from vh_lens.core.config import ExperimentConfig, check_choice, check_ints, resolve_config
 from vh_lens.core.hooks import Head
@@ -122,6 +124,7 @@ def masking_experiment(
     max_new_tokens: int | None = None,
     format_question: Callable[[Sample], str] | None = None,
     progress: bool = True,
+    sweep: str = "shared",
 ) -> MaskingResult:
     """Paper A's head-masking table: accuracy with each stage's top-k heads or k random heads removed.
 
@@ -150,6 +153,10 @@ def masking_experiment(
         max_new_tokens: generation length for ``eval_method="generate"``.
         format_question: how a sample becomes the user turn (default: the model's own).
         progress: show a tqdm progress bar over the evaluations.
+        sweep: ``"shared"`` (default): with ``eval_method="score"``, each batch's unablated
+            prefix is computed once and each condition starts at its first ablated layer
+            (:func:`vh_lens.sweep.run_conditions_shared_prefix`; the same accuracies);
+            ``"naive"``: every condition runs the whole model.
 
     Returns:
         :class:`MaskingResult`; ``metadata["config"]`` holds the settings.
@@ -201,7 +208,11 @@ def masking_experiment(
     for (stage, k_used), (top, controls) in plans.items():
         conditions.append(condition(f"{stage} k={k_used} top", top))
         conditions += [condition(f"{stage} k={k_used} seed={i}", c) for i, c in enumerate(controls)]
-    out = engine.run_conditions(
+    if sweep not in ("shared", "naive"):
+        raise ValueError(f"sweep must be 'shared' or 'naive', got {sweep!r}")
+    shared = sweep == "shared" and conf.eval_method == "score"  # generation re-runs every layer anyway
+    runner = run_conditions_shared_prefix if shared else engine.run_conditions
+    out = runner(
         model, prepared, conditions, lambda _: AccuracyReducer(conf.eval_method, conf.max_new_tokens),  # type: ignore[arg-type]
         progress=progress, desc=f"masking ({conf.method})",
     )  # fmt: skip
@@ -243,6 +254,9 @@ def masking_experiment(
             else (None if means is None else "given as a tensor")
         ),
         "config": conf.to_dict(),
+        "sweep": "shared prefix" if shared else "naive",
+        "world_size": int(prepared.world.size),
+        "samples_per_rank": samples_per_rank(len(samples), int(prepared.world.size)),
     }
     return MaskingResult(
         rows=tuple(rows),

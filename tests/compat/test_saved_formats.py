@@ -19,6 +19,9 @@ import torch
 
 import vh_lens
 from vh_lens import patching
+from vh_lens.analysis import HeadMeans
+from vh_lens.functional_heads import HeadActivations
+from vh_lens.visual_heads import METRICS
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "v0_1_0"
@@ -37,9 +40,9 @@ fx = _helpers()
 LOADERS = {
     "visual_head_scores": vh_lens.VisualHeadScores.load,
     "masking": vh_lens.MaskingResult.load,
-    "head_means": vh_lens.HeadMeans.load,
+    "head_means": HeadMeans.load,
     "logit_lens": vh_lens.LogitLensResult.load,
-    "head_activations": vh_lens.HeadActivations.load,
+    "head_activations": HeadActivations.load,
     "probe_result": vh_lens.ProbeResult.load,
     "function_interventions": vh_lens.FunctionInterventionReport.load,
     "patching": patching.PatchingResult.load,
@@ -74,16 +77,16 @@ def test_saved_result_loads_with_the_same_numbers(kind: str) -> None:
 def test_the_summary_sees_a_changed_number(tmp_path: Path) -> None:
     """The comparison above can fail: one changed value in a saved tensor changes the summary."""
     folder = shutil.copytree(FIXTURES / "head_means", tmp_path / "head_means")
-    means = vh_lens.HeadMeans.load(folder)
+    means = HeadMeans.load(folder)
     changed = means.mean.clone()
     changed[0, 0, 0] += 1.0
-    vh_lens.HeadMeans(mean=changed, count=means.count, positions=means.positions).save(folder)
-    assert fx.summary(vh_lens.HeadMeans.load(folder)) != EXPECTED["head_means"]
+    HeadMeans(mean=changed, count=means.count, positions=means.positions).save(folder)
+    assert fx.summary(HeadMeans.load(folder)) != EXPECTED["head_means"]
 
 
 def _assert_same_scores(got, want) -> None:
     assert got.count == want.count
-    for m in vh_lens.METRICS:
+    for m in METRICS:
         torch.testing.assert_close(got.mean[m], want.mean[m])
         torch.testing.assert_close(got.variance[m], want.variance[m])
         torch.testing.assert_close(got.per_sample[m], want.per_sample[m])

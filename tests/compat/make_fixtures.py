@@ -157,7 +157,7 @@ def make(out: Path) -> dict[str, Any]:
                     for s, c in zip(samples[:3], ["red", "blue", "green"], strict=True)]  # fmt: skip
     saved("masking", vh_lens.masking_experiment(model, mask_samples, scores, ks=(1, 3), stages=("early", "mid"),
                                                 control_seeds=(0, 1), progress=False))  # fmt: skip
-    saved("head_means", vh_lens.head_means(model, samples[:3], positions="last_prompt"))
+    saved("head_means", vh_lens.analysis.head_means.head_means(model, samples[:3], positions="last_prompt"))
     batch = model.prepare_samples(samples[:3])
     saved("logit_lens", vh_lens.logit_lens(model, batch, answers=["red", "blue", "green"], top_k=3))
 

@@ -76,8 +76,8 @@ def _child(folder: str, loader: str, dtype_name: str) -> None:
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this worktree's vh_lens
         import vh_lens
-        import vh_lens.loading  # imports are not timed
-        import vh_lens.model
+        import vh_lens.core.loading  # imports are not timed
+        import vh_lens.core.model
 
         def load():
             if loader == "no_processing":

@@ -4,13 +4,13 @@ Methods, all on the same prepared batch (image features already spliced in: the 
 is run once, outside every measurement) and under ``torch.inference_mode``:
 
 - ``plain``: the HookedTransformer forward, ``model(batch)`` as loaded (the baseline; layers
-  take the fused attention path of :mod:`vh_lens.fast_attention`, as no hook reads a pattern);
+  take the fused attention path of :mod:`vh_lens.core.fast_attention`, as no hook reads a pattern);
 - ``plain_tl``: the same with ``model.fast_attention = False`` (TransformerLens' own attention);
-- ``scan``: what :func:`~vh_lens.visual_heads.scan_visual_heads` runs per batch:
+- ``scan``: what :func:`~vh_lens.visual_heads.scan.scan_visual_heads` runs per batch:
   ``model.run_with_hooks(batch, fwd_hooks=visual_head_qk_hooks(...))`` into a
-  :class:`~vh_lens.visual_heads.ScoreAccumulator` (one attention row per head computed from the
+  :class:`~vh_lens.visual_heads.scan.ScoreAccumulator` (one attention row per head computed from the
   queries and keys, reduced layer by layer, nothing cached);
-- ``scan_pattern``: the scan through ``hook_pattern`` (:func:`~vh_lens.visual_heads.visual_head_hooks`,
+- ``scan_pattern``: the scan through ``hook_pattern`` (:func:`~vh_lens.visual_heads.scan.visual_head_hooks`,
   ``attention="pattern"``), which runs TransformerLens' attention;
 - ``cache``: ``model.run_with_cache(batch, names_filter=<every hook_pattern>)``, then the same
   metrics computed from the cached patterns;
@@ -101,7 +101,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def _methods(hf: Any, lens: Any, batch: Any) -> dict[str, Callable[[], Any]]:
     import torch
 
-    from vh_lens.visual_heads import ScoreAccumulator, head_metrics, visual_head_hooks, visual_head_qk_hooks
+    from vh_lens.visual_heads.scan import ScoreAccumulator, head_metrics, visual_head_hooks, visual_head_qk_hooks
 
     n_layers, n_heads = lens.cfg.n_layers, lens.cfg.n_heads
     layouts = batch.layout

@@ -151,7 +151,7 @@ class FastInputs:
     """
 
     def __init__(self, processor, check: Sequence[Sample]):
-        from vh_lens.answers import format_question
+        from vh_lens.evaluation.answers import format_question
 
         self.processor = processor
         self.tok = processor.tokenizer
@@ -216,7 +216,7 @@ def conversation(sample: Sample, turns: int, seed: int) -> list[tuple[str, str]]
     """
     from collections import Counter
 
-    from vh_lens.answers import format_question
+    from vh_lens.evaluation.answers import format_question
     from vh_lens.data.shapes import COLORS, QUESTION_TEMPLATES, SHAPE_KINDS
 
     rng = np.random.default_rng([seed, int(sample.metadata["id"].rsplit("-", 1)[1]), 7])

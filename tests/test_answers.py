@@ -1,10 +1,10 @@
-"""Prompt formatting and answer parsing (vh_lens.answers)."""
+"""Prompt formatting and answer parsing (vh_lens.evaluation.answers)."""
 
 from __future__ import annotations
 
 import pytest
 
-from vh_lens.answers import (
+from vh_lens.evaluation.answers import (
     COUNT_RANGE,
     MC_SUFFIX,
     SHORT_ANSWER_SUFFIX,

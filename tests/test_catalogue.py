@@ -29,11 +29,11 @@ from conftest import striped_image, tiny_lens
 from safetensors.torch import load_file, save_file
 
 import vh_lens
-import vh_lens.visual_heads as visual_heads
+import vh_lens.visual_heads.scan as visual_heads
 from vh_lens.cli import main
 from vh_lens.data import Sample, load_jsonl, load_rgb
-from vh_lens.layout import check_box
-from vh_lens.loading import UnsupportedModelError
+from vh_lens.core.layout import check_box
+from vh_lens.core.loading import UnsupportedModelError
 
 NAN = float("nan")
 

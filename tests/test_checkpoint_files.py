@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_pair
 
 import vh_lens
-from vh_lens.tensor_source import CheckpointError, read_safetensors_header
+from vh_lens.core.tensor_source import CheckpointError, read_safetensors_header
 
 # save_pretrained writes the legacy layout: messages name tensors as the file does
 DOWN = "language_model.model.layers.1.mlp.down_proj.weight"

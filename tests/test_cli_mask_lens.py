@@ -9,9 +9,9 @@ import torch
 from conftest import striped_image
 
 from vh_lens.cli import main
-from vh_lens.lens import LogitLensResult
-from vh_lens.masking import MaskingResult
-from vh_lens.scores import METRICS, VisualHeadScores
+from vh_lens.analysis.logit_lens import LogitLensResult
+from vh_lens.visual_heads.masking import MaskingResult
+from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
 
 @pytest.fixture(scope="module")

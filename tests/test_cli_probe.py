@@ -10,8 +10,8 @@ from conftest import tiny_pair
 from test_functional import write_cogqa_file
 
 from vh_lens.cli import main
-from vh_lens.functional import FunctionInterventionReport
-from vh_lens.probing import HeadActivations, ProbeResult
+from vh_lens.functional_heads.interventions import FunctionInterventionReport
+from vh_lens.functional_heads.probes import HeadActivations, ProbeResult
 
 
 @pytest.fixture(scope="module")

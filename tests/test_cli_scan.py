@@ -11,12 +11,12 @@ from conftest import striped_image
 from PIL import ImageDraw
 
 import vh_lens
-import vh_lens.visual_heads as visual_heads
+import vh_lens.visual_heads.scan as visual_heads
 from vh_lens.cli import main
 from vh_lens.commands import scan as scan_command
 from vh_lens.data import load_jsonl, load_looktwice
-from vh_lens.scores import METRICS, VisualHeadScores
-from vh_lens.visual_heads import scan_visual_heads
+from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
+from vh_lens.visual_heads.scan import scan_visual_heads
 
 N_SAMPLES = 5
 
@@ -295,7 +295,7 @@ def test_demo_uses_the_toy_checkpoint_as_soon_as_it_is_there(tmp_path, monkeypat
 @pytest.mark.parametrize("query", ["last_prompt", "answer_token"])
 def test_report_attention_rows_match_the_cached_pattern(files, lens, query) -> None:
     """The rows behind the report's attention-over-image figure, against run_with_cache."""
-    from vh_lens.report import head_attention_rows, plot_top_heads_on_image
+    from vh_lens.reports.scan import head_attention_rows, plot_top_heads_on_image
 
     sample = load_jsonl(files["data"], files["images"])[1]
     heads = [(1, 3), (0, 2), (1, 0)]

@@ -13,9 +13,9 @@ import transformers
 from conftest import striped_image
 
 import vh_lens
-from vh_lens import conformance
-from vh_lens.conformance import FIELD_RULES, INERT_FIELDS, check_conformance
-from vh_lens.loading import hooked_config
+from vh_lens.core import conformance
+from vh_lens.core.conformance import FIELD_RULES, INERT_FIELDS, check_conformance
+from vh_lens.core.loading import hooked_config
 from vh_lens.testing import tiny_llava
 
 QUESTIONS = ["how many dogs?", "what color is the cat in this picture ?", "is there a red circle in the image"]

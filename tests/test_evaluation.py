@@ -1,4 +1,4 @@
-"""Tests of vh_lens.evaluation: first-token scoring, generation, hooks during evaluation."""
+"""Tests of vh_lens.evaluation.scoring: first-token scoring, generation, hooks during evaluation."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import torch
 from conftest import striped_image, tiny_lens
 from transformer_lens.utilities import get_act_name
 
-from vh_lens import evaluation
-from vh_lens.answers import format_question, parse_answer
+from vh_lens.evaluation import scoring as evaluation
+from vh_lens.evaluation.answers import format_question, parse_answer
 from vh_lens.data.sample import Sample
-from vh_lens.evaluation import EvalResult, Prediction, candidate_token_ids, evaluate, prepare_answer_batch
+from vh_lens.evaluation.scoring import EvalResult, Prediction, candidate_token_ids, evaluate, prepare_answer_batch
 
 
 def _samples(answers=("B", "3", "no", "A")) -> list[Sample]:

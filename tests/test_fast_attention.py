@@ -10,9 +10,9 @@ from conftest import striped_image, tiny_lens
 
 import vh_lens
 from vh_lens.data.sample import Sample
-from vh_lens.fast_attention import mlp_supported, takes_fast_path
+from vh_lens.core.fast_attention import mlp_supported, takes_fast_path
 from vh_lens.testing import FAMILIES, tiny_llava
-from vh_lens.visual_heads import HEAD_METRICS, scan_visual_heads
+from vh_lens.visual_heads.scan import HEAD_METRICS, scan_visual_heads
 
 QUESTIONS = ["What is in the picture?", "How many red circles are there in this rather large image?", "Is it?"]
 

@@ -14,10 +14,10 @@ import torch
 from conftest import tiny_lens
 from transformer_lens.utils import get_act_name
 
-from vh_lens.answers import normalize_answer
+from vh_lens.evaluation.answers import normalize_answer
 from vh_lens.data.cogvision import load_cogvision, subquestion_samples
-from vh_lens.evaluation import evaluate
-from vh_lens.functional import (
+from vh_lens.evaluation.scoring import evaluate
+from vh_lens.functional_heads.interventions import (
     CSV_COLUMNS,
     FunctionInterventionReport,
     InterventionRun,
@@ -26,7 +26,7 @@ from vh_lens.functional import (
     plot_function_interventions,
     random_heads,
 )
-from vh_lens.probing import FunctionDirections, collect_head_activations, probe_heads
+from vh_lens.functional_heads.probes import FunctionDirections, collect_head_activations, probe_heads
 from vh_lens.testing import TINY_WORDS
 
 FUNCTIONS = ("Retrieval", "Math Calculation", "Inference")

@@ -1,4 +1,4 @@
-"""Tests for vh_lens._geometry against the real (PIL backend) Hugging Face image processors.
+"""Tests for vh_lens.core.geometry against the real (PIL backend) Hugging Face image processors.
 
 The independent checks are by pixels, on ``pixel_values`` from the processors (LLaVA-NeXT
 patches put in token order by the modeling code's own ``pack_image_features``):
@@ -35,8 +35,8 @@ from transformers import (
 from transformers.image_utils import PILImageResampling
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
-from vh_lens._geometry import _processed_size, cell_boxes_llava, cell_boxes_llava_next, llava_next_token_count
-from vh_lens.layout import cell_overlap
+from vh_lens.core.geometry import _processed_size, cell_boxes_llava, cell_boxes_llava_next, llava_next_token_count
+from vh_lens.core.layout import cell_overlap
 
 PATCH = 14
 VISION = 56  # 4 x 4 patches per view

@@ -38,8 +38,8 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from vh_lens._geometry import cell_boxes_llava, cell_boxes_llava_next, cell_boxes_onevision, llava_next_token_count
-from vh_lens.layout import cell_overlap
+from vh_lens.core.geometry import cell_boxes_llava, cell_boxes_llava_next, cell_boxes_onevision, llava_next_token_count
+from vh_lens.core.layout import cell_overlap
 
 PATCH = 14
 SIDE = 56

@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
 from vh_lens.data.sample import Sample
-from vh_lens.interventions import (
+from vh_lens.analysis.interventions import (
     HeadMeans,
     ablate_heads,
     head_means,
@@ -22,7 +22,7 @@ from vh_lens.interventions import (
     scale_heads,
     shift_heads,
 )
-from vh_lens.layout import TokenLayout
+from vh_lens.core.layout import TokenLayout
 
 N_LAYERS, D_MODEL, N_HEADS, D_HEAD, D_VOCAB = 2, 32, 4, 8, 50
 ATOL = 1e-5

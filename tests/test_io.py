@@ -1,4 +1,4 @@
-"""Atomic writes of vh_lens._io: right content, no temporary files left, old file kept on error."""
+"""Atomic writes of vh_lens.core.io: right content, no temporary files left, old file kept on error."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vh_lens import _io
+from vh_lens.core import io as _io
 
 
 def _names(folder: Path) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import striped_image, tiny_lens
 
-from vh_lens.layout import TokenLayout
+from vh_lens.core.layout import TokenLayout
 
 
 @pytest.mark.parametrize("kind", ["llava", "llava_next", "vip_llava"])

@@ -10,9 +10,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-from vh_lens.layout import TokenLayout
-from vh_lens.lens import LogitLensResult, answer_token_ids, logit_lens
-from vh_lens.plotting.lens import plot_answer_prob_heatmap, plot_rank_per_layer
+from vh_lens.core.layout import TokenLayout
+from vh_lens.analysis.logit_lens import LogitLensResult, answer_token_ids, logit_lens
+from vh_lens.plotting.logit_lens import plot_answer_prob_heatmap, plot_rank_per_layer
 
 WORDS = ["<unk>", "<pad>", "yes", "no", "red", "blue"] + [f"w{i}" for i in range(44)]  # 50 = d_vocab
 SEQ = 8

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 import vh_lens
-from vh_lens.loading import hooked_config
+from vh_lens.core.loading import hooked_config
 
 
 @pytest.fixture(scope="module")
@@ -199,12 +199,12 @@ def test_prompts_keep_raw_text(lens):
     dict(fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False),
 ], ids=["all", "no_fold_ln", "fold_ln_only"])
 def test_block_processing_matches_process_weights_on_whole_state_dict(family, flags):
-    """vh_lens.processing (group by group, block by block, written into the model) gives the
+    """vh_lens.core.processing (group by group, block by block, written into the model) gives the
     weights of TransformerLens' ProcessWeights.process_weights on the whole converted state dict."""
     from transformer_lens.weight_processing import ProcessWeights
 
-    from vh_lens.loading import _outer_groups, convert_layer
-    from vh_lens.tensor_source import TensorSource
+    from vh_lens.core.loading import _outer_groups, convert_layer
+    from vh_lens.core.tensor_source import TensorSource
 
     hf, processor = tiny_pair(*family)
     mine = vh_lens.load_llava(hf, processor=processor, **flags).lm.state_dict()

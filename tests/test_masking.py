@@ -1,4 +1,4 @@
-"""Tests of vh_lens.masking and its plot: the head-masking table on a tiny model."""
+"""Tests of vh_lens.visual_heads.masking and its plot: the head-masking table on a tiny model."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import striped_image, tiny_lens
 
-from vh_lens import masking
+from vh_lens.visual_heads import masking
 from vh_lens.data.sample import Sample
-from vh_lens.evaluation import evaluate
-from vh_lens.interventions import ablate_heads
-from vh_lens.masking import MaskingResult, MaskingRow, masking_experiment
+from vh_lens.evaluation.scoring import evaluate
+from vh_lens.analysis.interventions import ablate_heads
+from vh_lens.visual_heads.masking import MaskingResult, MaskingRow, masking_experiment
 from vh_lens.plotting.masking import plot_masking_curves
-from vh_lens.scores import METRICS, VisualHeadScores
+from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
 
 # The tiny model has 2 layers of 4 heads: early = layer 0, mid = layer 1, late = no layers.

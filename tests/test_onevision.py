@@ -16,8 +16,8 @@ from transformers import (
 from transformer_lens import HookedTransformer
 
 import vh_lens
-from vh_lens.loading import hooked_config
-from vh_lens.onevision import LlavaOnevisionImageOnlyProcessor
+from vh_lens.core.loading import hooked_config
+from vh_lens.core.onevision import LlavaOnevisionImageOnlyProcessor
 
 # 150x160 -> 3x3 tiles, 12x12 unpadded cells, ratio 1.5 > 1.1: bilinear downsampling to 8x8
 DOWNSAMPLED = (150, 160)
@@ -285,7 +285,7 @@ def test_real_siglip_configs_on_meta_device(name):
 
 
 def test_visual_head_metrics_over_one_image_or_all():
-    from vh_lens.visual_heads import visual_head_hooks
+    from vh_lens.visual_heads.scan import visual_head_hooks
 
     model = tiny_lens("llava_interleave", "qwen2")
     per_sample = [[striped_image((70, 40), 0), striped_image((50, 90), 1)], [striped_image((64, 64), 2)], []]
@@ -334,7 +334,7 @@ def test_extreme_aspect_ratios_match_hugging_face(kind, backbone, kv):
 
 
 def test_bilinear_sources_hand_computed():
-    from vh_lens._geometry import _bilinear_sources
+    from vh_lens.core.geometry import _bilinear_sources
 
     # align_corners=False: output i samples input 1.5 i + 0.25 (12 -> 8), mixing floor and floor + 1
     assert _bilinear_sources(12, 8) == [(0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (9, 10), (10, 11)]
@@ -347,7 +347,7 @@ def test_bilinear_sources_hand_computed():
 
 
 def test_downsampled_cell_box_is_the_union_of_its_sources():
-    from vh_lens._geometry import cell_boxes_llava_next, cell_boxes_onevision, onevision_max_patches
+    from vh_lens.core.geometry import cell_boxes_llava_next, cell_boxes_onevision, onevision_max_patches
 
     hf, processor = tiny_pair("llava_onevision", "qwen2", 2)
     c, vc = hf.config, hf.config.vision_config
@@ -369,7 +369,7 @@ def test_downsampled_cell_box_is_the_union_of_its_sources():
 
 
 def test_vision_towers_the_layout_cannot_follow_are_refused(tmp_path):
-    from vh_lens.image_tokens import leading_image_tokens
+    from vh_lens.core.image_tokens import leading_image_tokens
 
     hf, processor = tiny_pair("llava_interleave", "qwen2")
     assert leading_image_tokens(hf.config) == 0

@@ -53,7 +53,7 @@ def test_toy_model_region_map_puts_the_effect_in_the_asked_box():
     """Measured (count_super, 8 samples, seed 0, embed-noise 3 std): patching the box's image
     tokens at layer 0 restores 0.93 of the clean logit difference, the rest of the image 0.70."""
     from vh_lens.data.shapes import shapes
-    from vh_lens.evaluation import candidate_token_ids
+    from vh_lens.evaluation.scoring import candidate_token_ids
     from vh_lens.toy import format_question, load_toy
 
     model = load_toy()

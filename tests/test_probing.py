@@ -16,14 +16,14 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from vh_lens.data.cogvision import CogItem, SubQuestion
 from vh_lens.data.sample import Sample
-from vh_lens.layout import TokenLayout
+from vh_lens.core.layout import TokenLayout
 from vh_lens.plotting.functional import (
     plot_function_head_maps,
     plot_function_overlap,
     plot_heads_per_layer,
     plot_sorted_scores,
 )
-from vh_lens.probing import (
+from vh_lens.functional_heads.probes import (
     HeadActivations,
     ProbeResult,
     collect_head_activations,

@@ -21,13 +21,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_catalogue import write_evil_checkpoint
 
-import vh_lens._io as io_mod
-from vh_lens._io import check_published, publish, recover_publish, write_json
+import vh_lens.core.io as io_mod
+from vh_lens.core.io import check_published, publish, recover_publish, write_json
 from vh_lens.cli import main
 from vh_lens.commands import scan as scan_command
 from vh_lens.data import load_rgb
-from vh_lens.fingerprint import changed_files, fingerprint_checkpoint, fingerprint_files
-from vh_lens.scores import VisualHeadScores
+from vh_lens.core.fingerprint import changed_files, fingerprint_checkpoint, fingerprint_files
+from vh_lens.visual_heads.scores import VisualHeadScores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def test_changed_weights_refuse_the_resume_and_overwrite_starts_afresh(data, tin
     model = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, model)
     out = tmp_path / "out"
-    import vh_lens.visual_heads as visual_heads
+    import vh_lens.visual_heads.scan as visual_heads
 
     write = visual_heads._write_checkpoint
 
@@ -238,7 +238,7 @@ def test_a_kill_mid_publish_is_finished_by_the_next_run(tmp_path, kill_at) -> No
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        import vh_lens._io as io_mod
+        import vh_lens.core.io as io_mod
         real, calls = os.replace, []
         def replace(a, b):
             calls.append(1)
@@ -331,8 +331,8 @@ def test_any_error_is_one_line_and_debug_shows_the_traceback(data, tmp_path, mon
 
 def test_result_loaders_refuse_a_half_published_folder(tmp_path) -> None:
     """The journal of a killed publish makes VisualHeadScores.load and read_json-based loaders refuse."""
-    from vh_lens.masking import MaskingResult
-    from vh_lens.scores import VisualHeadScores
+    from vh_lens.visual_heads.masking import MaskingResult
+    from vh_lens.visual_heads.scores import VisualHeadScores
 
     out = tmp_path / "out"
     (out / "scores").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Tests of vh_lens.scores: stage rule, head selection, persistence, comparisons."""
+"""Tests of vh_lens.visual_heads.scores: stage rule, head selection, persistence, comparisons."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from vh_lens.scores import (
+from vh_lens.visual_heads.scores import (
     METRICS,
     STAGES,
     VisualHeadScores,

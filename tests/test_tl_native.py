@@ -11,7 +11,7 @@ from transformer_lens import patching as tl_patching
 from transformer_lens.utils import get_act_name
 
 from vh_lens import patching
-from vh_lens.fast_attention import takes_fast_path
+from vh_lens.core.fast_attention import takes_fast_path
 
 QUESTIONS = ["What is in the picture?", "How many red circles are there in this rather large image?"]
 

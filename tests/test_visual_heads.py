@@ -1,4 +1,4 @@
-"""Tests of vh_lens.visual_heads: metrics by hand, hooks vs full cached patterns, streaming
+"""Tests of vh_lens.visual_heads.scan: metrics by hand, hooks vs full cached patterns, streaming
 statistics vs numpy, and the resumable scan on a fake model over a tiny HookedTransformer."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.utils import get_act_name
 
 from vh_lens.data.sample import Sample
-from vh_lens.layout import ImageGrid, TokenLayout
-from vh_lens.scores import METRICS
-from vh_lens.visual_heads import (
+from vh_lens.core.layout import ImageGrid, TokenLayout
+from vh_lens.visual_heads.scores import METRICS
+from vh_lens.visual_heads.scan import (
     HEAD_METRICS,
     ScoreAccumulator,
     default_layer_fn,

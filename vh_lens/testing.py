@@ -36,9 +36,9 @@ from transformers import (
     VipLlavaForConditionalGeneration,
 )
 
-from vh_lens._tokenizer import IMAGE_TOKEN, build_word_tokenizer
-from vh_lens.onevision import LlavaOnevisionImageOnlyProcessor
-from vh_lens.prompts import LLAVA_15_CHAT_TEMPLATE
+from vh_lens.core.tokenizer import IMAGE_TOKEN, build_word_tokenizer
+from vh_lens.core.onevision import LlavaOnevisionImageOnlyProcessor
+from vh_lens.core.prompts import LLAVA_15_CHAT_TEMPLATE
 
 Kind = Literal["llava", "llava_interleave", "llava_next", "llava_onevision", "vip_llava"]
 Vision = Literal["clip", "siglip"]

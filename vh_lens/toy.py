@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vh_lens._tokenizer import build_word_tokenizer
-from vh_lens.answers import MC_SUFFIX, SHORT_ANSWER_SUFFIX
+from vh_lens.core.tokenizer import build_word_tokenizer
+from vh_lens.evaluation.answers import MC_SUFFIX, SHORT_ANSWER_SUFFIX
 from vh_lens.data.sample import Sample
 from vh_lens.data.shapes import COLORS, QUESTION_TEMPLATES, SHAPE_KINDS
 
@@ -54,7 +54,7 @@ def toy_vocabulary() -> tuple[str, ...]:
     """Every word of the toy task's prompts and answers, plus the chat template's words.
 
     Single letters, digits and punctuation are always in a
-    :func:`vh_lens._tokenizer.build_word_tokenizer` vocabulary, so they are not listed.
+    :func:`vh_lens.core.tokenizer.build_word_tokenizer` vocabulary, so they are not listed.
     """
     texts = [
         *QUESTION_TEMPLATES.values(),
@@ -76,7 +76,7 @@ def toy_vocabulary() -> tuple[str, ...]:
 def format_question(sample: Sample) -> str:
     """The user text of ``sample`` as the toy model was trained on it.
 
-    This is :func:`vh_lens.answers.format_question` with its defaults (what
+    This is :func:`vh_lens.evaluation.answers.format_question` with its defaults (what
     ``LlavaLens.prepare_samples`` uses): counting questions as they are; yes/no questions
     followed by ``"\nAnswer the question using a single word or phrase."``; multiple choice
     as LLaVA-1.5's MMBench prompt (one ``"A. option"`` line per choice, then ``"Answer with the
@@ -86,7 +86,7 @@ def format_question(sample: Sample) -> str:
         >>> format_question(Sample(None, "What shape is this?", "B", choices=("circle", "square")))
         "What shape is this?\nA. circle\nB. square\nAnswer with the option's letter from the given choices directly."
     """
-    from vh_lens.answers import format_question as _format
+    from vh_lens.evaluation.answers import format_question as _format
 
     return _format(sample)
 

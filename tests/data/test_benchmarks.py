@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from vh_lens.answers import candidate_strings, format_question, gold_index, is_correct
+from vh_lens.evaluation.answers import candidate_strings, format_question, gold_index, is_correct
 from vh_lens.data._images import MissingImagesError, SampleSet
 from vh_lens.data.benchmarks import (
     load_mmbench,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vh_lens.layout import ImageGrid, TokenLayout
+from vh_lens.core.layout import ImageGrid, TokenLayout
 from vh_lens.plotting import (
     plot_head_attention_on_image,
     plot_head_heatmap,
@@ -17,7 +17,7 @@ from vh_lens.plotting import (
     plot_weight_vs_concentration,
     scores_report_html,
 )
-from vh_lens.scores import METRICS, VisualHeadScores
+from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ at once (the first :data:`N_LISTED` by file and line, or item, then a count), or
 ``--skip-bad``, dropped with a count the command prints and records. This costs one extra
 preprocessing pass (processor and vision tower, no language model) per sample.
 
-:func:`input_fingerprint` is what a run records of its inputs (:mod:`vh_lens.fingerprint`).
+:func:`input_fingerprint` is what a run records of its inputs (:mod:`vh_lens.core.fingerprint`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def sample_problem(
     """Why ``sample`` cannot be run on ``model``, or ``None`` if it can (see the module doc)."""
     import torch
 
-    from vh_lens.layout import check_box
+    from vh_lens.core.layout import check_box
 
     try:
         with torch.inference_mode():
@@ -158,9 +158,9 @@ def input_fingerprint(
 
     Returns:
         ``{"model": fingerprint_checkpoint(...) or None, "data": ..., "images": ...}`` with
-        :mod:`vh_lens.fingerprint`'s fingerprints (``mode`` for the checkpoint's).
+        :mod:`vh_lens.core.fingerprint`'s fingerprints (``mode`` for the checkpoint's).
     """
-    from vh_lens.fingerprint import fingerprint_checkpoint, fingerprint_files
+    from vh_lens.core.fingerprint import fingerprint_checkpoint, fingerprint_files
 
     return {
         "model": None if model_dir is None else fingerprint_checkpoint(model_dir, mode),  # type: ignore[arg-type]
@@ -174,7 +174,7 @@ def changed_inputs(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
     Images are compared where both runs read them (a run with a larger ``--limit`` reads more).
     """
-    from vh_lens.fingerprint import changed_files
+    from vh_lens.core.fingerprint import changed_files
 
     out = []
     for part, label in (("model", "checkpoint file"), ("data", "data file"), ("images", "image")):

@@ -1,12 +1,12 @@
 """``vh-lens lens``: the logit lens at the answer query position of a benchmark's samples.
 
-Writes into ``--out``: ``lens/`` (the :class:`vh_lens.lens.LogitLensResult`: tensors, token
+Writes into ``--out``: ``lens/`` (the :class:`vh_lens.analysis.logit_lens.LogitLensResult`: tensors, token
 strings, ``layers.csv`` with one summary row per layer), ``lens.md`` (that summary as a table)
 and ``lens.html`` (rank of the final token, and of the gold answer when the samples have one,
 per layer; probability of the answer per layer and sample). As for ``vh-lens mask``, the folder
 appears only when the run succeeds.
 
-The gold answer's token is the one :func:`vh_lens.evaluation.evaluate` scores: the first token
+The gold answer's token is the one :func:`vh_lens.evaluation.scoring.evaluate` scores: the first token
 at which the sample's candidate answers differ, read after any tokens they all share. Samples
 without a fixed candidate list (open answers) use the first non-space token of the gold answer
 at the query position; when some sample has no gold answer the lens reports the final token only.
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vh_lens._io import write_json
+from vh_lens.core.io import write_json
 from vh_lens.commands.mask import (
     add_data_arguments,
     add_model_arguments,
@@ -51,9 +51,9 @@ def register(subparsers: Any) -> None:
 
 
 def _lens_batch(model: Any, samples: Sequence[Any], fmt: Any, offset: int, with_answers: bool) -> tuple[Any, Any, Any]:
-    """``(batch, answers, positions)`` for :func:`vh_lens.lens.logit_lens`."""
-    from vh_lens.answers import answer_kind
-    from vh_lens.evaluation import prepare_answer_batch
+    """``(batch, answers, positions)`` for :func:`vh_lens.analysis.logit_lens.logit_lens`."""
+    from vh_lens.evaluation.answers import answer_kind
+    from vh_lens.evaluation.scoring import prepare_answer_batch
 
     if with_answers and all(answer_kind(s) != "open" for s in samples):
         prepared = prepare_answer_batch(model, samples, method="score", format_question=fmt, offset=offset)
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     from tqdm import tqdm
 
-    from vh_lens.lens import LogitLensResult, logit_lens
-    from vh_lens.plotting.lens import plot_answer_prob_heatmap, plot_rank_per_layer
+    from vh_lens.analysis.logit_lens import LogitLensResult, logit_lens
+    from vh_lens.plotting.logit_lens import plot_answer_prob_heatmap, plot_rank_per_layer
 
     samples = load_samples(args)
     fmt = question_formatter(args)

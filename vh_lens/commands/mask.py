@@ -1,7 +1,7 @@
 """``vh-lens mask``: paper A's head-masking table for a model, a benchmark and saved head scores.
 
 Writes into ``--out``: ``masking.csv``, ``masking.md`` (the table), ``masking.json`` (the full
-result, :meth:`vh_lens.masking.MaskingResult.load` reads it) and ``masking.html`` (the curves).
+result, :meth:`vh_lens.visual_heads.masking.MaskingResult.load` reads it) and ``masking.html`` (the curves).
 The folder appears only when the run succeeds: everything is written into a temporary sibling
 folder first and renamed at the end.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vh_lens._io import write_json
+from vh_lens.core.io import write_json
 from vh_lens.commands._inputs import add_input_arguments, check_data_file
 
 FORMATS = ("mmbench", "pope", "seed", "qbench", "pointqa", "jsonl")
@@ -175,11 +175,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def finish_interrupted(out: Path) -> None:
     """Finish a publish of ``out`` that a killed run left half done, and delete its temporary folders.
 
-    A run killed between the two renames of :func:`vh_lens._io.publish` leaves a journal beside
+    A run killed between the two renames of :func:`vh_lens.core.io.publish` leaves a journal beside
     ``out``; the complete new output it names is moved into place. Leftover ``.{out}.*.partial``
     (killed while writing) and ``.{out}.*.old`` folders are removed.
     """
-    from vh_lens._io import recover_publish, remove_stale
+    from vh_lens.core.io import recover_publish, remove_stale
 
     out = Path(out).absolute()
     recover_publish(out.parent / f".{out.name}.publish.json")
@@ -192,12 +192,12 @@ def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it becomes ``out``, on error it is removed.
 
     An existing ``out`` is replaced only with ``overwrite`` and only once the new output is
-    complete, in one step (:func:`vh_lens._io.publish`: a failure or a kill leaves the old output
+    complete, in one step (:func:`vh_lens.core.io.publish`: a failure or a kill leaves the old output
     or the new one, whole). Temporary folders of earlier killed runs are removed first. Folders
     and files get the umask's permissions. Parent folders created here are removed again when
     the run fails.
     """
-    from vh_lens._io import make_temp_dir, publish
+    from vh_lens.core.io import make_temp_dir, publish
 
     out = Path(out).absolute()
     finish_interrupted(out)
@@ -259,9 +259,9 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args)
     if not (args.scores / "metadata.json").is_file():
         raise FileNotFoundError(f"no saved VisualHeadScores in {args.scores} (run vh-lens scan first)")
-    from vh_lens.masking import masking_experiment
+    from vh_lens.visual_heads.masking import masking_experiment
     from vh_lens.plotting.masking import plot_masking_curves
-    from vh_lens.scores import METRICS, VisualHeadScores
+    from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
     if args.metric not in METRICS:
         raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {args.metric!r}")

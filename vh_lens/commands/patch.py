@@ -150,7 +150,7 @@ def _formatter(args: argparse.Namespace) -> Any:
         from vh_lens.toy import format_question
 
         return format_question
-    from vh_lens.answers import format_question
+    from vh_lens.evaluation.answers import format_question
 
     return format_question
 
@@ -180,8 +180,8 @@ def _metric(model: Any, args: argparse.Namespace, clean: Any, corrupt: Any, samp
     import torch
 
     from vh_lens import patching
-    from vh_lens.answers import candidate_strings, gold_index
-    from vh_lens.evaluation import candidate_token_ids
+    from vh_lens.evaluation.answers import candidate_strings, gold_index
+    from vh_lens.evaluation.scoring import candidate_token_ids
 
     with torch.no_grad():
         corrupt_logits = model(corrupt)[torch.arange(len(clean)), clean.query_positions.to(model.device)]
@@ -231,7 +231,8 @@ def run_patch(args: argparse.Namespace) -> int:
     _check(args)
     from tqdm import tqdm
 
-    from vh_lens import _io, patching
+    from vh_lens import patching
+    from vh_lens.core import io as _io
 
     samples = _samples(args)
     if args.corruption == "other" and len(samples) < 2:
@@ -313,7 +314,7 @@ def _markdown(summary: dict[str, Any]) -> str:
 
 
 def _write_html(path: Path, results: dict[str, Any], image: Any) -> None:
-    from vh_lens import _io
+    from vh_lens.core import io as _io
     from vh_lens.plotting.patching import plot_attribution_vs_activation, plot_effect_heatmap, plot_effect_on_image
 
     figures = []

@@ -1,14 +1,14 @@
 """``vh-lens probe``: paper B's functional heads for a model and a CogVision/CogQA file.
 
 Collects every head's output before ``W_O`` at one position per subquestion
-(:func:`vh_lens.probing.collect_head_activations`), trains per-head probes for the function
-labels with train and test split by main question (:func:`vh_lens.probing.probe_heads`), picks
+(:func:`vh_lens.functional_heads.probes.collect_head_activations`), trains per-head probes for the function
+labels with train and test split by main question (:func:`vh_lens.functional_heads.probes.probe_heads`), picks
 each function's heads (top ``--k`` or the elbow) and, with ``--intervene``, removes or emphasises
-them against random heads (:func:`vh_lens.functional.intervene_on_functions`).
+them against random heads (:func:`vh_lens.functional_heads.interventions.intervene_on_functions`).
 
 Writes into ``--out`` (the folder appears only when the run succeeds):
 
-- ``probe/``: the :class:`~vh_lens.probing.ProbeResult` (``ProbeResult.load`` reads it);
+- ``probe/``: the :class:`~vh_lens.functional_heads.probes.ProbeResult` (``ProbeResult.load`` reads it);
 - ``head_scores.csv``: every head's held-out scores per function (``ProbeResult.to_rows``);
 - ``functional_heads.csv``: each function's selected heads, best first;
 - ``sparsity.csv``: per function the held-out scores (best head, mean over heads), the number
@@ -20,7 +20,7 @@ Writes into ``--out`` (the folder appears only when the run succeeds):
 - ``run.json``: the options, counts and timings;
 - ``activations/``: the activations (float16 ``.npy``), with ``--save-activations`` or when
   they would take more than ``--stream-mb`` MiB (then streamed there instead of kept in memory);
-- ``interventions/``: the :class:`~vh_lens.functional.FunctionInterventionReport`, with
+- ``interventions/``: the :class:`~vh_lens.functional_heads.interventions.FunctionInterventionReport`, with
   ``--intervene remove|emphasise``.
 """
 
@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vh_lens._io import write_csv
+from vh_lens.core.io import write_csv
 from vh_lens.commands._inputs import add_input_arguments, check_data_file
 from vh_lens.commands.mask import (
     add_model_arguments,
@@ -215,14 +215,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vh_lens.data.cogvision import load_cogvision, subquestion_samples
-    from vh_lens.functional import intervene_on_functions, plot_function_interventions
+    from vh_lens.functional_heads.interventions import intervene_on_functions, plot_function_interventions
     from vh_lens.plotting.functional import (
         plot_function_head_maps,
         plot_function_overlap,
         plot_heads_per_layer,
         plot_sorted_scores,
     )
-    from vh_lens.probing import collect_head_activations, probe_heads
+    from vh_lens.functional_heads.probes import collect_head_activations, probe_heads
 
     progress = not args.no_progress
     selection: dict[str, Any] = {} if args.k is None else {"k": args.k}

@@ -16,21 +16,21 @@ Two ways to run it:
 
 Output folder ``--out``:
 
-- ``scores/``: the :class:`~vh_lens.scores.VisualHeadScores` (``scores.safetensors``,
+- ``scores/``: the :class:`~vh_lens.visual_heads.scores.VisualHeadScores` (``scores.safetensors``,
   ``metadata.json``, ``heads.csv`` with one row per head);
-- ``report.html``: :func:`vh_lens.report.write_scan_report` (heatmaps of every metric, weight
+- ``report.html``: :func:`vh_lens.reports.scan.write_scan_report` (heatmaps of every metric, weight
   against concentration, per-layer totals, the top heads' attention over one sample's image,
   top-heads tables per stage);
 - ``checkpoint/``: the running statistics, saved every ``--checkpoint-every`` samples.
   Rerunning the same command after an interruption continues from there and ends with the
   result of an uninterrupted run; a larger ``--limit`` (or ``--n-samples``) extends a finished
   run. The checkpoint remembers the run's settings and the fingerprints of what it read
-  (:mod:`vh_lens.fingerprint`: checkpoint files, data file, images) and refuses another model,
+  (:mod:`vh_lens.core.fingerprint`: checkpoint files, data file, images) and refuses another model,
   data set or option, or the same paths with other contents, naming the file that changed
   (``--overwrite`` starts afresh).
 
 ``scores/`` and ``report.html`` appear only at the end, complete (written in a temporary
-folder and moved into place together, :func:`vh_lens._io.publish`). Bad input (a missing data
+folder and moved into place together, :func:`vh_lens.core.io.publish`). Bad input (a missing data
 file, model folder or image, a malformed file, an image that does not decode, a box outside its
 image, a prompt longer than the context) is found before anything is written: the command then
 exits with status 1 and a one-line message listing the bad items by file and line;
@@ -358,7 +358,7 @@ def prepare_checkpoint(
     if overwrite and ckpt.exists():
         shutil.rmtree(ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
-    from vh_lens._io import write_json
+    from vh_lens.core.io import write_json
 
     write_json(run_file, wanted, indent=2, sort_keys=True)
     if inputs is not None:
@@ -380,10 +380,10 @@ def _publish(out: Path, write: Any) -> None:
     """Write the final files into a temporary folder inside ``out``, then move them into place in one step.
 
     ``write(tmp)`` creates ``tmp/scores/`` and ``tmp/report.html``; they replace the ones in
-    ``out`` together (:func:`vh_lens._io.publish`): a failure leaves the previous pair, a kill
+    ``out`` together (:func:`vh_lens.core.io.publish`): a failure leaves the previous pair, a kill
     between the renames is finished by the next run (:func:`finish_interrupted`).
     """
-    from vh_lens._io import make_temp_dir, publish
+    from vh_lens.core.io import make_temp_dir, publish
 
     tmp = make_temp_dir(out, ".scan-", ".partial")
     try:
@@ -395,7 +395,7 @@ def _publish(out: Path, write: Any) -> None:
 
 def finish_interrupted(out: Path) -> None:
     """Finish a publish that a killed run left half done; delete temporary folders of killed runs."""
-    from vh_lens._io import recover_publish, remove_stale
+    from vh_lens.core.io import recover_publish, remove_stale
 
     if recover_publish(out / _JOURNAL):
         print(f"vh-lens scan: finished publishing the result of an interrupted run in {out}", file=sys.stderr)
@@ -418,7 +418,7 @@ def _figure_sample(samples: Sequence[Any]) -> Any:
 
 
 def _summary(scores: Any, k: int) -> str:
-    from vh_lens.scores import STAGES, stage_layers
+    from vh_lens.visual_heads.scores import STAGES, stage_layers
 
     lines = [f"top heads by detection score over {scores.count} samples (layer.head score):"]
     for stage in STAGES:
@@ -465,8 +465,8 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
     print(f"vh-lens scan: {model_name} on {len(samples)} samples of {source}", file=sys.stderr)
 
     from vh_lens.commands._inputs import input_fingerprint, screen_samples, summary_fingerprint
-    from vh_lens.report import write_scan_report
-    from vh_lens.visual_heads import scan_visual_heads
+    from vh_lens.reports.scan import write_scan_report
+    from vh_lens.visual_heads.scan import scan_visual_heads
 
     extra: dict[str, Any] = {}
     if not demo:  # every sample checked before anything is written (the demo's are generated)

@@ -10,7 +10,7 @@ naming the first few, or drop them, log how many and count them in ``n_skipped``
 checks are those of every reader (``vh_lens.data._images``); PointQA counting reads the file
 with the LookTwice-QA parser of :mod:`vh_lens.data.pointqa`.
 
-Conventions shared by all readers, relied on by :mod:`vh_lens.answers`:
+Conventions shared by all readers, relied on by :mod:`vh_lens.evaluation.answers`:
 
 - Multiple choice: ``Sample.choices`` holds the options in order and ``Sample.answer`` the
   gold option's letter (``"A"`` for the first option); ``metadata["task"] ==
@@ -226,7 +226,7 @@ def load_pope(
     val2014), ``text`` (the question) and ``label`` (``"yes"``/``"no"``; without it the
     answer is ``None``, as in LLaVA's ``llava_pope_test.jsonl``). A JSON array of the same
     objects is read too. LLaVA's short-answer instruction, if the question already carries
-    it, is removed (:func:`vh_lens.answers.format_question` adds it back).
+    it, is removed (:func:`vh_lens.evaluation.answers.format_question` adds it back).
 
     Args:
         path: The annotation file.

@@ -16,10 +16,10 @@ import torch
 from PIL import Image, ImageFilter
 
 from vh_lens.data.sample import Box
-from vh_lens.layout import check_box
+from vh_lens.core.layout import check_box
 
 if TYPE_CHECKING:
-    from vh_lens.model import LlavaBatch
+    from vh_lens.core.model import LlavaBatch
 
 ImageCorruption = Literal["grey", "blur", "noise"]
 IMAGE_CORRUPTIONS: tuple[str, ...] = ("grey", "blur", "noise")

@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from vh_lens.model import LlavaBatch
+    from vh_lens.core.model import LlavaBatch
 
 METRICS: tuple[str, ...] = ("logit_diff", "logprob")
 

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vh_lens._io import load_tensors, read_json, save_tensors, write_json
+from vh_lens.core.io import load_tensors, read_json, save_tensors, write_json
 
 _FORMAT = "vh_lens.PatchingResult"
 _TENSORS_FILE = "patching.safetensors"

@@ -16,10 +16,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from vh_lens.data.sample import Box
-from vh_lens.tl_native import image_token_labels
+from vh_lens.core.tl_native import image_token_labels
 
 if TYPE_CHECKING:
-    from vh_lens.model import LlavaBatch
+    from vh_lens.core.model import LlavaBatch
 
 HEAD_QUERIES: tuple[str, ...] = ("query", "all")
 RESID_ACTIVATIONS: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -115,7 +115,7 @@ def region_sites(
             (``(left, top, right, bottom)`` in original-image pixels).
         names: per region a name (default ``"region {j}"``).
         activation: one of :data:`RESID_ACTIVATIONS`.
-        min_overlap: see :meth:`vh_lens.layout.TokenLayout.region_mask`.
+        min_overlap: see :meth:`vh_lens.core.layout.TokenLayout.region_mask`.
         rest: add a last region ``"rest"``: the image tokens in none of the regions.
 
     Raises:

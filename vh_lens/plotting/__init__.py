@@ -6,7 +6,7 @@ from vh_lens.plotting.functional import (
     plot_heads_per_layer,
     plot_sorted_scores,
 )
-from vh_lens.plotting.lens import plot_answer_prob_heatmap, plot_rank_per_layer
+from vh_lens.plotting.logit_lens import plot_answer_prob_heatmap, plot_rank_per_layer
 from vh_lens.plotting.masking import plot_masking_curves
 from vh_lens.plotting.patching import plot_attribution_vs_activation, plot_effect_heatmap, plot_effect_on_image
 from vh_lens.plotting.visual_heads import (

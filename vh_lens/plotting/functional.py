@@ -1,6 +1,6 @@
 """Plots of functional heads (paper B): probe scores per head, heads per layer, overlap.
 
-All functions take a :class:`~vh_lens.probing.ProbeResult` and return a
+All functions take a :class:`~vh_lens.functional_heads.probes.ProbeResult` and return a
 ``plotly.graph_objects.Figure``; none shows it. ``selection`` keyword arguments (``k``,
 ``method``, ``metric``, ``source``) are those of :meth:`ProbeResult.functional_heads`.
 """
@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from vh_lens.probing import ProbeResult, elbow_index
+from vh_lens.functional_heads.probes import ProbeResult, elbow_index
 
 __all__ = [
     "plot_function_head_maps",

@@ -1,4 +1,4 @@
-"""Plots of a :class:`~vh_lens.masking.MaskingResult`. They return a ``go.Figure`` and never show it."""
+"""Plots of a :class:`~vh_lens.visual_heads.masking.MaskingResult`. They return a ``go.Figure`` and never show it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from vh_lens.masking import MaskingResult
+from vh_lens.visual_heads.masking import MaskingResult
 
 __all__ = ["plot_masking_curves"]
 

@@ -20,9 +20,9 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from vh_lens.data.sample import load_rgb
-from vh_lens.layout import ImageGrid, TokenLayout
-from vh_lens._io import write_text
-from vh_lens.scores import METRICS, STAGES, VisualHeadScores, _check_metric, stage_layers
+from vh_lens.core.layout import ImageGrid, TokenLayout
+from vh_lens.core.io import write_text
+from vh_lens.visual_heads.scores import METRICS, STAGES, VisualHeadScores, _check_metric, stage_layers
 
 _LABELS = {
     "image_weight": "image weight",
@@ -40,7 +40,7 @@ def plot_head_heatmap(
 
     Args:
         scores: the scores.
-        metric: one of :data:`vh_lens.scores.METRICS`.
+        metric: one of :data:`vh_lens.visual_heads.scores.METRICS`.
         statistic: ``"mean"`` or ``"std"`` over samples.
         title: figure title (default: the metric's name).
 
@@ -122,13 +122,13 @@ def plot_layer_totals(
 ) -> go.Figure:
     """Per-layer sum over heads of each metric's mean, one line per metric.
 
-    Dotted vertical lines mark the stage boundaries (:func:`vh_lens.scores.stage_layers`).
+    Dotted vertical lines mark the stage boundaries (:func:`vh_lens.visual_heads.scores.stage_layers`).
 
     Args:
         scores: the scores.
         metrics: metrics to draw.
         normalize: divide each line by its total (the per-layer distribution that
-            :func:`vh_lens.scores.emd_layers` compares).
+            :func:`vh_lens.visual_heads.scores.emd_layers` compares).
         title: figure title.
 
     Returns:
@@ -191,8 +191,8 @@ def plot_head_attention_on_image(
 
     Args:
         image: the original image (PIL or a path).
-        grid: an :class:`~vh_lens.layout.ImageGrid`, or a sample's
-            :class:`~vh_lens.layout.TokenLayout` (then ``grid_name`` picks the grid).
+        grid: an :class:`~vh_lens.core.layout.ImageGrid`, or a sample's
+            :class:`~vh_lens.core.layout.TokenLayout` (then ``grid_name`` picks the grid).
         rows: ``[n_heads, key]`` attention rows at the query position (post-softmax) over the
             sequence, one per chosen head (e.g. ``pattern[b, h, q]`` for a few ``h``), or one
             ``[key]`` row.

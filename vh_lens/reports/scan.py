@@ -27,9 +27,9 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utils import get_act_name
 
 from vh_lens.data.sample import Sample
-from vh_lens.layout import TokenLayout
+from vh_lens.core.layout import TokenLayout
 from vh_lens.plotting.visual_heads import plot_head_attention_on_image, plot_head_heatmap, scores_report_html
-from vh_lens.scores import METRICS, Head, Stage, VisualHeadScores
+from vh_lens.visual_heads.scores import METRICS, Head, Stage, VisualHeadScores
 
 __all__ = ["head_attention_rows", "plot_top_heads_on_image", "write_scan_report"]
 
@@ -47,7 +47,7 @@ def head_attention_rows(
     """The attention rows of ``heads`` at ``sample``'s query position.
 
     One forward pass (two with ``query="answer_token"``: the greedy next token is appended
-    first, as :func:`vh_lens.visual_heads.scan_visual_heads` does). A hook on each concerned
+    first, as :func:`vh_lens.visual_heads.scan.scan_visual_heads` does). A hook on each concerned
     layer's ``hook_pattern`` copies only the rows ``pattern[0, h, q, :]`` of the chosen heads.
 
     Args:
@@ -58,7 +58,7 @@ def head_attention_rows(
             the appended greedy answer token).
 
     Returns:
-        ``(layout, rows)``: the sample's :class:`~vh_lens.layout.TokenLayout` and the rows
+        ``(layout, rows)``: the sample's :class:`~vh_lens.core.layout.TokenLayout` and the rows
         ``[len(heads), key]`` (float32, on the CPU), in the order of ``heads``.
 
     Example:

@@ -1,4 +1,4 @@
-"""Plots of a :class:`~vh_lens.lens.LogitLensResult`. Both return a ``go.Figure`` and never show it."""
+"""Plots of a :class:`~vh_lens.analysis.logit_lens.LogitLensResult`. Both return a ``go.Figure`` and never show it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 import plotly.graph_objects as go
 import torch
 
-from vh_lens.lens import LogitLensResult
+from vh_lens.analysis.logit_lens import LogitLensResult
 
 __all__ = ["plot_answer_prob_heatmap", "plot_rank_per_layer"]
 

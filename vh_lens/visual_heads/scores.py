@@ -3,8 +3,8 @@
 :class:`VisualHeadScores` holds, per metric, the mean and variance over samples of each head's
 score (``[n_layers, n_heads]``), the sample count, optionally the per-sample arrays
 (``[n_samples, n_layers, n_heads]``, the form the paper's authors released), and metadata.
-It is made by :func:`vh_lens.visual_heads.scan_visual_heads` (or
-:meth:`vh_lens.visual_heads.ScoreAccumulator.result`), saved and loaded as safetensors plus JSON
+It is made by :func:`vh_lens.visual_heads.scan.scan_visual_heads` (or
+:meth:`vh_lens.visual_heads.scan.ScoreAccumulator.result`), saved and loaded as safetensors plus JSON
 plus a CSV row per head, and compared with :func:`pearson` and :func:`emd_layers`.
 """
 
@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vh_lens._io import check_published, load_tensors, save_tensors, write_csv, write_json
+from vh_lens.core.io import check_published, load_tensors, save_tensors, write_csv, write_json
 
 METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "concentration", "detection")
 """The per-head metrics every :class:`VisualHeadScores` carries, in a fixed order."""
@@ -342,7 +342,7 @@ class VisualHeadScores:
         Raises:
             FileNotFoundError: the directory lacks ``metadata.json`` or ``scores.safetensors``.
             ValueError: the files are not visual-head scores or disagree with each other, or a
-                killed run left them half published (:func:`vh_lens._io.check_published`).
+                killed run left them half published (:func:`vh_lens.core.io.check_published`).
         """
         directory = Path(directory)
         check_published(directory)

@@ -33,7 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from vh_lens.model import LlavaBatch, LlavaLens
+    from vh_lens.core.model import LlavaBatch, LlavaLens
 
 
 class Splicer:
@@ -224,7 +224,7 @@ def to_tokens(model: LlavaLens, x: LlavaBatch | str | Sequence[str]) -> Int[Tens
         ValueError: a text holds the image placeholder (a string cannot carry the image: use
             :meth:`~vh_lens.LlavaLens.prepare`).
     """
-    from vh_lens.model import LlavaBatch
+    from vh_lens.core.model import LlavaBatch
 
     if isinstance(x, LlavaBatch):
         return x.input_ids

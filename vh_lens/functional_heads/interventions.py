@@ -1,7 +1,7 @@
 """Interventions on functional heads (paper B): remove or emphasise a function's heads.
 
 For each cognitive function, the heads its probes single out
-(:meth:`vh_lens.probing.ProbeResult.functional_heads`, top-``k`` or the elbow) are intervened
+(:meth:`vh_lens.functional_heads.probes.ProbeResult.functional_heads`, top-``k`` or the elbow) are intervened
 on, and so, as the control, are the same number of random heads drawn from the *other* heads
 (one draw per seed). Each intervention is evaluated on
 
@@ -17,11 +17,11 @@ next to the unintervened baseline. Interventions act on a head's output before `
   removal "by a tiny factor");
 - ``mode="emphasise"``: ``emphasis="scale"`` (``z = alpha * z``) or ``"shift"``
   (``z = z + alpha * sigma * u``, ``u`` the function's mean-difference direction of the head
-  and ``sigma`` the spread along it, :func:`vh_lens.probing.mean_difference_directions`; the
+  and ``sigma`` the spread along it, :func:`vh_lens.functional_heads.probes.mean_difference_directions`; the
   group's emphasis, ``alpha`` 5).
 
-Answers are read by :func:`vh_lens.evaluation.evaluate` (greedy generation by default):
-correct means :func:`vh_lens.answers.is_correct`, i.e. the parsed answer equals the gold one
+Answers are read by :func:`vh_lens.evaluation.scoring.evaluate` (greedy generation by default):
+correct means :func:`vh_lens.evaluation.answers.is_correct`, i.e. the parsed answer equals the gold one
 after normalisation (lowercase, punctuation and articles dropped; numbers compared as
 numbers). For CogQA's short open answers this is *normalised exact match*, which is strict:
 "$558 in total" does not match "$558". CogQA's own main-question answers are worked solutions
@@ -54,11 +54,11 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 from tqdm import tqdm
 
-from vh_lens._io import csv_text, nan_to_none, write_text
+from vh_lens.core.io import csv_text, nan_to_none, write_text
 from vh_lens.data.sample import Sample
-from vh_lens.evaluation import EvalMethod, _check_options, _chunks, _evaluate_prepared, _offload, prepare_answer_batch
-from vh_lens.interventions import Hooks, ablate_heads, scale_heads, shift_heads
-from vh_lens.probing import FunctionDirections, HeadActivations, ProbeResult, mean_difference_directions
+from vh_lens.evaluation.scoring import EvalMethod, _check_options, _chunks, _evaluate_prepared, _offload, prepare_answer_batch
+from vh_lens.analysis.interventions import Hooks, ablate_heads, scale_heads, shift_heads
+from vh_lens.functional_heads.probes import FunctionDirections, HeadActivations, ProbeResult, mean_difference_directions
 
 __all__ = [
     "CSV_COLUMNS",
@@ -603,7 +603,7 @@ def intervene_on_functions(
 
     Every evaluation runs over all subquestions labelled with a probed function and the main
     questions at once (samples prepared once); accuracies are then split by function. The
-    baseline is :func:`vh_lens.evaluation.evaluate` with no hooks on the same samples.
+    baseline is :func:`vh_lens.evaluation.scoring.evaluate` with no hooks on the same samples.
 
     Args:
         model: A :class:`~vh_lens.LlavaLens` (the one the probes were trained on).
@@ -634,7 +634,7 @@ def intervene_on_functions(
         batch_size: Samples per forward pass.
         max_new_tokens: Generation length.
         format_question: How a sample becomes the user turn (default
-            :func:`vh_lens.answers.format_question`, as in :func:`collect_head_activations`).
+            :func:`vh_lens.evaluation.answers.format_question`, as in :func:`collect_head_activations`).
         progress: Show a progress bar over the evaluations.
 
     Returns:
@@ -740,7 +740,7 @@ def intervene_on_functions(
         "subquestions_without_probed_function": dropped,
         "controls_skipped": skipped,
         "random_std": "population (ddof=0) over seeds",
-        "correctness": "vh_lens.answers.is_correct: normalised exact match (strict for open answers)",
+        "correctness": "vh_lens.evaluation.answers.is_correct: normalised exact match (strict for open answers)",
     }
     return FunctionInterventionReport(
         functions=fns, counts=counts, n_main=len(mains), baseline=baseline, baseline_main=baseline_main,

@@ -1,10 +1,10 @@
 """Loading a LLaVA checkpoint: the language backbone into a HookedTransformer, layer by layer.
 
 The language model is never built as a Hugging Face module when loading from a folder: each
-layer's tensors are read from the memory-mapped safetensors files (:mod:`vh_lens.tensor_source`:
+layer's tensors are read from the memory-mapped safetensors files (:mod:`vh_lens.core.tensor_source`:
 checked sizes, shapes and finiteness), converted to TransformerLens' layout as views, processed
 (fold layer norm, centre unembed, ...) as TransformerLens' ``ProcessWeights`` does
-(:mod:`vh_lens.processing`) and written block by block into the HookedTransformer, so host memory
+(:mod:`vh_lens.core.processing`) and written block by block into the HookedTransformer, so host memory
 peaks near the size of what stays loaded. The vision tower and projector stay Hugging Face modules.
 """
 
@@ -29,15 +29,15 @@ from transformers import (
     VipLlavaForConditionalGeneration,
 )
 
-from vh_lens.conformance import (
+from vh_lens.core.conformance import (
     UnsupportedModelError,
     attention_biases,
     attention_windows,
     check_conformance,
     tl_activation,
 )
-from vh_lens.processing import process_group, working_dtype, write
-from vh_lens.tensor_source import CheckpointError, TensorSource, normalise_key
+from vh_lens.core.processing import process_group, working_dtype, write
+from vh_lens.core.tensor_source import CheckpointError, TensorSource, normalise_key
 
 SUPPORTED_MODELS: dict[str, type[PreTrainedModel]] = {
     "llava": LlavaForConditionalGeneration,
@@ -65,7 +65,7 @@ def supported_list() -> str:
 def check_config(config: PretrainedConfig) -> type[PreTrainedModel]:
     """Return the model class for ``config`` or raise :class:`UnsupportedModelError`.
 
-    Past the family and backbone, every field goes through :func:`vh_lens.conformance.check_conformance`:
+    Past the family and backbone, every field goes through :func:`vh_lens.core.conformance.check_conformance`:
     a value vh_lens cannot reproduce exactly is refused, naming the config class, field and value.
     """
     model_type = getattr(config, "model_type", None)
@@ -264,7 +264,7 @@ def convert_layer(
 ) -> dict[str, torch.Tensor]:
     """Half a decoder layer (``part`` ``"attn"`` or ``"mlp"``, each with its norm) of a Llama /
     Mistral / Qwen2 / Phi-3 checkpoint in TransformerLens keys ``blocks.0.*`` and layout: views of
-    the checkpoint's tensors in its dtype (no copy); :func:`vh_lens.processing.write` converts
+    the checkpoint's tensors in its dtype (no copy); :func:`vh_lens.core.processing.write` converts
     them block by block to the working dtype.
 
     The biases read are the ones the config declares (``conformance.attention_biases``: Qwen2's
@@ -397,7 +397,7 @@ class _Filled(dict):
 
 
 def _copy_into(target: dict[str, torch.Tensor], recipes: dict, work: torch.dtype, layer_prefix: str = "") -> None:
-    """Write :func:`~vh_lens.processing.process_group` recipes into the model's parameters."""
+    """Write :func:`~vh_lens.core.processing.process_group` recipes into the model's parameters."""
     for key, (value, scale, centre) in recipes.items():
         if layer_prefix:
             key = key.replace("blocks.0.", layer_prefix, 1)
@@ -421,7 +421,7 @@ def build_vision(config: PretrainedConfig, src: TensorSource, dtype: torch.dtype
     Raises:
         CheckpointError: a tensor of the model is missing from the checkpoint or has another shape.
     """
-    from vh_lens.image_tokens import leading_image_tokens
+    from vh_lens.core.image_tokens import leading_image_tokens
 
     model_cls = check_config(config)
     leading_image_tokens(config)  # refuse a tower / strategy the layout cannot follow before reading weights
@@ -484,7 +484,7 @@ def load_llava(
         dtype: parameter dtype (default: the checkpoint's, float32 for an in-memory model's).
         n_ctx: context length of the HookedTransformer (default ``min(max positions, 4096)``).
         fast_attention: let layers whose pattern no hook reads use fused attention
-            (:mod:`vh_lens.fast_attention`; same results, faster); ``False`` always runs
+            (:mod:`vh_lens.core.fast_attention`; same results, faster); ``False`` always runs
             TransformerLens' own attention. Switch later with ``model.fast_attention = ...``.
         check_finite: check every tensor read (language and vision side) for NaN and infinity
             and refuse a checkpoint holding any (measured: 0.7 s of 18 s for LLaVA-1.5-7B in float16); ``False`` skips it.
@@ -501,7 +501,7 @@ def load_llava(
     Example:
         >>> model = vh_lens.load_llava("/models/llava-1.5-7b-hf", dtype=torch.float16)  # doctest: +SKIP
     """
-    from vh_lens.model import LlavaLens
+    from vh_lens.core.model import LlavaLens
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     if isinstance(source, PreTrainedModel):
@@ -574,7 +574,7 @@ def load_processor(folder: Path):
         raise FileNotFoundError(f"no processor files (preprocessor_config.json, tokenizer files) in {folder}")
     config_file = folder / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "llava_onevision":
-        from vh_lens.onevision import load_onevision_processor
+        from vh_lens.core.onevision import load_onevision_processor
 
         processor = load_onevision_processor(folder)  # images only: HF's wants a torchvision video processor
     else:

@@ -37,7 +37,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
-from vh_lens._io import load_tensors, read_json, save_tensors, write_json
+from vh_lens.core.io import load_tensors, read_json, save_tensors, write_json
 from vh_lens.data.sample import Sample
 
 __all__ = [
@@ -171,7 +171,7 @@ def query_position_mask(layouts: Sequence[Any]) -> Bool[Tensor, "batch seq"]:
     """``[batch, seq_len]`` mask of each sample's answer query position, for ``positions=``.
 
     Args:
-        layouts: one :class:`vh_lens.layout.TokenLayout` per sample (``batch.layout``).
+        layouts: one :class:`vh_lens.core.layout.TokenLayout` per sample (``batch.layout``).
 
     Example:
         >>> hooks = scale_heads([(3, 1)], 0.0, positions=query_position_mask(batch.layout))  # doctest: +SKIP
@@ -522,7 +522,7 @@ def head_means(
     Args:
         model: a :class:`vh_lens.LlavaLens`-like model: ``cfg``, ``run_with_hooks(batch,
             fwd_hooks=...)``, ``prepare_samples(samples)``; batches carry ``attention_mask``
-            ``[batch, pos]`` and ``layout`` (one :class:`~vh_lens.layout.TokenLayout` each).
+            ``[batch, pos]`` and ``layout`` (one :class:`~vh_lens.core.layout.TokenLayout` each).
         data: :class:`~vh_lens.data.Sample` objects (batched by ``batch_size``) and/or prepared
             batches, or a single prepared batch.
         positions: ``"all"`` non-padding positions, or ``"last_prompt"``: each sample's

@@ -8,7 +8,7 @@ and get the permissions a plain ``open(path, "w")`` would (the umask's), not ``m
 owner-only ``0o600``.
 
 Example:
-    >>> from vh_lens import _io  # doctest: +SKIP
+    >>> from vh_lens.core import io as _io  # doctest: +SKIP
     >>> _io.write_json("run/metadata.json", {"format": "x"}, indent=2)  # doctest: +SKIP
     >>> _io.save_tensors("run/t.safetensors", {"mean": torch.zeros(3)}, {"format": "x"})  # doctest: +SKIP
 """

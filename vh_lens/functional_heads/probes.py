@@ -38,7 +38,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.utils import get_act_name
 
-from vh_lens._io import atomic_path, load_tensors, read_json, save_tensors, write_json
+from vh_lens.core.io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from vh_lens.data.sample import Sample
 
 __all__ = [
@@ -214,7 +214,7 @@ def collect_head_activations(
     Args:
         model: A vh_lens model wrapper: ``model.cfg`` (``n_layers``, ``n_heads``, ``d_head``),
             ``model.prepare_samples(samples)`` returning a batch with ``.layout`` (one
-            :class:`~vh_lens.layout.TokenLayout` per sample), and
+            :class:`~vh_lens.core.layout.TokenLayout` per sample), and
             ``model.run_with_hooks(batch, fwd_hooks=...)``. For ``"answer_mean"``,
             ``model.prepare_samples(samples, with_answers=True)`` must append each sample's
             gold answer tokens right after the prompt and give each layout

@@ -3,7 +3,7 @@
 Two ways to read a model's answer:
 
 - ``"score"`` (default): one forward pass over the prompt. The candidate answers of the
-  sample (:func:`vh_lens.answers.candidate_strings`: option letters, ``Yes``/``No``, or the
+  sample (:func:`vh_lens.evaluation.answers.candidate_strings`: option letters, ``Yes``/``No``, or the
   digits of a count range) are tokenised as they would follow the prompt (exactly as
   :meth:`vh_lens.LlavaLens.prepare` tokenises a teacher-forced answer), and the candidate whose
   first token has the highest logit at the answer query position is the prediction. Tokens
@@ -12,7 +12,7 @@ Two ways to read a model's answer:
   at the first token where the candidates differ. A candidate that tokenises to the unknown
   token is retried lowercased, capitalised and uppercased (a vocabulary with ``yes`` but no
   ``Yes``). Candidates that still share their distinguishing token raise ``ValueError``.
-- ``"generate"``: greedy generation, then :func:`vh_lens.answers.parse_answer`; an answer
+- ``"generate"``: greedy generation, then :func:`vh_lens.evaluation.answers.parse_answer`; an answer
   that cannot be read counts as wrong (``n_unparsed``).
 
 Hooks given as ``fwd_hooks`` are attached (``model.hooks``) for the whole evaluation and
@@ -32,7 +32,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm import tqdm
 
-from vh_lens.answers import answer_kind, candidate_strings, gold_answer, gold_index, parse_answer
+from vh_lens.evaluation.answers import answer_kind, candidate_strings, gold_answer, gold_index, parse_answer
 from vh_lens.data.sample import Sample
 
 __all__ = [
@@ -60,7 +60,7 @@ class Prediction:
 
     Attributes:
         text: the generated text (``"generate"``) or the chosen candidate string (``"score"``).
-        parsed: the answer in canonical form (:func:`vh_lens.answers.parse_answer`: an option
+        parsed: the answer in canonical form (:func:`vh_lens.evaluation.answers.parse_answer`: an option
             letter, ``"yes"``/``"no"``, a number as a string, normalised text), or ``None`` when
             the generated text gives no single answer.
         gold: the gold answer in the same canonical form.
@@ -68,7 +68,7 @@ class Prediction:
         kind: the sample's answer kind (``"choice"``, ``"yes_no"``, ``"number"``, ``"open"``).
         letter: the predicted option letter for multiple choice, else ``None``.
         scores: ``"score"`` only: the logit of each candidate's distinguishing token, in the
-            order of :func:`~vh_lens.answers.candidate_strings`; ``None`` for ``"generate"``.
+            order of :func:`~vh_lens.evaluation.answers.candidate_strings`; ``None`` for ``"generate"``.
     """
 
     text: str
@@ -303,7 +303,7 @@ def prepare_answer_batch(
             multiple choice, yes/no or counting).
         method: ``"score"`` or ``"generate"``.
         format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.answers.format_question`; :func:`vh_lens.toy.format_question` for the
+            :func:`vh_lens.evaluation.answers.format_question`; :func:`vh_lens.toy.format_question` for the
             toy model).
         offset: index of ``samples[0]`` in the whole data set (for error messages).
 
@@ -354,7 +354,7 @@ def prepare_answer_batch(
 
 def _offload(prepared: AnswerBatch) -> AnswerBatch:
     """A copy holding only what a forward pass needs, on the CPU (for batches reused many times)."""
-    from vh_lens.model import LlavaBatch
+    from vh_lens.core.model import LlavaBatch
 
     b = prepared.batch
     slim = LlavaBatch(
@@ -476,15 +476,15 @@ def evaluate(
 
     Args:
         model: a :class:`~vh_lens.LlavaLens`.
-        samples: samples with gold answers (see :mod:`vh_lens.answers` for the kinds).
-        fwd_hooks: TransformerLens hooks (e.g. :func:`vh_lens.interventions.ablate_heads`),
+        samples: samples with gold answers (see :mod:`vh_lens.evaluation.answers` for the kinds).
+        fwd_hooks: TransformerLens hooks (e.g. :func:`vh_lens.analysis.interventions.ablate_heads`),
             attached with ``model.hooks`` and removed afterwards, also on error.
         method: ``"score"`` (first-token logits of the candidate answers, one forward pass;
             see the module docstring) or ``"generate"`` (greedy generation, then parsing).
         batch_size: samples per forward pass.
         max_new_tokens: tokens to generate (``"generate"`` only).
         format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.answers.format_question`).
+            :func:`vh_lens.evaluation.answers.format_question`).
         progress: show a tqdm progress bar (on stderr).
 
     Returns:
@@ -495,7 +495,7 @@ def evaluate(
             candidates cannot be scored by one token (open answers, shared first tokens).
 
     Example:
-        >>> from vh_lens.interventions import ablate_heads  # doctest: +SKIP
+        >>> from vh_lens.analysis.interventions import ablate_heads  # doctest: +SKIP
         >>> base = evaluate(model, samples)  # doctest: +SKIP
         >>> ablated = evaluate(model, samples, fwd_hooks=ablate_heads([(3, 1), (4, 7)]))  # doctest: +SKIP
         >>> base.accuracy - ablated.accuracy  # doctest: +SKIP

@@ -2,7 +2,7 @@
 
 :func:`split_image_tokens` splits the image-placeholder positions of one prompt (as the
 Hugging Face processor expanded them) among its images, in order, each by its own geometry
-(:mod:`vh_lens._geometry`):
+(:mod:`vh_lens.core.geometry`):
 
 - LLaVA-1.5 / ViP-LLaVA / SigLIP LLaVA: ``lead`` tokens (the CLS token kept by strategy
   ``"full"`` with a CLIP tower; none for SigLIP, which has no CLS token), then the patch
@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from vh_lens import _geometry
+from vh_lens.core import geometry as _geometry
 
 __all__ = ["CLS_TOWERS", "ImageTokens", "leading_image_tokens", "split_image_tokens"]
 

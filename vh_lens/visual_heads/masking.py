@@ -1,11 +1,11 @@
 """Head masking (paper A, section 5.1): accuracy with a stage's top-k visual heads removed.
 
-For each stage (early / mid / late thirds of the layers, :func:`vh_lens.scores.stage_layers`)
+For each stage (early / mid / late thirds of the layers, :func:`vh_lens.visual_heads.scores.stage_layers`)
 and each ``k``:
 
 - **top**: the ``k`` heads of the stage with the highest score (``metric``, default the
-  detection score) are removed (:func:`vh_lens.interventions.ablate_heads`) and the benchmark
-  accuracy measured (:func:`vh_lens.evaluation.evaluate`);
+  detection score) are removed (:func:`vh_lens.analysis.interventions.ablate_heads`) and the benchmark
+  accuracy measured (:func:`vh_lens.evaluation.scoring.evaluate`);
 - **random** (the control): ``k`` heads drawn at random from the same stage, excluding its
   top-``k``, are removed; one draw per seed, reported as the mean and the standard deviation
   (population, ``ddof=0``) of the seeds' accuracies;
@@ -36,11 +36,11 @@ from typing import Any
 from torch import Tensor
 from tqdm import tqdm
 
-from vh_lens._io import csv_text, nan_to_none, read_json, write_json, write_text
+from vh_lens.core.io import csv_text, nan_to_none, read_json, write_json, write_text
 from vh_lens.data.sample import Sample
-from vh_lens.evaluation import EvalMethod, _check_options, _chunks, _evaluate_prepared, _offload, prepare_answer_batch
-from vh_lens.interventions import HeadMeans, ablate_heads, head_means
-from vh_lens.scores import STAGES, VisualHeadScores, stage_layers
+from vh_lens.evaluation.scoring import EvalMethod, _check_options, _chunks, _evaluate_prepared, _offload, prepare_answer_batch
+from vh_lens.analysis.interventions import HeadMeans, ablate_heads, head_means
+from vh_lens.visual_heads.scores import STAGES, VisualHeadScores, stage_layers
 
 __all__ = ["MaskingResult", "MaskingRow", "masking_experiment"]
 
@@ -470,15 +470,15 @@ def masking_experiment(
         stages: which of ``"early"``, ``"mid"``, ``"late"``.
         control_seeds: one random control per seed (may be empty: no control).
         method: ablation: ``"zero"``, ``"mean"`` or ``"uniform"`` (paper A's; see
-            :func:`vh_lens.interventions.ablate_heads`).
-        metric: the score that ranks heads (:data:`vh_lens.scores.METRICS`).
-        eval_method: how answers are read (:func:`vh_lens.evaluation.evaluate`).
+            :func:`vh_lens.analysis.interventions.ablate_heads`).
+        metric: the score that ranks heads (:data:`vh_lens.visual_heads.scores.METRICS`).
+        eval_method: how answers are read (:func:`vh_lens.evaluation.scoring.evaluate`).
         means: per-head means for ``method="mean"``; default: computed over ``samples``
-            (all non-padding positions, :func:`vh_lens.interventions.head_means`).
+            (all non-padding positions, :func:`vh_lens.analysis.interventions.head_means`).
         batch_size: samples per forward pass.
         max_new_tokens: generation length for ``eval_method="generate"``.
         format_question: how a sample becomes the user turn (default
-            :func:`vh_lens.answers.format_question`).
+            :func:`vh_lens.evaluation.answers.format_question`).
         progress: show a tqdm progress bar over the evaluations.
 
     Returns:

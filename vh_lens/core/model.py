@@ -17,13 +17,13 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PretrainedConfig, ProcessorMixin
 
-from vh_lens import image_tokens
-from vh_lens import fast_attention as fast_attention_module
-from vh_lens import tl_native
+from vh_lens.core import image_tokens
+from vh_lens.core import fast_attention as fast_attention_module
+from vh_lens.core import tl_native
 from vh_lens.data.sample import Sample, load_rgb
-from vh_lens.image_tokens import ImageTokens
-from vh_lens.layout import ImageGrid, ImageLayout, TokenLayout
-from vh_lens.prompts import build_prompt, known_format
+from vh_lens.core.image_tokens import ImageTokens
+from vh_lens.core.layout import ImageGrid, ImageLayout, TokenLayout
+from vh_lens.core.prompts import build_prompt, known_format
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
 ImageInput = Image.Image | str | Path
@@ -51,7 +51,7 @@ class LlavaBatch:
         attention_mask: ``[batch, pos]`` 1 for real tokens, 0 for padding.
         embeds: ``[batch, pos, d_model]`` token embeddings with the image features spliced in
             at the image-token positions (the residual stream before layer 0).
-        layout: one :class:`~vh_lens.layout.TokenLayout` per sample.
+        layout: one :class:`~vh_lens.core.layout.TokenLayout` per sample.
         pixel_values: per sample, the processor's pixel values of all its images (``None`` for
             text only).
         prompts: the prompt text of each sample (chat template applied).
@@ -198,7 +198,7 @@ class LlavaLens(nn.Module):
 
     @property
     def fast_attention(self) -> bool:
-        """Whether layers whose pattern no hook reads use fused attention (:mod:`vh_lens.fast_attention`)."""
+        """Whether layers whose pattern no hook reads use fused attention (:mod:`vh_lens.core.fast_attention`)."""
         return self._fast_attention
 
     @fast_attention.setter
@@ -252,7 +252,7 @@ class LlavaLens(nn.Module):
 
         Returns:
             A :class:`LlavaBatch`; ``batch.layout[i].images`` holds one
-            :class:`~vh_lens.layout.ImageLayout` per image of sample ``i``.
+            :class:`~vh_lens.core.layout.ImageLayout` per image of sample ``i``.
 
         Raises:
             ValueError: mismatched lengths, a string where a list of texts belongs, or a
@@ -321,11 +321,11 @@ class LlavaLens(nn.Module):
 
         Args:
             samples: the samples; their question is formatted by ``format_question`` (default:
-                :func:`vh_lens.answers.format_question`, which lists multiple-choice options).
+                :func:`vh_lens.evaluation.answers.format_question`, which lists multiple-choice options).
             with_answers: append each sample's gold answer (teacher forcing).
         """
         if format_question is None:
-            from vh_lens.answers import format_question
+            from vh_lens.evaluation.answers import format_question
         samples = list(samples)
         return self.prepare(
             images=[s.load_image() for s in samples],
@@ -452,7 +452,7 @@ class LlavaLens(nn.Module):
         }
 
     def _splice(self, ids: Tensor, embeds: Tensor):
-        """Context: the next ``lm`` run on ``ids`` gets ``embeds`` out of ``lm.embed`` (:mod:`vh_lens.tl_native`)."""
+        """Context: the next ``lm`` run on ``ids`` gets ``embeds`` out of ``lm.embed`` (:mod:`vh_lens.core.tl_native`)."""
         return self.lm._vh_splicer.splice(ids, embeds)
 
     def forward(self, batch: LlavaBatch, **kwargs: Any) -> Float[Tensor, "batch pos d_vocab"]:
@@ -486,15 +486,15 @@ class LlavaLens(nn.Module):
         self.lm.reset_hooks(*args, **kwargs)
 
     def to_tokens(self, x: LlavaBatch | str | Sequence[str]) -> Int[Tensor, "batch pos"]:
-        """Token ids of a batch (image placeholders expanded) or of image-free text (see :func:`vh_lens.tl_native.to_tokens`)."""
+        """Token ids of a batch (image placeholders expanded) or of image-free text (see :func:`vh_lens.core.tl_native.to_tokens`)."""
         return tl_native.to_tokens(self, x)
 
     def to_str_tokens(self, batch: LlavaBatch) -> list[list[str]]:
-        """Per sample, a string per position; image tokens read ``<img:base r3c4>`` (:func:`vh_lens.tl_native.str_tokens`)."""
+        """Per sample, a string per position; image tokens read ``<img:base r3c4>`` (:func:`vh_lens.core.tl_native.str_tokens`)."""
         return tl_native.str_tokens(self, batch)
 
     def test_prompt(self, image: Any, question: str, answer: str, *, top_k: int = 5) -> tl_native.PromptTest:
-        """Rank and probability of each answer token after the image and question (:func:`vh_lens.tl_native.test_prompt`)."""
+        """Rank and probability of each answer token after the image and question (:func:`vh_lens.core.tl_native.test_prompt`)."""
         return tl_native.test_prompt(self, image, question, answer, top_k=top_k)
 
     @contextlib.contextmanager

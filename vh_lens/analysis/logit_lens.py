@@ -24,7 +24,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import apply_softcap, get_act_name
 
-from vh_lens._io import load_tensors, read_json, save_tensors, write_csv, write_json
+from vh_lens.core.io import load_tensors, read_json, save_tensors, write_csv, write_json
 
 __all__ = ["LogitLensResult", "answer_token_ids", "logit_lens"]
 
@@ -322,7 +322,7 @@ def logit_lens(
             returning logits ``[batch, pos, d_vocab]``, and ``tokenizer`` (may be ``None`` when
             answers are ids; token strings then are the ids).
         batch: a prepared batch: ``attention_mask`` ``[batch, pos]``, ``layout`` (one
-            :class:`~vh_lens.layout.TokenLayout` per sample), ``len(batch)``.
+            :class:`~vh_lens.core.layout.TokenLayout` per sample), ``len(batch)``.
         answers: gold answers: strings (their first token, see :func:`answer_token_ids`) or
             token ids, one per sample; ``None`` to skip the answer columns.
         positions: one position per sample to read instead of ``layout.query_position``.

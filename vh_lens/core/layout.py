@@ -29,7 +29,7 @@ class ImageGrid:
             image, in pixels, that the cell's patch covers (clipped to the image; a cell that
             covers only padding has zero area). A OneVision tile cell that bilinear
             downsampling made from several source cells covers the union of their boxes
-            (see :func:`vh_lens._geometry.cell_boxes_onevision`), so such cells overlap.
+            (see :func:`vh_lens.core.geometry.cell_boxes_onevision`), so such cells overlap.
     """
 
     name: str

@@ -36,9 +36,9 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utils import get_act_name
 
 from vh_lens.data.sample import Box, Sample
-from vh_lens.layout import TokenLayout
-from vh_lens._io import load_tensors, save_tensors, write_json
-from vh_lens.scores import METRICS, VisualHeadScores
+from vh_lens.core.layout import TokenLayout
+from vh_lens.core.io import load_tensors, save_tensors, write_json
+from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
 HEAD_METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "concentration")
 """The metrics :func:`head_metrics` returns (``detection`` is added by the accumulator)."""
@@ -272,7 +272,7 @@ def visual_head_hooks(
     key positions count as neither image nor text nor region.
 
     Args:
-        layouts: one :class:`~vh_lens.layout.TokenLayout` per sample of the batch.
+        layouts: one :class:`~vh_lens.core.layout.TokenLayout` per sample of the batch.
         sink: a callable ``sink(layer, metrics)`` or an object with ``.add(layer, metrics)``
             (such as :class:`ScoreAccumulator`).
         n_layers: number of layers to hook (``model.cfg.n_layers``).
@@ -309,7 +309,7 @@ def visual_head_hooks(
 
 def qk_hooks_supported(lm: Any) -> bool:
     """Whether :func:`visual_head_qk_hooks` reproduces ``lm``'s attention rows (rotary causal backbones we load)."""
-    from vh_lens.fast_attention import layer_supported
+    from vh_lens.core.fast_attention import layer_supported
 
     blocks = getattr(lm, "blocks", None)
     return blocks is not None and len(blocks) > 0 and all(layer_supported(block.attn) for block in blocks)
@@ -332,7 +332,7 @@ def visual_head_qk_hooks(
     head, ``softmax(q . k / attn_scale)`` over the keys the layer lets the query see (causal,
     sliding window, left padding), exactly as TransformerLens does for the full pattern, and
     hand its :func:`head_metrics` to ``sink``. No pattern hook is attached, so the forward can
-    take the fused attention path (:mod:`vh_lens.fast_attention`): a scan then costs about a
+    take the fused attention path (:mod:`vh_lens.core.fast_attention`): a scan then costs about a
     plain forward. Grouped-query keys are shared by their query heads as in the model.
 
     Args:
@@ -528,7 +528,7 @@ class ScoreAccumulator:
                 self._chunks[layer].append({m: state[f"per_sample.{m}"][:, layer].to(torch.float64) for m in METRICS})
 
     def result(self, metadata: Mapping[str, Any] | None = None) -> VisualHeadScores:
-        """The statistics as :class:`~vh_lens.scores.VisualHeadScores` (variance with ``ddof=0``)."""
+        """The statistics as :class:`~vh_lens.visual_heads.scores.VisualHeadScores` (variance with ``ddof=0``)."""
         count = self.count
         if count == 0:
             raise ValueError("no samples were accumulated")
@@ -551,7 +551,7 @@ def _fn_name(fn: Callable[..., Any]) -> str:
 # Checkpoints
 
 _CKPT_JSON = "checkpoint.json"
-_CKPT_FORMAT = "vh_lens.visual_heads.checkpoint"
+_CKPT_FORMAT = "vh_lens.visual_heads.scan.checkpoint"
 
 
 def _write_checkpoint(directory: Path, acc: ScoreAccumulator, config: Mapping[str, Any], fingerprint: str) -> None:
@@ -707,7 +707,7 @@ def scan_visual_heads(
             attention runs); ``"auto"`` (default): ``"qk"`` when supported.
 
     Returns:
-        :class:`~vh_lens.scores.VisualHeadScores` over all samples.
+        :class:`~vh_lens.visual_heads.scores.VisualHeadScores` over all samples.
 
     Raises:
         ValueError: bad arguments, or a checkpoint written with other settings or samples.

@@ -1,0 +1,1 @@
+"""HTML reports written by the command line."""

@@ -6,7 +6,7 @@
 2. Controls for the probe scores: the same probes on shuffled labels; on the input embeddings only
    (the last prompt token's, which is always ``:``, and the mean over the prompt's text tokens, a
    bag of words); on surface features (step index, prompt length in tokens).
-3. Remove each function's heads (zero) vs as many random heads (``--seeds``): accuracy on that
+3. Remove each function's top ``--k`` heads (zero) vs as many random heads (``--seeds``): accuracy on that
    function, the others, the main questions; the cross-function matrix read off the same runs.
 4. Emphasise (scale x2, shift along the probe direction) on harder held-out items (more distractors).
 
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 import vh_lens
-from vh_lens.cross_function import cross_function_matrix
+from vh_lens.functional_heads.cross_function import cross_function_matrix
 from vh_lens.data import cogvision_shapes, subquestion_samples
 from vh_lens.data.cogvision_shapes import FUNCTIONS
-from vh_lens.functional import intervene_on_functions
-from vh_lens.probing import HeadActivations, collect_head_activations, probe_heads
+from vh_lens.functional_heads.interventions import intervene_on_functions
+from vh_lens.functional_heads.probes import HeadActivations, collect_head_activations, probe_heads
 from vh_lens.toy_cog import COG_TOY_PATH, load_cog_toy
 
 
@@ -46,6 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-items", type=int, default=100)
     p.add_argument("--hard-distractors", type=int, nargs=2, default=(10, 16))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--k", type=int, default=6,
+                   help="heads per function for the interventions (the elbow picks most heads here: see the probe table)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-emphasis", action="store_true")
     return p.parse_args(argv)
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["controls"] = {name: {f: round(float(r.scores(f).max()), 4) for f in FUNCTIONS} for name, r in controls.items()}
     out["probe_seconds"] = round(time.perf_counter() - t0, 1)
 
-    common = {"control_seeds": tuple(args.seeds), "eval_method": "generate", "max_new_tokens": 2,
+    common = {"control_seeds": tuple(args.seeds), "k": args.k, "eval_method": "generate", "max_new_tokens": 2,
               "batch_size": args.batch_size, "progress": False}  # fmt: skip
     removal = intervene_on_functions(model, eval_items, probes, mode="remove", removal="zero", **common)
     matrix = cross_function_matrix(removal)
@@ -161,7 +163,6 @@ def print_findings(out: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(2)
     vh_lens  # noqa: B018 - the package is imported for load_llava
     print_findings(run(args))
 

@@ -206,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train_seconds": round(total, 1),
         "seconds_per_step": round(total / (step + 1), 4),
         "n_params": n_params,
+        "init_from_log": (json.loads((args.init_from / "train_log.json").read_text())
+                          if (args.init_from / "train_log.json").is_file() else None),
         "functions": list(FUNCTIONS),
         "templates": list(TEMPLATES),
         "accuracy_before_training": before,

@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from vh_lens.cross_function import CrossFunctionMatrix, cross_function_matrix, plot_cross_function
-from vh_lens.functional import FunctionInterventionReport, InterventionRun, random_heads
+from vh_lens.functional_heads.cross_function import CrossFunctionMatrix, cross_function_matrix, plot_cross_function
+from vh_lens.functional_heads.interventions import FunctionInterventionReport, InterventionRun, random_heads
 
 N_LAYERS, N_HEADS = 6, 8
 # The planted circuit: perception heads feed reasoning heads, which feed the decision heads.

@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
             report.save(tmp / "interventions")
         matrix = None
         if args.cross_function:
-            from vh_lens.cross_function import cross_function_matrix
+            from vh_lens.functional_heads.cross_function import cross_function_matrix
 
             matrix = cross_function_matrix(report)
             matrix.save(tmp / "cross_function")
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         if report is not None:
             figures.append(plot_function_interventions(report))
         if matrix is not None:
-            from vh_lens.cross_function import plot_cross_function
+            from vh_lens.functional_heads.cross_function import plot_cross_function
 
             figures.append(plot_cross_function(matrix))
         _write_html(tmp / "report.html", f"Functional heads: {args.data.name}", tables, report, figures)

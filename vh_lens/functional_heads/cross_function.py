@@ -1,6 +1,6 @@
 """Cross-function effects (paper B's "interactions and hierarchy"): remove function i's heads, score function j.
 
-Built on :func:`vh_lens.functional.intervene_on_functions` with ``mode="remove"``: every run
+Built on :func:`vh_lens.functional_heads.interventions.intervene_on_functions` with ``mode="remove"``: every run
 there already scores *every* probed function's subquestions, so the matrix is read off its
 report. For each pair ``(i, j)``:
 
@@ -34,7 +34,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from vh_lens.functional import FunctionInterventionReport, intervene_on_functions
+from vh_lens.functional_heads.interventions import FunctionInterventionReport, intervene_on_functions
 
 __all__ = ["CrossFunctionMatrix", "cross_function_effects", "cross_function_matrix", "plot_cross_function"]
 
@@ -172,7 +172,7 @@ def cross_function_matrix(report: FunctionInterventionReport, measured: Sequence
     """The cross-function matrix of a removal report (rows: ``report.functions``).
 
     Args:
-        report: From :func:`~vh_lens.functional.intervene_on_functions` with ``mode="remove"``.
+        report: From :func:`~vh_lens.functional_heads.interventions.intervene_on_functions` with ``mode="remove"``.
         measured: Functions to score (columns); default every label the report counts.
 
     Raises:
@@ -213,7 +213,7 @@ def cross_function_effects(
 ) -> CrossFunctionMatrix:
     """Remove each function's heads (and random controls) and score every function: the matrix.
 
-    ``options`` go to :func:`~vh_lens.functional.intervene_on_functions` (``removal``, ``k``,
+    ``options`` go to :func:`~vh_lens.functional_heads.interventions.intervene_on_functions` (``removal``, ``k``,
     ``control_seeds``, ``acts``, ``eval_method``, ``batch_size``, ...; ``mode`` is ``"remove"``).
     """
     if options.pop("mode", "remove") != "remove":

@@ -91,8 +91,13 @@ def format_question(sample: Sample) -> str:
     return _format(sample)
 
 
-def build_toy_processor(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE) -> LlavaProcessor:
+def build_toy_processor(
+    image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, *, vocabulary: Sequence[str] | None = None
+) -> LlavaProcessor:
     """The toy model's processor: CLIP preprocessing (PIL backend), word tokenizer, chat template.
+
+    ``vocabulary`` is the tokenizer's word list (default :func:`toy_vocabulary`; the
+    chain-of-thought toy of :mod:`vh_lens.toy_cog` passes a longer one).
 
     Images are resized (shortest edge) and center-cropped to ``image_size``; with the
     ``"default"`` strategy the prompt gets ``(image_size // patch_size) ** 2`` image tokens.
@@ -112,7 +117,7 @@ def build_toy_processor(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SI
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
-    tokenizer = build_word_tokenizer(toy_vocabulary())
+    tokenizer = build_word_tokenizer(toy_vocabulary() if vocabulary is None else vocabulary)
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

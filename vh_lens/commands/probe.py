@@ -97,6 +97,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--main-answer", choices=("final_step", "item"), default="final_step",
                         help="gold answer of a main question: its chain's last subquestion answer (default) or the "
                              "item's answer field")
+    parser.add_argument("--cross-function", action="store_true",
+                        help="with --intervene remove: the cross-function matrix (remove function i's heads, score "
+                             "function j, vs the random controls) in OUT/cross_function, a heatmap and a table")
     parser.add_argument("--save-activations", action="store_true", help="keep the activations in OUT/activations")
     parser.add_argument("--stream-mb", type=float, default=512.0,
                         help="stream the activations to OUT/activations when larger than this (MiB, default 512)")
@@ -120,6 +123,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise ValueError("--batch-size and --max-new-tokens must be at least 1")
     if not 0.0 < args.test_fraction < 1.0:
         raise ValueError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    if args.cross_function and args.intervene != "remove":
+        raise ValueError(f"--cross-function needs --intervene remove, got --intervene {args.intervene}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +287,12 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
             timings["intervene_s"] = time.perf_counter() - t0
             report.save(tmp / "interventions")
+        matrix = None
+        if args.cross_function:
+            from vh_lens.functional_heads.cross_function import cross_function_matrix
+
+            matrix = cross_function_matrix(report)
+            matrix.save(tmp / "cross_function")
 
         heads = "the elbow of the sorted scores" if args.k is None else f"the top {args.k}"
         summary = [f"# Functional heads: {args.data.name}", "",
@@ -294,6 +305,11 @@ def run(args: argparse.Namespace) -> int:
             summary += [f"## {_TITLES[name]}", "", _markdown(header, rows)]
         if report is not None:
             summary += ["## Interventions", "", report.to_markdown()]
+        if matrix is not None:
+            order = ", ".join(f"{f} ({100 * v:+.1f})" for f, v in matrix.upstream_order())
+            summary += ["## Cross-function matrix", "", "Extra accuracy lost (pp) on the column's subquestions when "
+                        "the row's heads are removed, vs as many random heads.", "", matrix.to_markdown(), "",
+                        f"Upstream order (gives minus takes): {order}", ""]  # fmt: skip
         summary_text = "\n".join(summary)
         (tmp / _SUMMARY_FILE).write_text(summary_text, encoding="utf-8")
 
@@ -302,6 +318,10 @@ def run(args: argparse.Namespace) -> int:
                    *[plot_sorted_scores(result, f) for f in result.functions]]  # fmt: skip
         if report is not None:
             figures.append(plot_function_interventions(report))
+        if matrix is not None:
+            from vh_lens.functional_heads.cross_function import plot_cross_function
+
+            figures.append(plot_cross_function(matrix))
         write_probe_report(tmp / "report.html", title=f"Functional heads: {args.data.name}", tables=tables,
                            titles=_TITLES, figures=figures, report=report, notes=[summary[2]], warnings=warnings,
                            settings=command_settings(args, "vh-lens probe"), plotlyjs=args.plotlyjs)  # fmt: skip

@@ -11,6 +11,7 @@ from vh_lens.data.cogvision import (
     main_question_samples,
     subquestion_samples,
 )
+from vh_lens.data.cogvision_shapes import cogvision_shapes, write_cogvision_shapes
 from vh_lens.data.jsonl import load_jsonl
 from vh_lens.data.pointqa import (
     PAPER_A_SETTINGS,
@@ -32,6 +33,8 @@ __all__ = [
     "load_cogvision",
     "main_question_samples",
     "subquestion_samples",
+    "cogvision_shapes",
+    "write_cogvision_shapes",
     "PAPER_A_SETTINGS",
     "QUESTION_TYPES",
     "RECTANGLE_HINT",

@@ -336,6 +336,23 @@ def _draw(
     return image
 
 
+def draw_shapes(
+    shape_list: Sequence[Mapping[str, Any]],
+    image_size: int = 96,
+    box: tuple[int, int, int, int] | None = None,
+    box_color: tuple[int, int, int] = BOX_COLOR,
+) -> Image.Image:
+    """Draw a scene as :func:`shapes` does (pixel-identical): for other generators on the same world.
+
+    Args:
+        shape_list: ``{"color", "kind", "box"}`` dicts (``box`` the shape's cell in pixels).
+        image_size: image width and height in pixels.
+        box: the cell to outline (the drawn pointer), or ``None``.
+        box_color: RGB colour of the outline.
+    """
+    return _draw([dict(s) for s in shape_list], image_size, box, tuple(box_color))
+
+
 def count_class(sample: Sample, color: str, kind: str) -> int:
     """Number of shapes of class ``(color, kind)`` drawn in a :func:`shapes` sample."""
     return sum(s["color"] == color and s["kind"] == kind for s in sample.metadata["shapes"])

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vh_lens.data._images import MissingImagesError, check_on_missing, image_problem, read_json
-from vh_lens.data.sample import Sample
+from vh_lens.data.sample import ImageSource, Sample
 
 __all__ = [
     "COGQA_FUNCTIONS",
@@ -108,7 +108,8 @@ class CogItem:
     """A main question decomposed into a chain of subquestions.
 
     Attributes:
-        image: Path to the image (resolved), or ``None`` for a text-only item (CogQA).
+        image: the image: a path (resolved) as read from a file, an in-memory image (the generated
+            CogVision-style shapes items), or ``None`` for a text-only item (CogQA).
         question: The main question.
         answer: The main question's gold answer, if given.
         subquestions: The chain, in order.
@@ -116,7 +117,7 @@ class CogItem:
         metadata: The item's other keys, as read.
     """
 
-    image: str | Path | None
+    image: ImageSource | None
     question: str
     answer: str | None
     subquestions: Sequence[SubQuestion]  # stored as a tuple

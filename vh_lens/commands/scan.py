@@ -419,6 +419,9 @@ def _publish(out: Path, write: Any) -> None:
         publish([(tmp / _SCORES, out / _SCORES), *pages], out / _JOURNAL)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from vh_lens.reports.outputs import link_output_folder
+
+    link_output_folder(out)  # sibling output folders' pages linked, their parent's index.html
 
 
 def finish_interrupted(out: Path) -> None:

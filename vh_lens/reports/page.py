@@ -4,7 +4,9 @@
 settings (a collapsed table), the figures, then the tables, and a navigation bar linking the
 other report pages of the same folder. When a folder holds two or more report pages an
 ``index.html`` (the same template, listing them) is written too, and the navigation bars of the
-pages already there are brought up to date.
+pages already there are brought up to date. Output folders side by side under one parent are
+linked with each other by :mod:`vh_lens.reports.outputs` (the bar then also lists the sibling
+folders' pages, :func:`nav_bar`).
 
 plotly.js is loaded once per page in ``<head>``, in one of three ways (``plotlyjs``):
 

@@ -110,3 +110,18 @@ def test_folder_names_are_quoted_in_links(tmp_path) -> None:
     link_output_folder(tmp_path / "m#1")
     assert links((tmp_path / "m#1" / "masking.html").read_text()) == {"../index.html", "../my%20scan/report.html"}
     assert "m%231/masking.html" in _listed((tmp_path / INDEX_FILE).read_text())
+
+
+def test_a_failure_to_link_is_reported_not_raised(tmp_path, monkeypatch, capsys) -> None:
+    import vh_lens.reports.outputs as outputs
+
+    _page(tmp_path / "a" / "p.html", "A")
+    _page(tmp_path / "b" / "p.html", "B")
+
+    def broken(*args, **kwargs):
+        raise PermissionError("read-only page")
+
+    monkeypatch.setattr(outputs, "refresh_nav", broken)
+    assert link_output_folder(tmp_path / "b") is None
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vh-lens: warning:") and "read-only page" in err and "\n" not in err

@@ -116,7 +116,9 @@ def link_output_folder(folder: str | os.PathLike[str], *, quiet: bool = False) -
 
     Where ``folder``'s parent holds two or more output folders (:func:`output_folders`), or an
     outputs index already: (re)write ``parent/index.html`` and the navigation bar of every report
-    page (and folder index) of every output folder there. Else nothing is written.
+    page (and folder index) of every output folder there. Else nothing is written. A file that
+    cannot be read or written (``OSError``) is reported in one line on stderr, not raised: the
+    command's own output is complete either way.
 
     Args:
         folder: an output folder a command has just published.
@@ -129,6 +131,14 @@ def link_output_folder(folder: str | os.PathLike[str], *, quiet: bool = False) -
     parent = folder.parent
     if folder.name.startswith(".") or not report_pages(folder) or not parent.is_dir():
         return None
+    try:
+        return _link(parent, quiet)
+    except OSError as err:  # the command's own output is published already: say so, do not fail it
+        print(f"vh-lens: warning: the output folders in {parent} could not be linked: {err}", file=sys.stderr)
+        return None
+
+
+def _link(parent: Path, quiet: bool) -> Path | None:
     index = parent / INDEX_FILE
     with _locked(parent):
         folders = output_folders(parent)

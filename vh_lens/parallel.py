@@ -164,8 +164,8 @@ def collect_head_activations(
     here (every rank holds the joined activations in memory).
     """
     from vh_lens.data.sample import Sample
-    from vh_lens.functional_heads.probes import HeadActivations
-    from vh_lens.functional_heads.probes import collect_head_activations as collect
+    from vh_lens.functional_heads.activations import HeadActivations
+    from vh_lens.functional_heads.activations import collect_head_activations as collect
 
     ctx = init() if ctx is None else ctx
     if kwargs.get("out_dir") is not None:

@@ -10,7 +10,7 @@ from tests.distributed.worker import probe_samples
 from vh_lens import parallel
 from vh_lens.analysis.logit_lens import LogitLensResult
 from vh_lens.data.shapes import shapes
-from vh_lens.functional_heads.probes import HeadActivations
+from vh_lens.functional_heads.activations import HeadActivations
 from vh_lens.toy import load_toy
 
 N = 7

@@ -6,14 +6,20 @@ from __future__ import annotations
 import re
 
 import torch
-from test_cli_scan import _args, files, one_thread  # noqa: F401  (fixtures)
-
 from pagecheck import figure_specs, links
+from test_cli_scan import files, one_thread  # noqa: F401  (fixtures)
+
 from vh_lens.cli import main
 from vh_lens.visual_heads.scores import VisualHeadScores
 
 
-def test_compare_and_lens_add_the_pair_and_rank_traces_to_the_report(files, tmp_path, capsys) -> None:
+def _args(files, out, *extra: str, data: str = "data", fmt: str = "jsonl") -> list[str]:  # noqa: F811
+    return ["scan", "--model", str(files["model"]), "--data", str(files[data]), "--format", fmt,
+            "--images", str(files["images"]), "--out", str(out), "--batch-size", "2", "--no-progress",
+            *extra]  # fmt: skip
+
+
+def test_compare_and_lens_add_the_pair_and_rank_traces_to_the_report(files, tmp_path, capsys) -> None:  # noqa: F811
     runs = tmp_path / "runs"
     looktwice = {"data": "looktwice", "fmt": "looktwice"}
     assert main(_args(files, runs / "plain", "--question", "super", **looktwice)) == 0
@@ -50,7 +56,7 @@ def test_compare_and_lens_add_the_pair_and_rank_traces_to_the_report(files, tmp_
     capsys.readouterr()
 
 
-def test_compare_and_lens_are_refused_before_anything_is_written(files, tmp_path, capsys) -> None:
+def test_compare_and_lens_are_refused_before_anything_is_written(files, tmp_path, capsys) -> None:  # noqa: F811
     looktwice = {"data": "looktwice", "fmt": "looktwice"}
     plain = tmp_path / "plain"
     assert main(_args(files, plain, "--question", "super", **looktwice)) == 0

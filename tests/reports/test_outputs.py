@@ -7,9 +7,14 @@ import re
 import threading
 
 import plotly.graph_objects as go
-
 from pagecheck import links
-from vh_lens.reports.outputs import OUTPUTS_KIND, link_output_folder, output_folders, sibling_links
+
+from vh_lens.reports.outputs import (
+    OUTPUTS_KIND,
+    link_output_folder,
+    output_folders,
+    sibling_links,
+)
 from vh_lens.reports.page import INDEX_FILE, page_info, write_report
 
 
@@ -113,7 +118,7 @@ def test_folder_names_are_quoted_in_links(tmp_path) -> None:
 
 
 def test_a_failure_to_link_is_reported_not_raised(tmp_path, monkeypatch, capsys) -> None:
-    import vh_lens.reports.outputs as outputs
+    from vh_lens.reports import outputs
 
     _page(tmp_path / "a" / "p.html", "A")
     _page(tmp_path / "b" / "p.html", "B")

@@ -28,7 +28,13 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from vh_lens.core.io import write_text
-from vh_lens.reports.page import INDEX_FILE, page_info, refresh_nav, render_page, report_pages
+from vh_lens.reports.page import (
+    INDEX_FILE,
+    page_info,
+    refresh_nav,
+    render_page,
+    report_pages,
+)
 
 __all__ = ["OUTPUTS_KIND", "link_output_folder", "output_folders", "sibling_links", "write_outputs_index"]
 

@@ -13,9 +13,9 @@ from vh_lens.cli import main
 from vh_lens.visual_heads.scores import VisualHeadScores
 
 
-def _args(files, out, *extra: str, data: str = "data", fmt: str = "jsonl") -> list[str]:  # noqa: F811
-    return ["scan", "--model", str(files["model"]), "--data", str(files[data]), "--format", fmt,
-            "--images", str(files["images"]), "--out", str(out), "--batch-size", "2", "--no-progress",
+def _args(paths, out, *extra: str, data: str = "data", fmt: str = "jsonl") -> list[str]:
+    return ["scan", "--model", str(paths["model"]), "--data", str(paths[data]), "--format", fmt,
+            "--images", str(paths["images"]), "--out", str(out), "--batch-size", "2", "--no-progress",
             *extra]  # fmt: skip
 
 

@@ -34,7 +34,7 @@ def _random_scores(n_layers: int, n_heads: int, seed: int):
     import vh_lens
 
     gen = torch.Generator().manual_seed(seed)
-    maps = {m: torch.rand(n_layers, n_heads, generator=gen, dtype=torch.float64) for m in vh_lens.METRICS}
+    maps = {m: torch.rand(n_layers, n_heads, generator=gen, dtype=torch.float64) for m in vh_lens.visual_heads.METRICS}
     return vh_lens.VisualHeadScores(mean=maps, variance={m: torch.zeros_like(v) for m, v in maps.items()}, count=1)
 
 

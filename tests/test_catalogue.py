@@ -334,6 +334,7 @@ def env(tmp_path_factory, tiny_checkpoint) -> Env:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_bad_input_is_refused_with_a_clear_error(case: Case, env: Env) -> None:
     torch.set_num_threads(1)
     with pytest.raises(case.error, match=case.match):

@@ -203,6 +203,7 @@ def test_shared_prefix_is_appended_and_read_after(monkeypatch) -> None:
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_prediction_and_result_validation() -> None:
     with pytest.raises(ValueError):
         Prediction(text="A", parsed="A", gold="B", correct=True, kind="choice")

@@ -154,6 +154,7 @@ def test_scan_rows_respect_a_sliding_window():
     assert float(qk.per_sample["image_weight"][0].max()) > 0.0  # short question: the image is in reach
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_scan_attention_argument_is_checked():
     model = tiny_lens("llava", "llama")
     with pytest.raises(ValueError, match="attention must be"):

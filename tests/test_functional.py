@@ -115,6 +115,7 @@ def test_hooks_change_only_the_named_heads_as_specified(setup, options, expected
                 assert torch.equal(out, z), f"head {(layer, head)} was not named but changed"
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_hook_options_are_validated(setup) -> None:
     cfg = setup["lens"].cfg
     with pytest.raises(ValueError, match="not used"):

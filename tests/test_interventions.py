@@ -330,6 +330,7 @@ def test_hooks_are_removed_when_the_run_raises(pair, inputs):
     assert torch.equal(_tl_logits(tl, ids, mask), tl(ids, attention_mask=mask).detach())
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_validation_errors(pair):
     cfg = pair.tl.cfg
     with pytest.raises(ValueError, match=r"\(2, 0\).*layer 2 out of range"):
@@ -453,6 +454,7 @@ def test_head_means_streams_batches_and_samples(pair, inputs, tmp_path):
     assert _no_hooks_left(pair.tl)
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_head_means_validation(pair, inputs):
     with pytest.raises(ValueError, match="positions"):
         head_means(FakeModel(pair.tl), [], positions="first")

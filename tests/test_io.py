@@ -152,3 +152,16 @@ def test_nan_to_none():
     value = {"a": [1.0, math.nan], "b": (2, {"c": math.nan}), "d": "nan", "e": math.inf}
     assert _io.nan_to_none(value) == {"a": [1.0, None], "b": [2, {"c": None}], "d": "nan", "e": math.inf}
     assert json.loads(json.dumps(_io.nan_to_none([math.nan]), allow_nan=False)) == [None]
+
+
+def test_check_format_version() -> None:
+    from vh_lens.core.io import check_format_version
+
+    assert check_format_version({"version": 1}, "m.json", what="X", current=2) == 1
+    assert check_format_version({"format": "x"}, "m.json", what="X", current=1) == 0  # unversioned: vh_lens 0.1.0
+    assert check_format_version({"format_version": 3}, "m.json", what="X", current=3, key="format_version") == 3
+    with pytest.raises(ValueError, match=r"^m\.json: X format version 4 is newer than this vh_lens reads \(up to 3\)"):
+        check_format_version({"version": 4}, "m.json", what="X", current=3)
+    for bad in (True, -1, 1.0, "1"):
+        with pytest.raises(ValueError, match=r"^m\.json: unknown X format version"):
+            check_format_version({"version": bad}, "m.json", what="X", current=3)

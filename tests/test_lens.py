@@ -161,6 +161,7 @@ def test_rows_save_load_concat(lm, batch, tmp_path):
         LogitLensResult.concat([halves[0], no_answers])
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_validation(lm, batch):
     model = FakeModel(lm)
     with pytest.raises(ValueError, match="one answer per sample"):

@@ -346,6 +346,7 @@ def test_bilinear_sources_hand_computed():
         _bilinear_sources(5, 0)
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_downsampled_cell_box_is_the_union_of_its_sources():
     from vh_lens.core.geometry import cell_boxes_llava_next, cell_boxes_onevision, onevision_max_patches
 

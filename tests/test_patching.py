@@ -105,6 +105,7 @@ def test_result_round_trip_and_plots(tmp_path):
         patching.PatchingResult.load(tmp_path / "x")
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_corruptions_are_seeded_and_checked():
     image = striped_image((70, 40), 0)
     box = (10, 5, 30, 25)

@@ -218,6 +218,7 @@ def test_collect_through_llava_lens() -> None:
         torch.testing.assert_close(mean.acts[i], z[q : int(answer[-1])].mean(0), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_collect_from_cog_items_and_errors(tiny_lm: HookedTransformer) -> None:
     model = FakeLens(tiny_lm)
     items = [CogItem(image=None, question=f"main question {g}", answer=None, item_id=str(g),
@@ -353,6 +354,7 @@ def test_probe_split_by_group_and_chunking() -> None:
     torch.testing.assert_close(result.ovr_balanced_accuracy, whole.ovr_balanced_accuracy)
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_probe_functions_and_errors() -> None:
     acts, _ = _planted_acts()
     labels = list(acts.labels)
@@ -407,6 +409,7 @@ def _hand_result() -> ProbeResult:
                        ovr_weights=torch.randn(2, 2, 4, 3), ovr_bias=torch.zeros(2, 2, 4))
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_selection_summaries_on_hand_result(tmp_path: Path) -> None:
     result = _hand_result()
     assert result.functional_heads("A", k=2) == [(0, 0), (0, 1)]
@@ -469,6 +472,7 @@ def test_head_activations_chunking_and_means() -> None:
     torch.testing.assert_close(acts.head_means(), torch.from_numpy(z.numpy().astype(np.float64).mean(0)).float())
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_head_activations_validation_and_roundtrip(tmp_path: Path) -> None:
     acts, _ = _planted_acts()
     loaded = HeadActivations.load(acts.save(tmp_path / "acts"), mmap=False)

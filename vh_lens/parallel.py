@@ -31,7 +31,7 @@ __all__ = ["collect_head_activations", "logit_lens", "scan_visual_heads"]
 
 
 def _accumulator_from_scores(scores: Any, template: Any) -> Any:
-    """A :class:`~vh_lens.ScoreAccumulator` holding ``scores``' statistics (M2 = variance x count)."""
+    """A :class:`~vh_lens.visual_heads.ScoreAccumulator` holding ``scores``' statistics (M2 = variance x count)."""
     from vh_lens.visual_heads.scores import METRICS
 
     acc = copy.deepcopy(template)

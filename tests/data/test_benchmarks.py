@@ -316,6 +316,7 @@ def test_pope_missing_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     assert "skipped" in caplog.text and "2 image files missing" in caplog.text
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_pope_errors(tmp_path: Path) -> None:
     images = _save_images(tmp_path / "img", ["COCO_val2014_000000000001.jpg"])
     with pytest.raises(FileNotFoundError, match="POPE annotation file not found"):
@@ -575,6 +576,7 @@ def test_pointqa_as_choices(tmp_path: Path) -> None:
     assert sorted(seven.choices or ()) == [str(i) for i in range(1, 8)]
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_pointqa_errors(tmp_path: Path) -> None:
     path, images = _write_looktwice(tmp_path)
     with pytest.raises(ValueError, match="question must be one of"):

@@ -99,6 +99,7 @@ def test_snippet_items_and_ids(tmp_path: Path) -> None:
     assert items[0].metadata == {}
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_chain_prompt_format(tmp_path: Path) -> None:
     items = load_cogvision(_write(tmp_path / "cogqa.json", COGQA_SNIPPET))
     samples = subquestion_samples(items)
@@ -157,6 +158,7 @@ def _cogvision_records() -> list[dict]:
     ]
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_cogvision_images_alternate_keys_and_missing(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (8, 6), "red").save(tmp_path / "imgs" / "a.png")

@@ -109,12 +109,14 @@ def test_bad_lines_name_the_line(tmp_path, line, message):
         load_jsonl(path)
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_bad_on_missing(tmp_path):
     path = write_lines(tmp_path / "q.jsonl", [{"question": "q?"}])
     with pytest.raises(ValueError, match=r"on_missing must be one of \('error', 'skip'\), got 'drop'"):
         load_jsonl(path, on_missing="drop")
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_sample_set_sequence_protocol():
     samples = tuple(Sample(None, f"q{i}?", str(i)) for i in range(4))
     s = SampleSet(list(samples), n_skipped=2, source="src")

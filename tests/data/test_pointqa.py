@@ -169,12 +169,14 @@ def test_verify_images_flags_unreadable_files_only_on_request(looktwice):
 
 
 @pytest.mark.parametrize("loader", [load_looktwice, load_vip_pointqa])
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_bad_question_type_names_allowed_values(looktwice, loader):
     path, vg, _ = looktwice
     with pytest.raises(ValueError, match=r"question must be one of \('general', 'object', 'super'\), got 'obj'"):
         loader(path, vg, question="obj")
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_bad_on_missing_and_limit(looktwice):
     path, vg, _ = looktwice
     with pytest.raises(ValueError, match=r"on_missing must be one of \('error', 'skip'\)"):
@@ -280,6 +282,7 @@ def test_paper_a_settings_six_paired_settings(looktwice, vip):
     assert tuple(vip_settings) == PAPER_A_SETTINGS and all(len(s) == 1 for s in vip_settings.values())
 
 
+@pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_paper_a_settings_rejects_bad_arguments(looktwice):
     path, vg, _ = looktwice
     with pytest.raises(ValueError, match=r"format must be one of \('looktwice', 'vip-pointqa'\)"):

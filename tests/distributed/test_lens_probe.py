@@ -51,4 +51,4 @@ def test_parallel_entry_points_in_one_process_are_the_plain_ones() -> None:
     scores = parallel.scan_visual_heads(model, samples, batch_size=2, progress=False)
     plain = vh_lens.scan_visual_heads(model, samples, batch_size=2, progress=False)
     assert scores.metadata["world_size"] == 1 and scores.metadata["samples_per_rank"] == [3]
-    assert all(torch.equal(scores.mean[m], plain.mean[m]) for m in vh_lens.METRICS)
+    assert all(torch.equal(scores.mean[m], plain.mean[m]) for m in vh_lens.visual_heads.METRICS)

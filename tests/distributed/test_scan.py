@@ -30,7 +30,7 @@ def two_ranks(tmp_path_factory):
 
 def _assert_close(a, b, tol):
     assert a.count == b.count
-    for m in vh_lens.METRICS:
+    for m in vh_lens.visual_heads.METRICS:
         assert (a.mean[m] - b.mean[m]).abs().max() <= tol, m
         assert (a.variance[m] - b.variance[m]).abs().max() <= tol, m
         assert (a.per_sample[m] - b.per_sample[m]).abs().max() <= tol, m

@@ -79,7 +79,7 @@ class HeadMeans:
             ValueError: the directory holds something else.
         """
         directory = Path(directory)
-        info = read_json(directory / _METADATA_FILE, expected_format=_MEANS_FORMAT, what="HeadMeans")
+        info = read_json(directory / _METADATA_FILE, expected_format=_MEANS_FORMAT, what="HeadMeans", version=1)
         mean = load_tensors(directory / _MEANS_FILE)["mean"]
         return cls(mean=mean, count=info["count"], positions=info["positions"])
 
@@ -188,7 +188,7 @@ class HeadMeansReducer(Reducer):
 
 def head_means(
     model: Any,
-    data: Iterable[Any],
+    data: Iterable[Any] | Any,  # samples and/or prepared batches, or one prepared batch
     positions: Literal["all", "last_prompt"] = "all",
     batch_size: int = 8,
 ) -> HeadMeans:

@@ -188,7 +188,7 @@ class LogitLensResult:
             ValueError: the directory holds something else.
         """
         directory = Path(directory)
-        info = read_json(directory / _METADATA_FILE, expected_format=_FORMAT, what="LogitLensResult")
+        info = read_json(directory / _METADATA_FILE, expected_format=_FORMAT, what="LogitLensResult", version=1)
         tensors = load_tensors(directory / _TENSORS_FILE)
         answer_tokens = info["answer_tokens"]
         return cls(

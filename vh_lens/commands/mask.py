@@ -62,7 +62,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
 
 
-def add_question_format_refusal(parser: argparse.ArgumentParser) -> None:
+def add_question_format_refusal(parser: Any) -> None:  # an ArgumentParser or an argument group
     """A hidden ``--question-format`` that :func:`refuse_question_format` turns into a one-line error."""
     parser.add_argument("--question-format", default=None, help=argparse.SUPPRESS)
 

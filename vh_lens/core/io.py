@@ -176,18 +176,29 @@ def load_tensors(path: PathLike) -> dict[str, Tensor]:
     return _st_load(Path(path).read_bytes())
 
 
-def read_json(path: PathLike, *, expected_format: str | None = None, what: str | None = None) -> Any:
+def read_json(
+    path: PathLike,
+    *,
+    expected_format: str | None = None,
+    what: str | None = None,
+    version: int | None = None,
+    version_key: str = "version",
+) -> Any:
     """The JSON value in ``path``; with ``expected_format``, check its ``"format"`` field.
 
     Args:
         path: the file.
         expected_format: the value the object's ``"format"`` field must have, or ``None``.
         what: the saved type's name for the error message (default ``expected_format``).
+        version: the newest format version the caller reads; the file's ``version_key`` field
+            is checked with :func:`check_format_version` (``None``: not checked).
+        version_key: the field holding the format version.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the ``"format"`` field is not ``expected_format``, or the file's folder is
-            part of an unfinished :func:`publish`.
+        ValueError: the ``"format"`` field is not ``expected_format``, the format version is
+            newer than ``version`` or unknown, or the file's folder is part of an unfinished
+            :func:`publish`.
     """
     path = Path(path)
     check_published(path.parent)
@@ -196,7 +207,46 @@ def read_json(path: PathLike, *, expected_format: str | None = None, what: str |
         found = info.get("format") if isinstance(info, dict) else None
         if found != expected_format:
             raise ValueError(f"{path.parent} holds no saved {what or expected_format} (format={found!r})")
+    if version is not None:
+        check_format_version(info, path, what=what or expected_format or "result", current=version, key=version_key)
     return info
+
+
+def check_format_version(info: Any, path: PathLike, *, what: str, current: int, key: str = "version") -> int:
+    """The format version of a saved file's JSON ``info``; refuse one newer than ``current``.
+
+    Every saved result names its format version (``info[key]``, an int from 1); a reader knows
+    the versions up to ``current``. A file without the field is from before versions were
+    written (vh_lens 0.1.0) and reads as version 0.
+
+    Args:
+        info: the file's JSON value (a dict).
+        path: the file, for the message.
+        what: the saved type's name, for the message.
+        current: the newest version the caller reads.
+        key: the field holding the version.
+
+    Returns:
+        The version (0 when the field is missing).
+
+    Raises:
+        ValueError: the version is newer than ``current`` or not a non-negative int (one line,
+            naming the file and the version).
+
+    Example:
+        >>> check_format_version({"version": 1}, "m.json", what="MaskingResult", current=1)
+        1
+    """
+    found = info.get(key) if isinstance(info, dict) else None
+    if found is None:
+        return 0
+    if isinstance(found, bool) or not isinstance(found, int) or found < 0:
+        raise ValueError(f"{path}: unknown {what} format version {found!r} (this vh_lens reads versions up to {current})")
+    if found > current:
+        raise ValueError(
+            f"{path}: {what} format version {found} is newer than this vh_lens reads (up to {current}); upgrade vh_lens"
+        )
+    return found
 
 
 # --------------------------------------------------------------------------------------------

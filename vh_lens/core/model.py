@@ -20,13 +20,13 @@ from transformers import PretrainedConfig, ProcessorMixin
 from vh_lens.core import image_tokens
 from vh_lens.core import fast_attention as fast_attention_module
 from vh_lens.core import tl_native
-from vh_lens.data.sample import Sample, load_rgb
+from vh_lens.data.sample import ImageSource, Sample, load_rgb
 from vh_lens.core.image_tokens import ImageTokens
 from vh_lens.core.layout import ImageGrid, ImageLayout, TokenLayout
 from vh_lens.core.prompts import build_prompt, known_format
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
-ImageInput = Image.Image | str | Path
+ImageInput = ImageSource  # what vh_lens.data.sample.load_rgb opens
 
 
 @dataclass(frozen=True, eq=False)

@@ -132,7 +132,7 @@ class SampleSet(Sequence[Sample]):
         (1, '4')
     """
 
-    samples: tuple[Sample, ...]
+    samples: Sequence[Sample]  # stored as a tuple
     n_skipped: int = 0
     source: str = ""
 
@@ -205,7 +205,7 @@ def make_sample(where: str, **fields: Any) -> Sample:
     """
     try:
         return Sample(**fields)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:  # TypeError: a field of the wrong type, where annotations are checked
         raise ValueError(f"{where}: {err}") from err
 
 

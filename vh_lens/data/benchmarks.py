@@ -627,7 +627,7 @@ def _required(record: _Record, key: str, where: str) -> Any:
     return value
 
 
-def _cell(value: str | None) -> str | None:
+def _cell(value: Any) -> str | None:
     """A TSV cell, ``None`` for what LLaVA's ``is_none`` treats as empty ("", nan, none)."""
     if value is None:
         return None

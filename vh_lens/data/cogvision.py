@@ -119,7 +119,7 @@ class CogItem:
     image: str | Path | None
     question: str
     answer: str | None
-    subquestions: tuple[SubQuestion, ...]
+    subquestions: Sequence[SubQuestion]  # stored as a tuple
     item_id: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
 

@@ -43,7 +43,7 @@ from vh_lens.data._images import (
     make_sample,
     read_json,
 )
-from vh_lens.data.sample import Box, Sample
+from vh_lens.data.sample import Box, Sample, as_box
 from vh_lens.data.visual_prompt import with_visual_prompt
 
 QuestionType = Literal["general", "object", "super"]
@@ -426,7 +426,7 @@ def load_vip_pointqa(
                 image=image_path,
                 question=_with_suffix(str(text), question_suffix),
                 answer=None if answer is None else str(answer),
-                box=tuple(float(v) for v in first),
+                box=as_box(first, f"{where}: bboxes[0]"),  # a bad coordinate: an error naming the record
                 metadata={
                     "dataset": "vip-pointqa",
                     "source": str(path),

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 from PIL import Image
 
 Box = tuple[float, float, float, float]
 """A box ``(left, top, right, bottom)`` in pixels of the original image."""
+
+
+@runtime_checkable
+class LazyImage(Protocol):
+    """An image built on demand: anything whose ``load()`` returns one (e.g. :class:`vh_lens.data.BoxedImage`)."""
+
+    def load(self) -> Any: ...
+
+
+ImageSource = Image.Image | LazyImage | np.ndarray | str | os.PathLike
+"""What :func:`load_rgb` opens: a PIL image, a lazy image, a uint8 HWC array or a path."""
 
 
 def as_box(box: Any, what: str = "box") -> Box:
@@ -60,10 +73,10 @@ class Sample:
         metadata: Anything else the source carried (ids, question type, labels, ...).
     """
 
-    image: Image.Image | str | Path | None
+    image: ImageSource | None
     question: str
     answer: str | None = None
-    choices: tuple[str, ...] | None = None
+    choices: Sequence[str] | None = None  # stored as a tuple
     box: Box | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
@@ -87,7 +100,7 @@ class Sample:
         return load_rgb(self.image)
 
 
-def load_rgb(image: Image.Image | str | Path | None) -> Image.Image | None:
+def load_rgb(image: ImageSource | None) -> Image.Image | None:
     """Open ``image`` (a PIL image, a path, an object with ``.load()`` or a uint8 array) as RGB; ``None`` stays ``None``.
 
     RGBA, palette and grayscale images are converted, not rejected. 16-bit grayscale images

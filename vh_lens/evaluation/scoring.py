@@ -183,7 +183,7 @@ class AnswerBatch:
     batch: Any
     samples: tuple[Sample, ...]
     read_positions: Int[Tensor, " batch"] | None
-    candidate_ids: tuple[Int[Tensor, " n_candidates"], ...] | None
+    candidate_ids: tuple[Int[Tensor, " _n_candidates"], ...] | None  # each sample its own count
     gold_indices: tuple[int, ...] | None
     golds: tuple[str, ...]
     kinds: tuple[str, ...]

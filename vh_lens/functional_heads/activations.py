@@ -136,7 +136,7 @@ class HeadActivations:
             mmap: Keep the activations on disk as a read-only numpy memmap (else a tensor).
         """
         directory = Path(directory)
-        meta = read_json(directory / _ACTS_META)
+        meta = read_json(directory / _ACTS_META, what="HeadActivations", version=1, version_key="format")
         array = np.load(directory / _ACTS_FILE, mmap_mode="r" if mmap else None)
         if list(array.shape) != meta["shape"]:
             raise ValueError(f"{directory}: acts shape {array.shape} does not match its metadata {meta['shape']}")

@@ -390,6 +390,6 @@ class ProbeResult:
     def load(cls, directory: str | Path) -> ProbeResult:
         """Read what :meth:`save` wrote."""
         directory = Path(directory)
-        meta = read_json(directory / _PROBE_META)
+        meta = read_json(directory / _PROBE_META, what="ProbeResult", version=1, version_key="format")
         tensors = load_tensors(directory / _PROBE_TENSORS)
         return cls(functions=tuple(meta["functions"]), config=meta["config"], **tensors)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vh_lens.core.io import csv_text, nan_to_none, write_text
+from vh_lens.core.io import check_format_version, csv_text, nan_to_none, write_text
 from vh_lens.evaluation.stats import mean_std
 
 __all__ = [
@@ -311,4 +311,6 @@ class FunctionInterventionReport:
         path = Path(directory) / _JSON_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no saved FunctionInterventionReport at {directory}: {_JSON_FILE} missing")
-        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        check_format_version(data, path, what="FunctionInterventionReport", current=1)  # issue 14: saved formats
+        return cls.from_json(data)

@@ -135,7 +135,7 @@ class PatchingResult:
             ValueError: the directory holds something else.
         """
         directory = Path(directory)
-        info = read_json(directory / _METADATA_FILE, expected_format=_FORMAT, what="PatchingResult")
+        info = read_json(directory / _METADATA_FILE, expected_format=_FORMAT, what="PatchingResult", version=1)
         tensors = load_tensors(directory / _TENSORS_FILE)
         size = info["image_size"]
         return cls(

@@ -62,9 +62,9 @@ class MaskingConfig(ExperimentConfig):
         max_new_tokens: generation length for ``eval_method="generate"``.
     """
 
-    ks: tuple[int, ...] = (10, 20, 30, 50)
-    stages: tuple[str, ...] = ("early", "mid", "late")
-    control_seeds: tuple[int, ...] = (0, 1, 2)
+    ks: Sequence[int] = (10, 20, 30, 50)  # sequences are stored as tuples (ExperimentConfig)
+    stages: Sequence[str] = ("early", "mid", "late")
+    control_seeds: Sequence[int] = (0, 1, 2)
     method: str = "zero"
     metric: str = "detection"
     eval_method: str = "score"

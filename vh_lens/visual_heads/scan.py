@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vh_lens import engine
 from vh_lens.core.config import ExperimentConfig, check_choice, check_positive_int, resolve_config
 from vh_lens.core.hooks import FwdHook
-from vh_lens.core.io import load_tensors, save_tensors, write_json
+from vh_lens.core.io import check_format_version, load_tensors, save_tensors, write_json
 from vh_lens.data.sample import Sample
 from vh_lens.visual_heads.accumulator import ScoreAccumulator
 from vh_lens.visual_heads.hooks import MetricSink, qk_hooks_supported, visual_head_hooks, visual_head_qk_hooks
@@ -99,7 +99,12 @@ class ScanConfig(ExperimentConfig):
 # Checkpoints
 
 _CKPT_JSON = "checkpoint.json"
-_CKPT_FORMAT = "vh_lens.visual_heads.scan.checkpoint"
+_CKPT_FORMAT = "vh_lens.visual_heads.checkpoint"  # a format name, not a module path: kept when modules move
+_CKPT_VERSION = 1
+# issue 14 (saved formats): names that checkpoints of vh_lens 0.1.0 and of the first restructure commit
+# (c763f59) wrote for the format and for the default layer_fn; they still read as today's.
+_CKPT_FORMATS = (_CKPT_FORMAT, "vh_lens.visual_heads.scan.checkpoint")
+_DEFAULT_LAYER_FN_NAMES = ("vh_lens.visual_heads.default_layer_fn", "vh_lens.visual_heads.scan.default_layer_fn")
 
 
 def _write_checkpoint(directory: Path, acc: ScoreAccumulator, config: Mapping[str, Any], fingerprint: str) -> None:
@@ -108,7 +113,7 @@ def _write_checkpoint(directory: Path, acc: ScoreAccumulator, config: Mapping[st
     name = f"state-{count:010d}.safetensors"
     save_tensors(directory / name, acc.state_dict(), {"count": str(count)})
     info = {
-        "format": _CKPT_FORMAT, "count": count, "state_file": name, "config": dict(config),
+        "format": _CKPT_FORMAT, "format_version": _CKPT_VERSION, "count": count, "state_file": name, "config": dict(config),
         "fingerprint": fingerprint,
     }
     write_json(directory / _CKPT_JSON, info, indent=2, sort_keys=True)
@@ -122,11 +127,15 @@ def _read_checkpoint(directory: Path, acc: ScoreAccumulator, config: Mapping[str
     if not path.is_file():
         return None
     info = json.loads(path.read_text(encoding="utf-8"))
-    if info.get("format") != _CKPT_FORMAT:
+    if info.get("format") not in _CKPT_FORMATS:
         raise ValueError(f"{path} is not a visual-head scan checkpoint")
+    check_format_version(info, path, what="visual-head scan checkpoint", current=_CKPT_VERSION, key="format_version")
+    stored = dict(info["config"])
+    if stored.get("layer_fn") in _DEFAULT_LAYER_FN_NAMES:
+        stored["layer_fn"] = layer_fn_name(default_layer_fn)
     saved = json.loads(json.dumps(dict(config)))
-    if info["config"] != saved:
-        diff = {k: (info["config"].get(k), v) for k, v in saved.items() if info["config"].get(k) != v}
+    if stored != saved:
+        diff = {k: (stored.get(k), v) for k, v in saved.items() if stored.get(k) != v}
         raise ValueError(f"checkpoint in {directory} was written with other settings (saved, now): {diff}")
     acc.load_state_dict(load_tensors(directory / info["state_file"]))
     if acc.count != info["count"]:

@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vh_lens.core.hooks import Head, random_heads
-from vh_lens.core.io import check_published, load_tensors, save_tensors, write_csv, write_json
+from vh_lens.core.io import check_format_version, check_published, load_tensors, save_tensors, write_csv, write_json
 
 METRICS: tuple[str, ...] = ("image_weight", "region_weight", "text_weight", "concentration", "detection")
 """The per-head metrics every :class:`VisualHeadScores` carries, in a fixed order."""
@@ -352,6 +352,7 @@ class VisualHeadScores:
         info = json.loads(meta_path.read_text(encoding="utf-8"))
         if info.get("format") != _FORMAT:
             raise ValueError(f"{meta_path} is not a {_FORMAT} file (format={info.get('format')!r})")
+        check_format_version(info, meta_path, what="VisualHeadScores", current=_VERSION)  # issue 14: saved formats
         tensors = load_tensors(tensor_path)
         per_sample = {m: tensors[f"per_sample.{m}"] for m in METRICS} if info.get("has_per_sample") else None
         scores = cls(

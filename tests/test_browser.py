@@ -193,7 +193,7 @@ def reports(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     data.write_text("".join(json.dumps(line) + "\n" for line in lines))
     model = ["--model", str(tiny_checkpoint)]
     common = [*model, "--data", str(data), "--format", "jsonl", "--images", str(images), "--no-progress"]
-    outs = {name: root / name for name in ("scan", "mask", "lens", "probe", "patch", "lens_cdn")}
+    outs = {name: root / name for name in ("scan", "mask", "lens", "probe", "patch", "lens_cdn", "compare")}
     runs = {
         "scan": ["scan", *common, "--batch-size", "2", "--out", str(outs["scan"])],
         "mask": ["mask", *common, "--scores", str(outs["scan"] / "scores"), "--ks", "1", "2", "--stages", "early",
@@ -203,6 +203,8 @@ def reports(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
         "probe": ["probe", *model, "--data", str(write_cogqa_file(root / "cogqa.json", n_items=10)), "--k", "2",
                   "--no-progress", "--batch-size", "8", "--out", str(outs["probe"])],
         "patch": ["patch", "--n-samples", "2", "--layers", "0", "--no-progress", "--out", str(outs["patch"])],
+        "compare": ["scan", *common, "--visual-prompt", "--compare", str(outs["scan"]), "--lens", str(outs["lens"]),
+                    "--batch-size", "2", "--out", str(outs["compare"])],
     }  # fmt: skip
     try:
         for name, argv in runs.items():
@@ -210,6 +212,8 @@ def reports(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     finally:
         torch.set_num_threads(threads)
     outs["together"] = _two_pages_and_index(root / "together")
+    outs["index"] = root  # the commands' folders side by side: root/index.html lists them
+    assert "fig-prompt-comparison" in (outs["compare"] / "report.html").read_text()
     return outs
 
 
@@ -232,6 +236,8 @@ def _uses_network(html: str) -> bool:
 
 
 def _pages(folder: Path) -> list[Path]:
+    if (folder / "questions.jsonl").exists():  # the parent of the output folders: its index only
+        return [folder / "index.html"]
     return sorted(folder.rglob("*.html"))
 
 
@@ -243,11 +249,11 @@ def _local_links(targets: list[str]) -> list[str]:
 def test_cdn_pages_are_recognised(reports) -> None:
     """The pages this module leaves out (plotly.js from a CDN) are those, and only those."""
     assert [p.name for p in _pages(reports["lens_cdn"]) if _uses_network(p.read_text())] == ["lens.html"]
-    for command in ("scan", "mask", "lens", "probe", "patch", "together"):
+    for command in ("scan", "mask", "lens", "probe", "patch", "together", "compare", "index"):
         assert not any(_uses_network(p.read_text()) for p in _pages(reports[command])), command
 
 
-@pytest.mark.parametrize("command", ["scan", "mask", "lens", "probe", "patch", "together"])
+@pytest.mark.parametrize("command", ["scan", "mask", "lens", "probe", "patch", "together", "compare", "index"])
 def test_report_pages_render_in_chromium(command, chromium, reports) -> None:
     pages = _pages(reports[command])
     assert pages, f"vh-lens {command} wrote no HTML page"
@@ -267,6 +273,10 @@ def test_report_pages_render_in_chromium(command, chromium, reports) -> None:
         for figure in figures:
             assert figure["svg"] > 0, f"{command}/{name}: figure {figure['id']} not drawn (no .main-svg)"
             assert figure["width"] > 0 and figure["height"] > 0, f"{command}/{name}: figure {figure['id']} has no size"
+        if command == "index":
+            listed = set(_local_links(seen["links"]))
+            assert {"scan/report.html", "mask/masking.html", "compare/report.html", "probe/report.html",
+                    "lens_cdn/lens.html"} <= listed, listed  # fmt: skip
         checked += 1
     assert checked, f"vh-lens {command}: every page loads plotly.js from a CDN; none could be checked offline"
 

@@ -54,6 +54,13 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys) -> None:
         out = command[command.index("--out") + 1] if "--out" in command else command[2]
         assert Path(out).is_dir() and any(Path(out).iterdir())
     assert (Path("runs/scan/scores/metadata.json")).is_file() and Path("runs/mask/masking.json").is_file()
+    report = Path("runs/visual/report.html").read_text(encoding="utf-8")
+    assert 'id="fig-prompt-comparison"' in report and 'id="fig-lens-rank-final"' in report  # --compare, --lens
+    index = Path("runs/index.html").read_text(encoding="utf-8")  # the folders side by side, listed
+    listed = re.findall(r'<li><a href="([^"]+)">', index)
+    assert {"scan/report.html", "mask/masking.html", "lens/lens.html", "probe/report.html", "patch/patch.html",
+            "plain/report.html", "visual/report.html"} <= set(listed), listed  # fmt: skip
+    assert '<a class="other" href="../mask/masking.html">' in report
 
 
 @pytest.mark.parametrize("text", ["no example", "<!-- cli-example -->\n```text\nvh-lens scan\n```\n<!-- /cli-example -->"])

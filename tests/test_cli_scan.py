@@ -317,3 +317,4 @@ def test_report_attention_rows_match_the_cached_pattern(files, lens, query) -> N
     assert len(fig.layout.shapes) == 2  # the box, once per panel
     titles = [a.text.split(" ")[0] for a in fig.layout.annotations]
     assert titles == [f"L{layer}H{head}" for layer, head in scores.top_heads(2)]
+

@@ -219,7 +219,8 @@ def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
 
     An existing ``out`` is replaced only with ``overwrite`` and only once the new output is
     complete, in one step (:func:`vh_lens.core.io.publish`: a failure or a kill leaves the old output
-    or the new one, whole). Temporary folders of earlier killed runs are removed first. Folders
+    or the new one, whole), then linked with sibling output folders
+    (:func:`vh_lens.reports.outputs.link_output_folder`). Temporary folders of earlier killed runs are removed first. Folders
     and files get the umask's permissions. Parent folders created here are removed again when
     the run fails.
     """
@@ -246,6 +247,9 @@ def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
+    from vh_lens.reports.outputs import link_output_folder
+
+    link_output_folder(out)  # sibling output folders' pages linked, their parent's index.html
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ Output folder ``--out``:
   ``metadata.json``, ``heads.csv`` with one row per head);
 - ``report.html``: :func:`vh_lens.reports.scan.write_scan_report` (heatmaps of every metric, weight
   against concentration, per-layer totals, the top heads' attention over example samples' images
-  and the mean map, then top-heads tables per stage), and ``plotly.min.js`` beside it (``--plotlyjs``);
+  and the mean map; with ``--compare`` the plain vs visual-prompt comparison, with ``--lens`` the
+  logit-lens rank traces; then top-heads tables per stage), and ``plotly.min.js`` beside it (``--plotlyjs``);
 - ``checkpoint/``: the running statistics, saved every ``--checkpoint-every`` samples.
   Rerunning the same command after an interruption continues from there and ends with the
   result of an uninterrupted run; a larger ``--limit`` (or ``--n-samples``) extends a finished
@@ -150,6 +151,13 @@ def register(subparsers: Any) -> None:
         help="discard a checkpoint of a run with other settings in --out and start afresh",
     )  # fmt: skip
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument(
+        "--compare", type=Path, default=None, metavar="SCAN_OUT",
+        help="the other scan of a plain / --visual-prompt pair (its --out folder or scores/; same model, data and "
+        "questions): the report adds the plain vs visual-prompt comparison",
+    )  # fmt: skip
+    out.add_argument("--lens", type=Path, default=None, metavar="LENS_OUT",
+                     help="a vh-lens lens --out folder of the same model: the report adds its rank traces")  # fmt: skip
     add_input_arguments(out)
     add_report_arguments(out)
     parser.set_defaults(func=run)
@@ -419,6 +427,9 @@ def _publish(out: Path, write: Any) -> None:
         publish([(tmp / _SCORES, out / _SCORES), *pages], out / _JOURNAL)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from vh_lens.reports.outputs import link_output_folder
+
+    link_output_folder(out)  # sibling output folders' pages linked, their parent's index.html
 
 
 def finish_interrupted(out: Path) -> None:
@@ -466,21 +477,24 @@ def run(args: argparse.Namespace) -> int:
     if launched() and int(os.environ["WORLD_SIZE"]) > 1:  # every rank would scan everything and publish
         raise ValueError("vh-lens scan does not split across torchrun ranks yet: run it in one process, "
                          "or use vh_lens.parallel.scan_visual_heads in a script")
+    from vh_lens.reports.companions import load_companions
+
     demo = is_demo(args)
     check_arguments(args, demo)
+    companions = load_companions(args.compare, args.lens)  # --compare, --lens: refused before anything is loaded
     if not demo:
-        return _run(args, demo)
+        return _run(args, demo, companions)
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the demo models are tiny: thread start-up costs more than it saves
     try:
-        return _run(args, demo)
+        return _run(args, demo, companions)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(args: argparse.Namespace, demo: bool) -> int:
+def _run(args: argparse.Namespace, demo: bool, companions: Mapping[str, Any]) -> int:
     out = (args.out if args.out is not None else DEFAULT_OUT).absolute()
 
     if demo:
@@ -504,6 +518,7 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
         summary_fingerprint,
         warn_n_ctx,
     )
+    from vh_lens.reports.companions import check_companions, prompt_pair
     from vh_lens.reports.scan import write_scan_report
     from vh_lens.visual_heads.scan import scan_visual_heads
 
@@ -520,16 +535,19 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
         samples = screened.samples
     model_dir = toy_path() if demo and note is None else (None if demo else args.model)
     inputs = input_fingerprint(model_dir, None if demo else args.data, samples, args.fingerprint)
+    metadata = {"command": "vh-lens scan", "model": model_name, "data": source, "inputs": summary_fingerprint(inputs)}
+    question = (args.question or "all") if demo else (None if args.format == "jsonl" else args.question or "general")
+    metadata |= {"visual_prompt": demo or bool(args.visual_prompt), "question": question} | extra
+    if note is not None:
+        metadata["note"] = note
+    check_companions(companions, n_layers=int(model.cfg.n_layers), n_heads=int(model.cfg.n_heads),
+                     count=len(samples), metadata=metadata)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     finish_interrupted(out)
     settings = _run_settings(args, demo, model_name)
     ckpt = prepare_checkpoint(
         out, settings, overwrite=args.overwrite, demo=demo, n_samples=len(samples), inputs=inputs
     )
-    metadata = {"command": "vh-lens scan", "model": model_name, "data": source, "inputs": summary_fingerprint(inputs)}
-    metadata |= extra
-    if note is not None:
-        metadata["note"] = note
     try:
         scores = scan_visual_heads(
             model, samples, batch_size=args.batch_size, query=args.query, detection_weight=args.detection_weight,
@@ -542,8 +560,9 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
 
     def write(tmp: Path) -> None:
         scores.save(tmp / _SCORES)
+        pair = prompt_pair(scores, companions["compare"]) if "compare" in companions else None
         write_scan_report(scores, tmp / _REPORT, model=model, samples=samples, k=args.top_k, note=note,
-                          plotlyjs=args.plotlyjs)  # fmt: skip
+                          prompt_pair=pair, lens=companions.get("lens"), plotlyjs=args.plotlyjs)  # fmt: skip
 
     _publish(out, write)
     print(_summary(scores, min(args.top_k, 5)))

@@ -4,7 +4,9 @@
 settings (a collapsed table), the figures, then the tables, and a navigation bar linking the
 other report pages of the same folder. When a folder holds two or more report pages an
 ``index.html`` (the same template, listing them) is written too, and the navigation bars of the
-pages already there are brought up to date.
+pages already there are brought up to date. Output folders side by side under one parent are
+linked with each other by :mod:`vh_lens.reports.outputs` (the bar then also lists the sibling
+folders' pages, :func:`nav_bar`).
 
 plotly.js is loaded once per page in ``<head>``, in one of three ways (``plotlyjs``):
 
@@ -44,6 +46,10 @@ __all__ = [
     "markdown_table",
     "rows_table",
     "format_cell",
+    "nav_bar",
+    "page_info",
+    "refresh_nav",
+    "render_page",
     "report_pages",
     "write_index",
     "write_report",
@@ -267,57 +273,99 @@ def _slug(text: str) -> str:
     return slug if slug and slug[0].isalpha() else f"t-{slug}"
 
 
+def page_info(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """``(title, kind)`` of a page written by this template, or ``None`` for any other file.
+
+    The page is recognised by the template's marker, its ``<meta name="generator">`` tag, in
+    the first 4 KB (never by its name or place).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        head = fh.read(4096)
+    if _MARKER not in head:
+        return None
+    title = _TITLE.search(head)
+    kind = _KIND.search(head)
+    return (_html.unescape(title.group(1)) if title else path.name, kind.group(1) if kind else "")
+
+
 def report_pages(folder: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
     """The report pages of ``folder`` other than the index: ``[(file, title, kind), ...]`` by file name.
 
-    A report page is an ``.html`` file written by :func:`write_report` (recognised by its
-    ``<meta name="generator">`` tag in the first 4 KB).
+    A report page is an ``.html`` file written by :func:`write_report` (:func:`page_info`).
     """
     pages = []
     folder = Path(folder)
     if not folder.is_dir():
         return pages
     for path in sorted(folder.glob("*.html")):
-        if path.name == INDEX_FILE or not path.is_file():
+        if path.name == INDEX_FILE:
             continue
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            head = fh.read(4096)
-        if _MARKER not in head:
-            continue
-        title = _TITLE.search(head)
-        kind = _KIND.search(head)
-        pages.append((path.name, _html.unescape(title.group(1)) if title else path.name, kind.group(1) if kind else ""))
+        info = page_info(path)
+        if info is not None:
+            pages.append((path.name, *info))
     return pages
 
 
-def _nav(current: str, pages: Sequence[tuple[str, str, str]]) -> str:
+def _nav(current: str, pages: Sequence[tuple[str, str, str]], others: Sequence[tuple[str, str]] = ()) -> str:
     links = []
-    entries = [(INDEX_FILE, "index", "")] if len(pages) >= 2 else []
-    entries += list(pages)
-    for file, title, _ in entries:
+    entries = [(INDEX_FILE, "index")] if len(pages) >= 2 else []
+    entries += [(file, title) for file, title, _ in pages]
+    for file, title in entries:
         label = _html.escape(title)
         if file == current:
             links.append(f'<span class="here">{label}</span>')
         else:
             links.append(f'<a href="{_html.escape(file)}">{label}</a>')
-    return f'<nav id="pages-nav">{"".join(links)}</nav>' if len(entries) >= 2 else ""
+    if others:
+        links.append('<span class="sep">other outputs:</span>')
+        links += [f'<a class="other" href="{_html.escape(href)}">{_html.escape(label)}</a>' for href, label in others]
+    return f'<nav id="pages-nav">{"".join(links)}</nav>' if len(entries) >= 2 or others else ""
+
+
+def nav_bar(folder: str | os.PathLike[str], current: str, pages: Sequence[tuple[str, str, str]] | None = None) -> str:
+    """The navigation bar of page ``current`` of ``folder``: the folder's report pages (and its index
+    when it has two or more), then the pages of the sibling output folders when their parent
+    holds a vh-lens outputs index (:func:`vh_lens.reports.outputs.sibling_links`)."""
+    from vh_lens.reports.outputs import sibling_links
+
+    folder = Path(folder)
+    pages = report_pages(folder) if pages is None else pages
+    return _nav(current, pages, sibling_links(folder))
+
+
+def refresh_nav(path: str | os.PathLike[str], pages: Sequence[tuple[str, str, str]] | None = None) -> bool:
+    """Rewrite the navigation bar of the report page ``path`` (atomically) to :func:`nav_bar`.
+
+    Returns:
+        Whether the page changed (a file that is not a report page is left alone: ``False``).
+    """
+    path = Path(path)
+    if page_info(path) is None:
+        return False
+    text = path.read_text(encoding="utf-8")
+    bar = nav_bar(path.parent, path.name, pages)
+    new = _NAV.sub(lambda _: f"<!--vh-lens-nav-->{bar}<!--/vh-lens-nav-->", text, count=1)
+    if new != text:
+        write_text(path, new)
+    return new != text
 
 
 def _refresh_siblings(folder: Path, pages: Sequence[tuple[str, str, str]], skip: str) -> None:
     """Rewrite the navigation bar of each report page of ``folder`` but ``skip``; write the index."""
     for file, _, _ in pages:
-        if file == skip:
-            continue
-        path = folder / file
-        text = path.read_text(encoding="utf-8")
-        new = _NAV.sub(lambda _: f"<!--vh-lens-nav-->{_nav(file, pages)}<!--/vh-lens-nav-->", text, count=1)
-        if new != text:
-            write_text(path, new)
+        if file != skip:
+            refresh_nav(folder / file, pages)
     if len(pages) >= 2:
         write_index(folder, pages=pages)
 
 
-def _render(**fields: Any) -> str:
+def render_page(**fields: Any) -> str:
+    """The template rendered with ``fields`` (``kind``, ``title``, ``notes``, ``warnings``, ``settings``,
+    ``figures``, ``tables``, ``pages``, ``groups``, ``plotly_script``, ``nav``); for the index pages."""
+    fields.setdefault("groups", [])
     return _environment().get_template("page.html.j2").render(**fields)
 
 
@@ -337,9 +385,9 @@ def write_index(
     folder = Path(folder)
     pages = report_pages(folder) if pages is None else list(pages)
     page_list = [{"file": file, "title": title} for file, title, _ in pages]
-    text = _render(
+    text = render_page(
         kind="index", title=f"vh-lens reports in {folder.name}", notes=[], warnings=[], settings=[], figures=[], tables=[],
-        pages=page_list, plotly_script="", nav=Markup(_nav(INDEX_FILE, pages)),
+        pages=page_list, plotly_script="", nav=Markup(nav_bar(folder, INDEX_FILE, pages)),
     )  # fmt: skip
     path = folder / INDEX_FILE
     write_text(path, text)
@@ -409,9 +457,9 @@ def write_report(
         table_fields.append({"name": name, "title": table.title, "note": table.note, "header": list(table.header),
                              "rows": rows})  # fmt: skip
     figure_fields = [{"name": n, "html": Markup(_figure_html(n, f)), "caption": captions.get(n)} for n, f in items]
-    text = _render(
+    text = render_page(
         kind=kind, title=title, notes=list(notes), warnings=list(warnings), settings=flatten_settings(settings), figures=figure_fields,
-        tables=table_fields, pages=[], plotly_script=Markup(script), nav=Markup(_nav(path.name, pages)),
+        tables=table_fields, pages=[], plotly_script=Markup(script), nav=Markup(nav_bar(folder, path.name, pages)),
     )  # fmt: skip
     write_text(path, text)
     _refresh_siblings(folder, pages, skip=path.name)

@@ -35,6 +35,7 @@ from vh_lens.plotting.visual_heads import (
     plot_layer_totals,
     plot_weight_vs_concentration,
 )
+from vh_lens.reports.companions import prompt_pair
 from vh_lens.reports.page import Table, write_report
 from vh_lens.visual_heads.scores import METRICS, STAGES, Head, Stage, VisualHeadScores, stage_layers
 
@@ -309,43 +310,6 @@ def scan_figures(scores: VisualHeadScores) -> dict[str, go.Figure]:
     figures["weight-vs-concentration"] = plot_weight_vs_concentration(scores)
     figures["layer-totals"] = plot_layer_totals(scores)
     return figures
-
-
-def _has_visual_prompt(scores: VisualHeadScores) -> bool:
-    data = str(scores.metadata.get("data", ""))
-    return "visual prompt" in data or "box drawn" in data
-
-
-def prompt_pair(
-    scores: VisualHeadScores, other: VisualHeadScores | str | os.PathLike[str]
-) -> tuple[VisualHeadScores, VisualHeadScores]:
-    """``(plain, visual_prompt)`` of two scans of one model and data, for :func:`write_scan_report`.
-
-    Which scan drew the box is read from the scores' metadata as ``vh-lens scan`` writes it
-    (``"data"`` names ``"visual prompt"``, or ``"box drawn"`` for the demo).
-
-    Args:
-        scores: one scan.
-        other: the other scan, or the folder it was saved to (a ``vh-lens scan --out`` folder
-            or its ``scores/`` folder).
-
-    Raises:
-        ValueError: the scans differ in shape or model, or not exactly one of them has the
-            visual prompt.
-    """
-    if not isinstance(other, VisualHeadScores):
-        folder = Path(other)
-        other = VisualHeadScores.load(folder / "scores" if (folder / "scores" / "metadata.json").is_file() else folder)
-    if (scores.n_layers, scores.n_heads) != (other.n_layers, other.n_heads):
-        raise ValueError(f"the scans differ in shape: {scores.n_layers}x{scores.n_heads} vs {other.n_layers}x{other.n_heads}")
-    models = (scores.metadata.get("model"), other.metadata.get("model"))
-    if None not in models and models[0] != models[1]:
-        raise ValueError(f"the scans are of different models: {models[0]} and {models[1]}")
-    flags = (_has_visual_prompt(scores), _has_visual_prompt(other))
-    if flags[0] == flags[1]:
-        which = "both" if flags[0] else "neither"
-        raise ValueError(f"{which} of the scans has the visual prompt (metadata 'data'); need one plain, one visual")
-    return (other, scores) if flags[0] else (scores, other)
 
 
 def write_scan_report(

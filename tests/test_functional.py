@@ -13,7 +13,7 @@ import pytest
 import torch
 import vh_lens
 from conftest import tiny_lens
-from transformer_lens.utils import get_act_name
+from transformer_lens.utilities import get_act_name
 
 from vh_lens.evaluation.answers import normalize_answer
 from vh_lens.data.cogvision import load_cogvision, subquestion_samples

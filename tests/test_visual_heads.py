@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens.utils import get_act_name
+from transformer_lens.utilities import get_act_name
 
 from vh_lens.data.sample import Sample
 from vh_lens.core.layout import ImageGrid, TokenLayout

@@ -216,7 +216,7 @@ def on_files(files, config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     use_this_tree()
     generated = {
-        "index.md": (ROOT / "README.md").read_text(encoding="utf-8"),
+        "index.md": (ROOT / "README.md").read_text(encoding="utf-8").replace("](docs/", "]("),
         "cli.md": cli_markdown(),
         "api/vh_lens.md": api_markdown(),
     }

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformer_lens.utils import get_act_name
+from vh_lens.core.hooks import act_name
 
 from vh_lens.patching.corruptions import check_aligned
 from vh_lens.patching.metrics import normalise
@@ -109,7 +109,7 @@ def activation_patch(
     """
     check_aligned(clean, corrupt)
     layers = _layers(model, layers)
-    names = [get_act_name(sites.activation, l) for l in layers]
+    names = [act_name(sites.activation, l) for l in layers]
     m_c, m_r, cache = _metrics(model, clean, corrupt, metric, names)
     normalise(m_c, m_c, m_r)  # refuse a corruption that changes nothing, before the loop
     out = torch.zeros(len(layers), len(sites.labels), dtype=torch.float64)
@@ -139,7 +139,7 @@ def attribution_patch(
     """
     check_aligned(clean, corrupt)
     layers = _layers(model, layers)
-    names = [get_act_name(sites.activation, l) for l in layers]
+    names = [act_name(sites.activation, l) for l in layers]
     with torch.no_grad():
         _, cache = model.run_with_cache(clean, names_filter=lambda n: n in names)
         m_c = float(metric(model(clean)))

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utils import get_act_name
+from vh_lens.core.hooks import act_name
 
 from vh_lens.data.sample import Sample
 from vh_lens.core.layout import TokenLayout
@@ -113,7 +113,7 @@ def head_attention_rows(
         hooks: list[tuple[str | Callable[[str], bool], Callable[..., Any]]] = []
         for layer in layers:
             index = torch.tensor([h for ly, h in heads if ly == layer], dtype=torch.long)
-            hooks.append((get_act_name("pattern", layer), partial(keep, layer=layer, index=index)))
+            hooks.append((act_name("pattern", layer), partial(keep, layer=layer, index=index)))
         model.run_with_hooks(batch, fwd_hooks=hooks)
     missing = [layer for layer in layers if layer not in found]
     if missing:

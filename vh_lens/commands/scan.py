@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -461,11 +460,6 @@ def _summary(scores: Any, k: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vh-lens scan``; returns the exit code."""
-    from vh_lens.distributed import launched
-
-    if launched() and int(os.environ["WORLD_SIZE"]) > 1:  # every rank would scan everything and publish
-        raise ValueError("vh-lens scan does not split across torchrun ranks yet: run it in one process, "
-                         "or use vh_lens.parallel.scan_visual_heads in a script")
     demo = is_demo(args)
     check_arguments(args, demo)
     if not demo:
@@ -520,12 +514,19 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
         samples = screened.samples
     model_dir = toy_path() if demo and note is None else (None if demo else args.model)
     inputs = input_fingerprint(model_dir, None if demo else args.data, samples, args.fingerprint)
-    out.mkdir(parents=True, exist_ok=True)
-    finish_interrupted(out)
     settings = _run_settings(args, demo, model_name)
-    ckpt = prepare_checkpoint(
-        out, settings, overwrite=args.overwrite, demo=demo, n_samples=len(samples), inputs=inputs
-    )
+
+    def setup() -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        finish_interrupted(out)
+        return prepare_checkpoint(out, settings, overwrite=args.overwrite, demo=demo, n_samples=len(samples),
+                                  inputs=inputs)  # fmt: skip
+
+    # under torchrun rank 0 prepares the folder (each rank then checkpoints in checkpoint/rank{r}-of-{N})
+    from vh_lens.distributed import init, on_main_first
+
+    ctx = init()
+    ckpt = on_main_first(setup, ctx, "preparing the output folder")
     metadata = {"command": "vh-lens scan", "model": model_name, "data": source, "inputs": summary_fingerprint(inputs)}
     metadata |= extra
     if note is not None:
@@ -545,6 +546,8 @@ def _run(args: argparse.Namespace, demo: bool) -> int:
         write_scan_report(scores, tmp / _REPORT, model=model, samples=samples, k=args.top_k, note=note,
                           plotlyjs=args.plotlyjs)  # fmt: skip
 
+    if not ctx.is_main:  # every rank holds the merged scores; rank 0 writes them
+        return 0
     _publish(out, write)
     print(_summary(scores, min(args.top_k, 5)))
     if note is not None:

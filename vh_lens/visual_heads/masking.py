@@ -214,7 +214,7 @@ def masking_experiment(
     runner = run_conditions_shared_prefix if shared else engine.run_conditions
     out = runner(
         model, prepared, conditions, lambda _: AccuracyReducer(conf.eval_method, conf.max_new_tokens),  # type: ignore[arg-type]
-        progress=progress, desc=f"masking ({conf.method})",
+        progress=progress and prepared.world.rank == 0, desc=f"masking ({conf.method})",
     )  # fmt: skip
     accuracy = {name: reducer.result().accuracy for name, reducer in out.items()}
     baseline = accuracy["baseline"]

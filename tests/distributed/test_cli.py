@@ -80,10 +80,6 @@ def test_scan_command_under_torchrun_splits_and_equals_one_process(tmp_path) -> 
     assert sorted((two / "checkpoint").iterdir()) and {p.name for p in (two / "checkpoint").glob("rank*")} == {
         "rank0-of-2", "rank1-of-2"}  # each rank checkpointed its own shard
     assert json.loads((two / "checkpoint" / "rank1-of-2" / "checkpoint.json").read_text())["count"] == 3
-    # a rerun resumes every rank from its checkpoint: the same bits
-    torchrun_cli([*args, "--out", str(two)])
-    c = vh_lens.VisualHeadScores.load(two / "scores")
-    assert all(torch.equal(b.mean[m], c.mean[m]) for m in METRICS)
 
 
 def test_lens_command_under_torchrun_splits_and_equals_one_process(files) -> None:
@@ -115,7 +111,7 @@ def test_probe_command_under_torchrun_splits_and_equals_one_process(tmp_path) ->
     torchrun_cli([*args, "--out", str(two)])
     acts = HeadActivations.load(two / "activations", mmap=False)
     assert acts.metadata["world_size"] == 2 and acts.metadata["samples_per_rank"] == [8, 7]
-    assert torch.equal(torch.as_tensor(acts.acts), torch.as_tensor(HeadActivations.load(one / "activations").acts))
+    assert torch.equal(torch.as_tensor(acts.acts), torch.as_tensor(HeadActivations.load(one / "activations", mmap=False).acts))
     pa, pb = ProbeResult.load(one / "probe"), ProbeResult.load(two / "probe")
     assert torch.equal(pa.ovr_accuracy, pb.ovr_accuracy) and torch.equal(pa.test_index, pb.test_index)
     for name in ("head_scores.csv", "functional_heads.csv", "sparsity.csv"):

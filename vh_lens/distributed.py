@@ -2,7 +2,7 @@
 
 Launched under ``torchrun --nproc-per-node N`` (one or several hosts), every rank runs a
 contiguous shard of the samples, keeps its own reducer (anything with ``state_dict``,
-``load_state_dict`` and ``merge``, such as :class:`vh_lens.ScoreAccumulator`), and the reducers
+``load_state_dict`` and ``merge``, such as :class:`vh_lens.visual_heads.ScoreAccumulator`), and the reducers
 are merged onto rank 0 **in rank order**, so a given world size gives bit-identical results run
 to run, and the merged statistics equal one process's to float64 rounding (Chan's formula for
 means and second moments, exact sums for counts). Only rank 0 shows progress and writes.

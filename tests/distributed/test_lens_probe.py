@@ -9,8 +9,8 @@ from tests.distributed.conftest import check, torchrun
 from tests.distributed.worker import probe_samples
 from vh_lens.analysis.logit_lens import LogitLensResult, logit_lens_samples
 from vh_lens.data.shapes import shapes
+from vh_lens.functional_heads.activations import HeadActivations
 from vh_lens.visual_heads import METRICS
-from vh_lens.functional_heads.probes import HeadActivations
 from vh_lens.toy import load_toy
 
 N = 7

@@ -40,19 +40,19 @@ __all__ = [
     "RankFailure",
     "Reducer",
     "barrier",
+    "context_of",
+    "gather_onto_main",
     "guard",
     "init",
     "is_main_process",
     "launched",
+    "on_main_first",
     "rank_checkpoint_dir",
     "reduce_onto_main",
-    "gather_onto_main",
     "samples_per_rank",
-    "world_metadata",
-    "on_main_first",
-    "context_of",
     "shard",
     "shard_range",
+    "world_metadata",
 ]
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -359,7 +359,7 @@ def on_main_first(fn: Callable[[], T], ctx: DistContext, what: str) -> T:
     if ctx.is_main:
         try:
             value = fn()
-        except Exception as err:  # told to the other ranks, then raised here
+        except Exception as err:  # noqa: BLE001 - told to the other ranks, then raised here
             error = err
     box = broadcast_from_main((value, None if error is None else f"{type(error).__name__}: {error}"), ctx)
     if error is not None:

@@ -14,11 +14,11 @@ import vh_lens
 from tests.distributed.conftest import ROOT
 from vh_lens.analysis.logit_lens import LogitLensResult
 from vh_lens.cli import main
+from vh_lens.data.shapes import shapes
 from vh_lens.functional_heads.activations import HeadActivations
 from vh_lens.functional_heads.probes import ProbeResult
-from vh_lens.visual_heads import METRICS
-from vh_lens.data.shapes import shapes
 from vh_lens.toy import TOY_PATH, load_toy
+from vh_lens.visual_heads import METRICS
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,9 @@ def test_lens_command_under_torchrun_splits_and_equals_one_process(files) -> Non
 
 
 def test_probe_command_under_torchrun_splits_and_equals_one_process(tmp_path) -> None:
-    from conftest import tiny_pair  # tests/conftest.py, as tests/test_cli_probe.py imports it
+    from conftest import (
+        tiny_pair,  # tests/conftest.py, as tests/test_cli_probe.py imports it
+    )
     from test_functional import write_cogqa_file
 
     hf, processor = tiny_pair("llava", "llama")

@@ -10,8 +10,8 @@ from tests.distributed.worker import probe_samples
 from vh_lens.analysis.logit_lens import LogitLensResult, logit_lens_samples
 from vh_lens.data.shapes import shapes
 from vh_lens.functional_heads.activations import HeadActivations
-from vh_lens.visual_heads import METRICS
 from vh_lens.toy import load_toy
+from vh_lens.visual_heads import METRICS
 
 N = 7
 
@@ -29,6 +29,14 @@ def test_lens_and_probe_two_ranks_equal_one_process(tmp_path) -> None:
     # independent of the engine's batching: the lens of each sample alone
     alone = logit_lens_samples(model, samples[N - 1 :], batch_size=1)
     assert torch.allclose(alone.final_prob[:, 0], two.final_prob[:, N - 1], atol=1e-5)
+
+    # evaluate: the predictions of both ranks, in sample order, as one process gives them
+    import dataclasses
+    import json
+
+    evaluated = vh_lens.evaluate(model, samples, batch_size=2, progress=False)
+    want = json.loads(json.dumps([dataclasses.asdict(p) for p in evaluated.predictions]))
+    assert json.loads((tmp_path / "evaluate.json").read_text()) == want and len(want) == N
 
     acts_one = vh_lens.collect_head_activations(model, probe_samples(N), batch_size=2, progress=False)
     acts_two = HeadActivations.load(tmp_path / "acts", mmap=False)

@@ -10,8 +10,8 @@ import torch
 import vh_lens
 from tests.distributed.conftest import check, torchrun
 from vh_lens.data.shapes import shapes
-from vh_lens.visual_heads import METRICS
 from vh_lens.toy import load_toy
+from vh_lens.visual_heads import METRICS
 
 N = 7  # odd: ranks run 4 and 3 samples
 

@@ -7,6 +7,7 @@ exit hard (``os._exit``) when it reads its ``K``-th sample, after its first chec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -98,9 +99,12 @@ def main(argv=None) -> int:
             lensed = logit_lens_samples(model, samples, batch_size=args.batch_size)
             acts = vh_lens.collect_head_activations(model, probe_samples(args.n_samples), batch_size=args.batch_size,
                                                     progress=False)
+            evaluated = vh_lens.evaluate(model, samples.samples, batch_size=args.batch_size, progress=False)
             if ctx.is_main:
                 lensed.save(os.path.join(args.out, "lens"))
                 acts.save(os.path.join(args.out, "acts"))
+                with open(os.path.join(args.out, "evaluate.json"), "w") as f:
+                    json.dump([dataclasses.asdict(p) for p in evaluated.predictions], f)
         distributed.barrier(ctx, "end of run")
     return 0
 

@@ -4,7 +4,7 @@ Launches itself under ``torchrun --standalone --nproc-per-node N`` (gloo, ``OMP_
 one intra-op thread per rank) for each ``N`` of ``--nprocs``, on the bundled toy model:
 
 - the visual-head scan of ``--scan-samples`` generated samples
-  (:func:`vh_lens.distributed.scan_visual_heads`);
+  (:func:`vh_lens.scan_visual_heads`, split by the engine);
 - the masking sweep (3 stages x ks 2, 4, 8, 12 x (top + 3 seeds), zero ablation, shared prefix)
   on ``--mask-samples`` samples (:func:`vh_lens.masking_experiment`, sharded by the engine).
 

@@ -4,7 +4,7 @@ Launches itself under ``torchrun --standalone --nproc-per-node N`` (gloo, ``OMP_
 one intra-op thread per rank) for each ``N`` of ``--nprocs``, on the bundled toy model:
 
 - the visual-head scan of ``--scan-samples`` generated samples
-  (:func:`vh_lens.distributed.scan_visual_heads`);
+  (:func:`vh_lens.scan_visual_heads`, split by the engine);
 - the masking sweep (3 stages x ks 2, 4, 8, 12 x (top + 3 seeds), zero ablation, shared prefix)
   on ``--mask-samples`` samples (:func:`vh_lens.masking_experiment`, sharded by the engine).
 
@@ -37,7 +37,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     import vh_lens
-    from vh_lens import distributed, parallel
+    from vh_lens import distributed
     from vh_lens.data.shapes import shapes
     from vh_lens.toy import load_toy
 
@@ -55,8 +55,8 @@ def worker(args: argparse.Namespace) -> None:
                 distributed.barrier(ctx, "start")
                 start = time.perf_counter()
                 if task == "scan":
-                    result = parallel.scan_visual_heads(model, scan_samples, ctx=ctx, batch_size=args.batch_size,
-                                                           progress=False)
+                    result = vh_lens.scan_visual_heads(model, scan_samples, batch_size=args.batch_size,
+                                                       progress=False)
                 else:
                     result = vh_lens.masking_experiment(model, mask_samples, scores, **kw)
                 distributed.barrier(ctx, "end")

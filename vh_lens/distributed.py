@@ -40,16 +40,19 @@ __all__ = [
     "RankFailure",
     "Reducer",
     "barrier",
+    "context_of",
+    "gather_onto_main",
     "guard",
     "init",
     "is_main_process",
     "launched",
+    "on_main_first",
     "rank_checkpoint_dir",
     "reduce_onto_main",
-    "gather_onto_main",
     "samples_per_rank",
     "shard",
     "shard_range",
+    "world_metadata",
 ]
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -227,6 +230,20 @@ def samples_per_rank(n: int, world_size: int) -> list[int]:
     return [len(shard_range(n, r, world_size)) for r in range(world_size)]
 
 
+def world_metadata(world: Any, n: int) -> dict[str, Any]:
+    """``{"world_size": ..., "samples_per_rank": [...]}`` of an engine :class:`~vh_lens.engine.World` over ``n`` samples."""
+    return {"world_size": int(world.size), "samples_per_rank": samples_per_rank(n, int(world.size))}
+
+
+def context_of(world: Any) -> DistContext:
+    """The :class:`DistContext` of an engine world (its ``ctx``; else its rank and size, gloo)."""
+    ctx = getattr(world, "ctx", None)
+    if isinstance(ctx, DistContext):
+        return ctx
+    size = int(world.size)
+    return DistContext(rank=int(world.rank), world_size=size, backend="gloo" if size > 1 else None)
+
+
 T = TypeVar("T")
 
 
@@ -327,6 +344,28 @@ def broadcast_from_main(value: Any, ctx: DistContext) -> Any:
         return value
     box = [value if ctx.is_main else None]
     _collective(ctx, "broadcast from rank 0", lambda: dist.broadcast_object_list(box, src=0))
+    return box[0]
+
+
+def on_main_first(fn: Callable[[], T], ctx: DistContext, what: str) -> T:
+    """``fn()`` on rank 0 (e.g. preparing an output folder), then its value on every rank.
+
+    An error on rank 0 is raised there and, as a ``ValueError`` with its message, on the
+    other ranks (which do not wait for a timeout). In one process: ``fn()``.
+    """
+    if not ctx.active:
+        return fn()
+    value, error = None, None
+    if ctx.is_main:
+        try:
+            value = fn()
+        except Exception as err:  # noqa: BLE001 - told to the other ranks, then raised here
+            error = err
+    box = broadcast_from_main((value, None if error is None else f"{type(error).__name__}: {error}"), ctx)
+    if error is not None:
+        raise error
+    if box[1] is not None:
+        raise ValueError(f"rank 0 failed {what}: {box[1]}")
     return box[0]
 
 

@@ -247,6 +247,7 @@ def iter_batches(
     preparer: Preparer | None = None,
     skip: int = 0,
     offset: int = 0,
+    world: World | None = None,
 ) -> Iterator[PreparedBatch]:
     """Prepare ``samples`` lazily, ``batch_size`` at a time (for streaming runs).
 
@@ -262,10 +263,46 @@ def iter_batches(
         skip: samples to skip first (a resumed run); they are consumed, not prepared.
         offset: index in the whole data set of the first sample of ``samples`` (when the caller
             has consumed some already); batches' :attr:`PreparedBatch.start` count from it.
+        world: prepare only this process's shard (:meth:`World.shard`) of ``samples`` (then the
+            whole data set: ``offset`` must be 0, ``skip`` counts within the shard); :func:`run`
+            reduces over it. Default :func:`vh_lens.distributed.current_world`: this rank's shard
+            under ``torchrun``, else all samples, streamed.
+
+    Returns:
+        An iterator of :class:`PreparedBatch`, with the ``world`` it was sharded for.
     """
     _check_batch_size(batch_size)
     if preparer is None:
         preparer = _default_preparer(answers, format_question)
+    if world is None:
+        from vh_lens.distributed import current_world
+
+        world = current_world()
+    if world.size > 1:
+        if offset:
+            raise ValueError("iter_batches: offset must be 0 when sharding over a world (samples are the whole data set)")
+        samples = samples if isinstance(samples, Sequence) else list(samples)
+        mine = world.shard(len(samples))
+        samples, offset = _take(samples, mine), mine.start
+    return _Batches(_stream(model, samples, batch_size, preparer, skip, offset), world)
+
+
+def _take(samples: Sequence[Any], indices: range) -> Iterator[Any]:
+    return (samples[i] for i in indices)
+
+
+class _Batches(Iterator[PreparedBatch]):
+    """The batches :func:`iter_batches` streams, with the world they were sharded for."""
+
+    def __init__(self, it: Iterator[PreparedBatch], world: World) -> None:
+        self._it, self.world = it, world
+
+    def __next__(self) -> PreparedBatch:
+        return next(self._it)
+
+
+def _stream(model: Any, samples: Iterable[Any], batch_size: int, preparer: Preparer, skip: int,
+            offset: int) -> Iterator[PreparedBatch]:  # fmt: skip
     it = iter(samples)
     for _ in itertools.islice(it, skip):
         pass

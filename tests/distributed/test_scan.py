@@ -11,6 +11,7 @@ import vh_lens
 from tests.distributed.conftest import check, torchrun
 from vh_lens.data.shapes import shapes
 from vh_lens.toy import load_toy
+from vh_lens.visual_heads import METRICS
 
 N = 7  # odd: ranks run 4 and 3 samples
 
@@ -30,7 +31,7 @@ def two_ranks(tmp_path_factory):
 
 def _assert_close(a, b, tol):
     assert a.count == b.count
-    for m in vh_lens.visual_heads.METRICS:
+    for m in METRICS:
         assert (a.mean[m] - b.mean[m]).abs().max() <= tol, m
         assert (a.variance[m] - b.variance[m]).abs().max() <= tol, m
         assert (a.per_sample[m] - b.per_sample[m]).abs().max() <= tol, m

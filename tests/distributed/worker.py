@@ -7,6 +7,7 @@ exit hard (``os._exit``) when it reads its ``K``-th sample, after its first chec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -65,7 +66,9 @@ def main(argv=None) -> int:
     parser.add_argument("--log-dir")
     args = parser.parse_args(argv)
 
-    from vh_lens import distributed, parallel
+    import vh_lens
+    from vh_lens import distributed
+    from vh_lens.analysis.logit_lens import logit_lens_samples
     from vh_lens.data.shapes import shapes
     from vh_lens.toy import load_toy
 
@@ -77,15 +80,13 @@ def main(argv=None) -> int:
         log = os.path.join(args.log_dir, f"rank{ctx.rank}.log") if args.log_dir else None
         samples = DyingSamples(samples, die, log)
         if args.task == "scan":
-            scores = parallel.scan_visual_heads(
-                model, samples, ctx=ctx, batch_size=args.batch_size, keep_per_sample=True, progress=False,
+            scores = vh_lens.scan_visual_heads(
+                model, samples, batch_size=args.batch_size, keep_per_sample=True, progress=False,
                 checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
             )
             if ctx.is_main:
                 scores.save(args.out)
         elif args.task == "mask":
-            import vh_lens
-
             scores = vh_lens.scan_visual_heads(model, shapes(6, seed=1), batch_size=3, progress=False)
             for method in ("zero", "mean"):
                 result = vh_lens.masking_experiment(
@@ -95,13 +96,15 @@ def main(argv=None) -> int:
                 if ctx.is_main:
                     result.save(os.path.join(args.out, method))
         elif args.task == "lens_probe":
-            lensed = parallel.logit_lens(model, samples, ctx=ctx, batch_size=args.batch_size,
-                                         answers=[s.answer for s in samples.samples])
-            acts = parallel.collect_head_activations(model, probe_samples(args.n_samples), ctx=ctx,
-                                                     batch_size=args.batch_size, progress=False)
+            lensed = logit_lens_samples(model, samples, batch_size=args.batch_size)
+            acts = vh_lens.collect_head_activations(model, probe_samples(args.n_samples), batch_size=args.batch_size,
+                                                    progress=False)
+            evaluated = vh_lens.evaluate(model, samples.samples, batch_size=args.batch_size, progress=False)
             if ctx.is_main:
                 lensed.save(os.path.join(args.out, "lens"))
                 acts.save(os.path.join(args.out, "acts"))
+                with open(os.path.join(args.out, "evaluate.json"), "w") as f:
+                    json.dump([dataclasses.asdict(p) for p in evaluated.predictions], f)
         distributed.barrier(ctx, "end of run")
     return 0
 

@@ -300,5 +300,7 @@ def logit_lens_samples(
     batches = iter_batches(model, samples, batch_size=conf.batch_size,
                            preparer=_samples_preparer(format_question, with_answers))  # fmt: skip
     reducer = LensReducer(model, conf.top_k, inputs=_inputs_from_samples(with_answers))
-    total = -(-len(samples) // conf.batch_size)
-    return run(model, batches, reducer, progress=progress, total=total, desc="logit lens").result()
+    # under torchrun each rank runs its shard (iter_batches); the parts are joined in rank order
+    world = batches.world  # type: ignore[attr-defined]
+    total = -(-len(world.shard(len(samples))) // conf.batch_size)
+    return run(model, batches, reducer, progress=progress and world.rank == 0, total=total, desc="logit lens").result()

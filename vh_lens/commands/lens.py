@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from vh_lens.commands.mask import (
@@ -49,28 +48,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _lens_batch(model: Any, samples: Sequence[Any], fmt: Any, offset: int, with_answers: bool) -> tuple[Any, Any, Any]:
-    """``(batch, answers, positions)`` for :func:`vh_lens.analysis.logit_lens.logit_lens`."""
-    from vh_lens.evaluation.answers import answer_kind
-    from vh_lens.evaluation.scoring import prepare_answer_batch
-
-    if with_answers and all(answer_kind(s) != "open" for s in samples):
-        prepared = prepare_answer_batch(model, samples, method="score", format_question=fmt, offset=offset)
-        assert prepared.candidate_ids is not None and prepared.gold_indices is not None
-        gold = [int(ids[g]) for ids, g in zip(prepared.candidate_ids, prepared.gold_indices)]
-        return prepared.batch, gold, prepared.read_positions
-    batch = model.prepare_samples(samples, format_question=fmt)
-    return batch, [s.answer for s in samples] if with_answers else None, None
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``vh-lens lens``; returns the exit code."""
     check_inputs(args)
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    from tqdm import tqdm
-
-    from vh_lens.analysis.logit_lens import LogitLensResult, logit_lens
+    from vh_lens.analysis.logit_lens import logit_lens_samples
+    from vh_lens.distributed import is_main_process
     from vh_lens.reports.experiments import write_lens_report
     from vh_lens.reports.page import command_settings
 
@@ -78,22 +62,19 @@ def run(args: argparse.Namespace) -> int:
     fmt = None  # vh_lens.evaluation.answers.format_question, the one format
     model = load_model(args)
     samples, record = screen_and_record(args, model, samples, format_question=fmt)
-    with staged_output(args.out, args.overwrite) as tmp:
+    with staged_output(args.out, args.overwrite) as tmp:  # under torchrun only rank 0 publishes
         write_json(tmp / "inputs.json", record, indent=2)
-        chunks = [(i, samples[i : i + args.batch_size]) for i in range(0, len(samples), args.batch_size)]
-        with_answers = all(s.answer is not None for s in samples)
-        parts = []
-        for start, chunk in tqdm(chunks, desc="logit lens", unit="batch", disable=args.no_progress):
-            batch, answers, positions = _lens_batch(model, chunk, fmt, start, with_answers)
-            parts.append(logit_lens(model, batch, answers=answers, positions=positions, top_k=args.top_k))
-        result = LogitLensResult.concat(parts)
+        # under torchrun each rank runs its shard of the samples, the parts joined in rank order
+        result = logit_lens_samples(model, samples, top_k=args.top_k, batch_size=args.batch_size,
+                                    format_question=fmt, progress=not args.no_progress)  # fmt: skip
         result.save(tmp / "lens")
         rows = result.to_rows()
         (tmp / "lens.md").write_text(_markdown(rows), encoding="utf-8")
         write_lens_report(result, tmp / "lens.html", settings=command_settings(args, "vh-lens lens"),
                           plotlyjs=args.plotlyjs)  # fmt: skip
-    print(_markdown(rows), end="")
-    print(f"wrote {args.out}", file=sys.stderr)
+    if is_main_process():
+        print(_markdown(rows), end="")
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

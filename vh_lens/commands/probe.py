@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vh_lens.data.cogvision import load_cogvision, subquestion_samples
+    from vh_lens.distributed import is_main_process
     from vh_lens.functional_heads.activations import collect_head_activations
     from vh_lens.functional_heads.interventions import intervene_on_functions
     from vh_lens.functional_heads.probes import probe_heads
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     from vh_lens.reports.experiments import write_probe_report
     from vh_lens.reports.page import command_settings
 
-    progress = not args.no_progress
+    progress = not args.no_progress and is_main_process()
     selection: dict[str, Any] = {} if args.k is None else {"k": args.k}
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -267,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
                              mode=args.mode)  # fmt: skip
         timings["probe_s"] = time.perf_counter() - t0
         warnings = [w for w in [*warnings, few_items_warning(result)] if w]
-        for line in warnings:
+        for line in warnings if is_main_process() else ():
             print(f"vh-lens probe: warning: {line}", file=sys.stderr)
         result.save(tmp / "probe")
         write_csv(tmp / "head_scores.csv", result.to_rows())
@@ -330,8 +331,9 @@ def run(args: argparse.Namespace) -> int:
                 "n_subquestions": len(samples), "functions": list(result.functions), "activations_streamed": stream,
                 "activations_mb": size_mb, "timings": timings, "torch_threads": torch.get_num_threads(), "warnings": warnings} | record  # fmt: skip
         (tmp / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    print(summary_text, end="")
-    print(f"wrote {args.out} in {timings['total_s']:.1f} s", file=sys.stderr)
+    if is_main_process():  # under torchrun every rank runs its shard of the samples; rank 0 writes
+        print(summary_text, end="")
+        print(f"wrote {args.out} in {timings['total_s']:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -472,11 +471,6 @@ def _summary(scores: Any, k: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vh-lens scan``; returns the exit code."""
-    from vh_lens.distributed import launched
-
-    if launched() and int(os.environ["WORLD_SIZE"]) > 1:  # every rank would scan everything and publish
-        raise ValueError("vh-lens scan does not split across torchrun ranks yet: run it in one process, "
-                         "or use vh_lens.parallel.scan_visual_heads in a script")
     from vh_lens.reports.companions import load_companions
 
     demo = is_demo(args)
@@ -542,12 +536,19 @@ def _run(args: argparse.Namespace, demo: bool, companions: Mapping[str, Any]) ->
         metadata["note"] = note
     check_companions(companions, n_layers=int(model.cfg.n_layers), n_heads=int(model.cfg.n_heads),
                      count=len(samples), metadata=metadata)  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    finish_interrupted(out)
     settings = _run_settings(args, demo, model_name)
-    ckpt = prepare_checkpoint(
-        out, settings, overwrite=args.overwrite, demo=demo, n_samples=len(samples), inputs=inputs
-    )
+
+    def setup() -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        finish_interrupted(out)
+        return prepare_checkpoint(out, settings, overwrite=args.overwrite, demo=demo, n_samples=len(samples),
+                                  inputs=inputs)  # fmt: skip
+
+    # under torchrun rank 0 prepares the folder (each rank then checkpoints in checkpoint/rank{r}-of-{N})
+    from vh_lens.distributed import init, on_main_first
+
+    ctx = init()
+    ckpt = on_main_first(setup, ctx, "preparing the output folder")
     try:
         scores = scan_visual_heads(
             model, samples, batch_size=args.batch_size, query=args.query, detection_weight=args.detection_weight,
@@ -564,6 +565,8 @@ def _run(args: argparse.Namespace, demo: bool, companions: Mapping[str, Any]) ->
         write_scan_report(scores, tmp / _REPORT, model=model, samples=samples, k=args.top_k, note=note,
                           prompt_pair=pair, lens=companions.get("lens"), plotlyjs=args.plotlyjs)  # fmt: skip
 
+    if not ctx.is_main:  # every rank holds the merged scores; rank 0 writes them
+        return 0
     _publish(out, write)
     print(_summary(scores, min(args.top_k, 5)))
     if note is not None:

@@ -449,7 +449,9 @@ def evaluate(
         raise ValueError("evaluate: no samples given")
     batches = iter_batches(model, samples, batch_size=batch_size, answers=method, format_question=format_question)
     reducer = AccuracyReducer(method, max_new_tokens)
-    total = math.ceil(len(samples) / batch_size)
+    world = batches.world  # type: ignore[attr-defined]  # under torchrun: this rank's shard, joined in rank order
+    total = math.ceil(len(world.shard(len(samples))) / batch_size)
     condition = Condition("evaluate", tuple(fwd_hooks))
-    run(model, batches, reducer, condition=condition, progress=progress, total=total, desc="evaluate")
+    reducer = run(model, batches, reducer, condition=condition, progress=progress and world.rank == 0, total=total,
+                  desc="evaluate")  # fmt: skip
     return reducer.result()

@@ -322,16 +322,25 @@ def collect_head_activations(
     metadata = {"position": conf.position, "hook": "attn.hook_z", "n_samples": len(samples), "config": conf.to_dict(),
                 "question_format": getattr(model, "question_format", None)}  # fmt: skip
 
-    def fill(store: Tensor | np.ndarray) -> None:
-        preparer = _answer_preparer if conf.position == "answer_mean" else None
-        batches = iter_batches(model, samples, batch_size=conf.batch_size, preparer=preparer)
-        engine_run(model, batches, HeadActivationsReducer(store, conf.position),  # type: ignore[arg-type]
-                   progress=progress, desc="head activations", total=-(-len(samples) // conf.batch_size))  # fmt: skip
+    from vh_lens.distributed import current_world, world_metadata
 
-    if out_dir is None:
-        acts = torch.empty(shape, dtype=getattr(torch, conf.dtype))
-        fill(acts)
-        return HeadActivations(acts=acts, labels=labels, groups=groups, metadata=metadata)
+    world = current_world()  # under torchrun each rank runs its shard; the rows are joined on every rank
+    metadata |= world_metadata(world, len(samples))
+
+    def fill(store: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        preparer = _answer_preparer if conf.position == "answer_mean" else None
+        batches = iter_batches(model, samples, batch_size=conf.batch_size, preparer=preparer, world=world)
+        n_batches = -(-len(world.shard(len(samples))) // conf.batch_size)
+        reducer = engine_run(model, batches, HeadActivationsReducer(store, conf.position),  # type: ignore[arg-type]
+                             progress=progress and world.rank == 0, desc="head activations", total=n_batches)  # fmt: skip
+        return reducer.result()
+
+    if out_dir is None or world.size > 1:
+        acts = fill(torch.empty(shape, dtype=getattr(torch, conf.dtype)))
+        result = HeadActivations(acts=acts, labels=labels, groups=groups, metadata=metadata)
+        if out_dir is not None and world.rank == 0:  # several ranks: rank 0 writes the joined rows
+            result.save(out_dir)
+        return result
 
     out_dir = Path(out_dir)
     # streamed into a temporary file beside acts.npy, renamed over it once complete

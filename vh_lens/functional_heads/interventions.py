@@ -323,12 +323,14 @@ def intervene_on_functions(
                                           conf.include_main)  # fmt: skip
     conditions, skipped = _plan(model.cfg, probes, fns, conf, means, directions)
 
+    from vh_lens.distributed import world_metadata
+
     prepared = engine.prepare(model, subs + mains, batch_size=conf.batch_size, answers=conf.eval_method,
                               format_question=format_question)  # fmt: skip
     reducers = engine.run_conditions(
         model, prepared, [engine.Condition("baseline"), *conditions],
         lambda _: AccuracyReducer(conf.eval_method, conf.max_new_tokens),  # type: ignore[arg-type]
-        progress=progress, desc=f"interventions ({conf.mode}: {conf.method})",
+        progress=progress and prepared.world.rank == 0, desc=f"interventions ({conf.mode}: {conf.method})",
     )  # fmt: skip
 
     labels = [str(s.metadata["function"]) for s in subs]
@@ -352,6 +354,7 @@ def intervene_on_functions(
         "correctness": "vh_lens.evaluation.answers.is_correct: normalised exact match (strict for open answers)",
         "config": conf.to_dict(),
         "question_format": "as given" if format_question is not None else getattr(model, "question_format", None),
+        **world_metadata(prepared.world, len(subs) + len(mains)),  # the engine split the samples across ranks
     }
     return FunctionInterventionReport(
         functions=fns, counts={f: labels.count(f) for f in probes.functions}, n_main=len(mains), baseline=baseline,

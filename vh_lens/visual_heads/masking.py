@@ -27,13 +27,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from torch import Tensor
 
 from vh_lens import engine
 from vh_lens.distributed import samples_per_rank
-from vh_lens.sweep import run_conditions_shared_prefix
+from vh_lens.sweep import run_conditions_batched, run_conditions_shared_prefix
 from vh_lens.analysis.interventions import HeadMeans, ablate_heads, head_means
 from vh_lens.core.config import ExperimentConfig, check_choice, check_ints, resolve_config
 from vh_lens.core.hooks import Head
@@ -125,6 +126,7 @@ def masking_experiment(
     format_question: Callable[[Sample], str] | None = None,
     progress: bool = True,
     sweep: str = "shared",
+    conditions_per_forward: int = 4,
 ) -> MaskingResult:
     """Paper A's head-masking table: accuracy with each stage's top-k heads or k random heads removed.
 
@@ -156,7 +158,12 @@ def masking_experiment(
         sweep: ``"shared"`` (default): with ``eval_method="score"``, each batch's unablated
             prefix is computed once and each condition starts at its first ablated layer
             (:func:`vh_lens.sweep.run_conditions_shared_prefix`; the same accuracies);
-            ``"naive"``: every condition runs the whole model.
+            ``"batched"``: as ``"shared"``, with up to ``conditions_per_forward`` conditions that
+            start at the same layer stacked along the batch dimension in one forward
+            (:func:`vh_lens.sweep.run_conditions_batched`); ``"naive"``: every condition runs
+            the whole model.
+        conditions_per_forward: the bound on stacked conditions of ``"batched"`` (activation
+            memory grows with it).
 
     Returns:
         :class:`MaskingResult`; ``metadata["config"]`` holds the settings.
@@ -208,13 +215,15 @@ def masking_experiment(
     for (stage, k_used), (top, controls) in plans.items():
         conditions.append(condition(f"{stage} k={k_used} top", top))
         conditions += [condition(f"{stage} k={k_used} seed={i}", c) for i, c in enumerate(controls)]
-    if sweep not in ("shared", "naive"):
-        raise ValueError(f"sweep must be 'shared' or 'naive', got {sweep!r}")
-    shared = sweep == "shared" and conf.eval_method == "score"  # generation re-runs every layer anyway
+    if sweep not in ("shared", "naive", "batched"):
+        raise ValueError(f"sweep must be 'shared', 'naive' or 'batched', got {sweep!r}")
+    shared = sweep != "naive" and conf.eval_method == "score"  # generation re-runs every layer anyway
     runner = run_conditions_shared_prefix if shared else engine.run_conditions
+    if shared and sweep == "batched":  # several conditions stacked along the batch dimension per forward
+        runner = partial(run_conditions_batched, conditions_per_forward=conditions_per_forward)
     out = runner(
         model, prepared, conditions, lambda _: AccuracyReducer(conf.eval_method, conf.max_new_tokens),  # type: ignore[arg-type]
-        progress=progress, desc=f"masking ({conf.method})",
+        progress=progress and prepared.world.rank == 0, desc=f"masking ({conf.method})",
     )  # fmt: skip
     accuracy = {name: reducer.result().accuracy for name, reducer in out.items()}
     baseline = accuracy["baseline"]
@@ -254,7 +263,7 @@ def masking_experiment(
             else (None if means is None else "given as a tensor")
         ),
         "config": conf.to_dict(),
-        "sweep": "shared prefix" if shared else "naive",
+        "sweep": ("batched shared prefix" if sweep == "batched" else "shared prefix") if shared else "naive",
         "world_size": int(prepared.world.size),
         "samples_per_rank": samples_per_rank(len(samples), int(prepared.world.size)),
     }

@@ -257,6 +257,7 @@ def scan_visual_heads(
     device: torch.device | str | None = None,
     metadata: Mapping[str, Any] | None = None,
     attention: Literal["auto", "qk", "pattern"] | None = None,
+    world: engine.World | None = None,
 ) -> VisualHeadScores:
     """Score every attention head of ``model`` as a visual head over ``samples`` (paper A).
 
@@ -302,10 +303,16 @@ def scan_visual_heads(
         attention: ``"qk"``: rows from the queries and keys (needs ``model.lm``, a rotary
             backbone); ``"pattern"``: rows from ``hook_pattern`` (TransformerLens' full
             attention runs); ``"auto"`` (default): ``"qk"`` when supported.
+        world: the processes to split the samples across (:class:`vh_lens.engine.World`);
+            default :func:`vh_lens.distributed.current_world` (the ranks of a ``torchrun``
+            launch, else one process). Each rank scans its contiguous shard, with its own
+            checkpoint folder ``checkpoint_dir/rank{r}-of-{N}``; the statistics are merged in
+            rank order, so every rank returns the scores of all samples.
 
     Returns:
         :class:`~vh_lens.visual_heads.scores.VisualHeadScores` over all samples;
-        ``metadata["config"]`` holds the settings.
+        ``metadata["config"]`` holds the settings, ``metadata["world_size"]`` and
+        ``metadata["samples_per_rank"]`` the split.
 
     Raises:
         ValueError: bad arguments, or a checkpoint written with other settings or samples.
@@ -335,7 +342,19 @@ def scan_visual_heads(
         "detection_weight": conf.detection_weight, "min_overlap": float(conf.min_overlap),
         "keep_per_sample": conf.keep_per_sample, "gold_answer_tokens": tokens is not None,
     }  # fmt: skip
+    if world is None:
+        from vh_lens.distributed import current_world
+
+        world = current_world()
+    n_all = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
+    if world.size > 1:  # this rank's contiguous shard; indices below are within it
+        samples, tokens, n_all = _shard(samples, tokens, world)
+        progress = progress and world.rank == 0
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
+    if ckpt is not None and world.size > 1:
+        from vh_lens.distributed import context_of, rank_checkpoint_dir
+
+        ckpt = rank_checkpoint_dir(ckpt, context_of(world))
     start, saved_fingerprint = 0, None
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -357,7 +376,7 @@ def scan_visual_heads(
 
     reducer = ScanReducer(acc, query=conf.query, min_overlap=conf.min_overlap, lm=model.lm if use_qk else None)
     batches = engine.iter_batches(model, it, batch_size=conf.batch_size, preparer=_scan_preparer(conf.query, tokens, device),
-                                  offset=start)  # fmt: skip
+                                  offset=start, world=engine.LOCAL)  # fmt: skip
     progress_bar = tqdm(total=total, initial=start, disable=not progress, desc="visual heads", unit="sample")
     state = {"done": start, "saved": start}
 
@@ -371,7 +390,7 @@ def scan_visual_heads(
             state["saved"] = state["done"]
 
     with progress_bar:
-        engine.run(model, batches, reducer, on_batch=on_batch)
+        merged = engine.run(model, batches, reducer, on_batch=on_batch, world=world)
     if ckpt is not None and state["done"] != state["saved"]:
         _write_checkpoint(ckpt, acc, ckpt_config, hasher.hexdigest())
     meta = {"query": conf.query, "min_overlap": float(conf.min_overlap), "batch_size": conf.batch_size}
@@ -379,4 +398,19 @@ def scan_visual_heads(
     if isinstance(model_name, str):
         meta["model"] = model_name
     meta["config"] = conf.to_dict()
-    return acc.result(meta | dict(metadata or {}))
+    from vh_lens.distributed import world_metadata
+
+    meta |= world_metadata(world, state["done"] if n_all is None else n_all)
+    return merged.acc.result(meta | dict(metadata or {}))
+
+
+def _shard(samples: Iterable[Sample], tokens: list[int] | None, world: engine.World) -> tuple[Any, Any, int]:
+    """This rank's samples (lazily read) and answer tokens, and the number of samples in all."""
+    samples = samples if isinstance(samples, Sequence) else list(samples)
+    n = len(samples)
+    if tokens is not None and len(tokens) != n:
+        raise ValueError(f"got {len(tokens)} answer tokens for {n} samples")
+    from vh_lens.distributed import context_of, shard
+
+    mine = world.shard(n)
+    return shard(samples, context_of(world)), (None if tokens is None else tokens[mine.start : mine.stop]), n

@@ -47,8 +47,19 @@ METHODS = ("plain", "scan", "tl_cache", "hf_eager", "hf_sdpa")
 MODELS = ("llava-1.5-7b", "llava-next-7b")
 _QUESTION = "what color is the dog in this picture ? answer with one word from the given choices directly"
 # bfloat16 dense tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment
-PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.5, "H100": 989.4, "A100": 312.0,
-               "L40S": 362.1, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "4090": 165.2, "3090": 71.0}
+PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 PCIe": 756.5,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "4090": 165.2,
+    "3090": 71.0,
+}
 
 
 def _image(size: tuple[int, int]):
@@ -70,11 +81,20 @@ def real_config(name: str) -> tuple[type, Any, Any]:
     skeleton, processor = tiny_llava(kind, "llama", n_layers=1, image_size=336, patch_size=14, vision_layers=1)
     config = skeleton.config
     text, vision = config.text_config, config.vision_config
-    for key, value in dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                           num_key_value_heads=32, head_dim=128, vocab_size=32064, max_position_embeddings=4096).items():
+    for key, value in dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=128,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+    ).items():
         setattr(text, key, value)
-    for key, value in dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                           projection_dim=768).items():
+    for key, value in dict(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, projection_dim=768
+    ).items():
         setattr(vision, key, value)
     for c in (config, text, vision):
         c._attn_implementation = "sdpa"
@@ -144,8 +164,13 @@ def methods(hf: Any, lens: Any, batch: Any) -> dict[str, Callable[[], Any]]:
         logits = hf.lm_head(out.last_hidden_state)
         return (logits, reduce(out.attentions)) if attentions else logits
 
-    return {"plain": lambda: lens(batch), "scan": scan, "tl_cache": tl_cache,
-            "hf_eager": lambda: hf_run("eager", True), "hf_sdpa": lambda: hf_run("sdpa", False)}
+    return {
+        "plain": lambda: lens(batch),
+        "scan": scan,
+        "tl_cache": tl_cache,
+        "hf_eager": lambda: hf_run("eager", True),
+        "hf_sdpa": lambda: hf_run("sdpa", False),
+    }
 
 
 def forward_flops(lens: Any, batch_size: int, seq: int) -> float:
@@ -202,8 +227,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for batch_size in args.batch_sizes:
             batch = lens.prepare(images=[image] * batch_size, questions=[_QUESTION] * batch_size)
             seq = int(batch.input_ids.shape[1])
-            models[name] = {"seq_len": seq, "image_tokens": int(batch.layout[0].n_image_tokens),
-                            "n_layers": int(lens.cfg.n_layers), "d_model": int(lens.cfg.d_model), "built_s": built}
+            models[name] = {
+                "seq_len": seq,
+                "image_tokens": int(batch.layout[0].n_image_tokens),
+                "n_layers": int(lens.cfg.n_layers),
+                "d_model": int(lens.cfg.d_model),
+                "built_s": built,
+            }
             flops = forward_flops(lens, batch_size, seq)
             for method, fn in methods(hf, lens, batch).items():
                 if method not in args.methods:
@@ -234,27 +264,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    return {"device": device_name, "peak_tflops_bf16": peak, "dtype": "float32" if args.tiny else "bfloat16",
-            "tiny": bool(args.tiny), "models": models, "rows": rows, "total_s": time.perf_counter() - start,
-            "flops_formula": "batch * (2 * P * T + 2 * L * T^2 * d_model), P = LM parameters without the embedding"}
+    return {
+        "device": device_name,
+        "peak_tflops_bf16": peak,
+        "dtype": "float32" if args.tiny else "bfloat16",
+        "tiny": bool(args.tiny),
+        "models": models,
+        "rows": rows,
+        "total_s": time.perf_counter() - start,
+        "flops_formula": "batch * (2 * P * T + 2 * L * T^2 * d_model), P = LM parameters without the embedding",
+    }
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"device {result['device']}, bf16 dense peak {result['peak_tflops_bf16']} TFLOP/s, "
-             f"dtype {result['dtype']}, total {result['total_s']:.0f} s"]
+    lines = [
+        f"device {result['device']}, bf16 dense peak {result['peak_tflops_bf16']} TFLOP/s, "
+        f"dtype {result['dtype']}, total {result['total_s']:.0f} s"
+    ]
     for name, info in result["models"].items():
-        lines.append(f"{name}: {info['n_layers']} layers x d_model {info['d_model']}, {info['image_tokens']} image "
-                     f"tokens, {info['seq_len']} positions")
-    lines.append(f"{'model':<14} {'method':<9} {'batch':>5} {'s/batch':>9} {'samples/s':>10} {'TFLOP/s':>8} "
-                 f"{'of peak':>8} {'peak GiB':>9}")
+        lines.append(
+            f"{name}: {info['n_layers']} layers x d_model {info['d_model']}, {info['image_tokens']} image "
+            f"tokens, {info['seq_len']} positions"
+        )
+    lines.append(
+        f"{'model':<14} {'method':<9} {'batch':>5} {'s/batch':>9} {'samples/s':>10} {'TFLOP/s':>8} "
+        f"{'of peak':>8} {'peak GiB':>9}"
+    )
     for r in result["rows"]:
         if r["status"] != "ok":
             lines.append(f"{r['model']:<14} {r['method']:<9} {r['batch_size']:>5} {r['status']:>9}")
             continue
         frac = "-" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}%"
         mem = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.1f}"
-        lines.append(f"{r['model']:<14} {r['method']:<9} {r['batch_size']:>5} {r['time_s']:>9.4f} "
-                     f"{r['samples_per_s']:>10.2f} {r['tflops']:>8.2f} {frac:>8} {mem:>9}")
+        lines.append(
+            f"{r['model']:<14} {r['method']:<9} {r['batch_size']:>5} {r['time_s']:>9.4f} "
+            f"{r['samples_per_s']:>10.2f} {r['tflops']:>8.2f} {frac:>8} {mem:>9}"
+        )
     return "\n".join(lines)
 
 
@@ -273,12 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("benchmarks/gpu.py: no CUDA device is available; run it on a GPU, or `--tiny --device cpu` "
-              "for the smoke run", file=sys.stderr)
+        print(
+            "benchmarks/gpu.py: no CUDA device is available; run it on a GPU, or `--tiny --device cpu` "
+            "for the smoke run",
+            file=sys.stderr,
+        )
         return 1
     if not args.tiny and not args.device.startswith("cuda"):
-        print(f"benchmarks/gpu.py: the 7B shapes need a CUDA device, got --device {args.device}; "
-              "`--tiny` runs small models anywhere", file=sys.stderr)
+        print(
+            f"benchmarks/gpu.py: the 7B shapes need a CUDA device, got --device {args.device}; "
+            "`--tiny` runs small models anywhere",
+            file=sys.stderr,
+        )
         return 1
     if args.batch_sizes is None:
         args.batch_sizes = [1, 2] if args.tiny else [1, 2, 4, 8, 16, 32]

@@ -43,8 +43,9 @@ import time
 from pathlib import Path
 
 SHAPES = {
-    "llava-1.5-7b": dict(d_model=4096, layers=32, heads=32, intermediate=11008, vocab=32064, dtype="float16",
-                         vision="clip-l-336"),
+    "llava-1.5-7b": dict(
+        d_model=4096, layers=32, heads=32, intermediate=11008, vocab=32064, dtype="float16", vision="clip-l-336"
+    ),
 }
 LOADERS = ("hf", "hf_touched", "load_llava", "load_llava_unchecked", "no_processing")
 SHARD_BYTES = 5 * 2**30
@@ -95,9 +96,20 @@ def _child(folder: str, loader: str, dtype_name: str) -> None:
     hwm = _rss_bytes("VmHWM")
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values()
     loaded = sum(t.numel() * t.element_size() for t in tensors)
-    print(json.dumps({"loader": loader, "seconds": seconds, "user_s": used.ru_utime - cpu.ru_utime,
-                      "sys_s": used.ru_stime - cpu.ru_stime, "before": before, "peak_hwm": hwm,
-                      "after": _rss_bytes(), "loaded": loaded}))
+    print(
+        json.dumps(
+            {
+                "loader": loader,
+                "seconds": seconds,
+                "user_s": used.ru_utime - cpu.ru_utime,
+                "sys_s": used.ru_stime - cpu.ru_stime,
+                "before": before,
+                "peak_hwm": hwm,
+                "after": _rss_bytes(),
+                "loaded": loaded,
+            }
+        )
+    )
 
 
 def _config(args):
@@ -107,17 +119,36 @@ def _config(args):
 
     _, processor = tiny_llava("llava", "llama")
     text = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.d_model, intermediate_size=args.intermediate or args.d_model * 11 // 4,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        vocab_size=args.vocab,
+        hidden_size=args.d_model,
+        intermediate_size=args.intermediate or args.d_model * 11 // 4,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
     )
     if args.vision == "clip-l-336":
-        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                                  image_size=336, patch_size=14, projection_dim=768)
+        vision = CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+        )
     else:
-        vision = CLIPVisionConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                                  image_size=56, patch_size=14)
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"))
+        vision = CLIPVisionConfig(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=56,
+            patch_size=14,
+        )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>")
+    )
     config.dtype = args.dtype
     return config, processor
 
@@ -166,7 +197,8 @@ def write_checkpoint(folder: Path, args) -> None:
                 del t
         total += offset
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     config.save_pretrained(folder)
     processor.save_pretrained(folder)
 
@@ -181,8 +213,12 @@ def _warm(folder: Path) -> None:
 def _run(folder: Path, loader: str, dtype: str) -> dict:
     _warm(folder)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, __file__, "--child", str(folder), "--loader", loader, "--dtype", dtype],
-                         capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(folder), "--loader", loader, "--dtype", dtype],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if out.returncode:
         sys.exit(f"{loader} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -199,9 +235,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--vision", default="small", choices=["small", "clip-l-336"])
     parser.add_argument("--keep", type=Path, help="write the checkpoint to this folder and keep it")
-    parser.add_argument("--checkpoint", type=Path, help="load this checkpoint (written by --keep) instead of writing one")
-    parser.add_argument("--loaders", default="hf,load_llava,no_processing",
-                        help=f"comma-separated, run in this order, each in a fresh process: {', '.join(LOADERS)}")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="load this checkpoint (written by --keep) instead of writing one"
+    )
+    parser.add_argument(
+        "--loaders",
+        default="hf,load_llava,no_processing",
+        help=f"comma-separated, run in this order, each in a fresh process: {', '.join(LOADERS)}",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="rounds of all loaders")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--loader", help=argparse.SUPPRESS)
@@ -226,11 +267,17 @@ def main() -> None:
             print(f"wrote {folder} in {time.perf_counter() - start:.1f} s")
         runs = [_run(folder, loader, args.dtype) for _ in range(args.repeat) for loader in loaders]
         size_on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    best = {name: min((r["seconds"] for r in runs if r["loader"] == name), default=None) for name in ("hf", "hf_touched")}
-    print(f"checkpoint {folder}: {size_on_disk / GIB:.3f} GiB on disk, {args.dtype}; the machine is shared with "
-          "other work: compare ratios, not seconds")
-    print(f"{'loader':22s} {'seconds':>8s} {'x hf':>6s} {'x hf_t':>6s} {'cpu s':>6s} {'loaded GiB':>10s} {'peak GiB':>9s} "
-          f"{'peak/loaded':>11s}")
+    best = {
+        name: min((r["seconds"] for r in runs if r["loader"] == name), default=None) for name in ("hf", "hf_touched")
+    }
+    print(
+        f"checkpoint {folder}: {size_on_disk / GIB:.3f} GiB on disk, {args.dtype}; the machine is shared with "
+        "other work: compare ratios, not seconds"
+    )
+    print(
+        f"{'loader':22s} {'seconds':>8s} {'x hf':>6s} {'x hf_t':>6s} {'cpu s':>6s} {'loaded GiB':>10s} {'peak GiB':>9s} "
+        f"{'peak/loaded':>11s}"
+    )
     for r in runs:
         r["peak"] = r["peak_hwm"] - r["before"]
         r["peak_over_loaded"] = r["peak"] / r["loaded"]
@@ -238,10 +285,14 @@ def main() -> None:
         for name in ("hf", "hf_touched"):
             r[f"time_over_{name}"] = r["seconds"] / best[name] if best[name] else None
             cells.append(f"{r[f'time_over_{name}']:6.2f}" if best[name] else "     -")
-        print(f"{r['loader']:22s} {r['seconds']:8.2f} {cells[0]} {cells[1]} {r['user_s'] + r['sys_s']:6.1f} "
-              f"{r['loaded'] / GIB:10.3f} {r['peak'] / GIB:9.3f} {r['peak_over_loaded']:11.3f}")
-    print("targets: vh_lens time <= 2.00 x hf (best run of each), peak/loaded <= 1.10; "
-          "x hf_t: against Hugging Face with every weight read once")
+        print(
+            f"{r['loader']:22s} {r['seconds']:8.2f} {cells[0]} {cells[1]} {r['user_s'] + r['sys_s']:6.1f} "
+            f"{r['loaded'] / GIB:10.3f} {r['peak'] / GIB:9.3f} {r['peak_over_loaded']:11.3f}"
+        )
+    print(
+        "targets: vh_lens time <= 2.00 x hf (best run of each), peak/loaded <= 1.10; "
+        "x hf_t: against Hugging Face with every weight read once"
+    )
     print(json.dumps({"checkpoint": str(folder), "size_on_disk": size_on_disk, "dtype": args.dtype, "runs": runs}))
 
 

@@ -55,8 +55,7 @@ def worker(args: argparse.Namespace) -> None:
                 distributed.barrier(ctx, "start")
                 start = time.perf_counter()
                 if task == "scan":
-                    result = vh_lens.scan_visual_heads(model, scan_samples, batch_size=args.batch_size,
-                                                       progress=False)
+                    result = vh_lens.scan_visual_heads(model, scan_samples, batch_size=args.batch_size, progress=False)
                 else:
                     result = vh_lens.masking_experiment(model, mask_samples, scores, **kw)
                 distributed.barrier(ctx, "end")
@@ -66,10 +65,13 @@ def worker(args: argparse.Namespace) -> None:
         if ctx.is_main:
             scan = out["scan"]
             payload = {
-                "world_size": ctx.world_size, "times": times,
-                "scan": {"mean": {m: v.tolist() for m, v in scan.mean.items()},
-                         "variance": {m: v.tolist() for m, v in scan.variance.items()},
-                         "samples_per_rank": scan.metadata["samples_per_rank"]},
+                "world_size": ctx.world_size,
+                "times": times,
+                "scan": {
+                    "mean": {m: v.tolist() for m, v in scan.mean.items()},
+                    "variance": {m: v.tolist() for m, v in scan.variance.items()},
+                    "samples_per_rank": scan.metadata["samples_per_rank"],
+                },
                 "mask": out["mask"].to_json(),
             }
             Path(args.out).write_text(json.dumps(payload))
@@ -78,9 +80,25 @@ def worker(args: argparse.Namespace) -> None:
 
 def _launch(n: int, args: argparse.Namespace, out: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", __file__,
-           "--worker", "--out", str(out), "--scan-samples", str(args.scan_samples),
-           "--mask-samples", str(args.mask_samples), "--repeats", str(args.repeats), "--batch-size", str(args.batch_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={n}",
+        __file__,
+        "--worker",
+        "--out",
+        str(out),
+        "--scan-samples",
+        str(args.scan_samples),
+        "--mask-samples",
+        str(args.mask_samples),
+        "--repeats",
+        str(args.repeats),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"torchrun --nproc-per-node {n} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -90,9 +108,11 @@ def _launch(n: int, args: argparse.Namespace, out: Path) -> dict:
 def _max_diff(a: dict, b: dict) -> float:
     import torch
 
-    return max(float((torch.tensor(a[k][m], dtype=torch.float64) - torch.tensor(b[k][m], dtype=torch.float64)).abs().max())
-               for k in ("mean", "variance")
-               for m in a["mean"])
+    return max(
+        float((torch.tensor(a[k][m], dtype=torch.float64) - torch.tensor(b[k][m], dtype=torch.float64)).abs().max())
+        for k in ("mean", "variance")
+        for m in a["mean"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,17 +141,34 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{task}_speedup"] = statistics.median(base["times"][task]) / row[f"{task}_s"]
         row["scan_max_abs_diff"] = _max_diff(run["scan"], base["scan"])
         row["samples_per_rank"] = run["scan"]["samples_per_rank"]
-        row["mask_equal"] = run["mask"]["rows"] == base["mask"]["rows"] and run["mask"]["baseline"] == base["mask"]["baseline"]
+        row["mask_equal"] = (
+            run["mask"]["rows"] == base["mask"]["rows"] and run["mask"]["baseline"] == base["mask"]["baseline"]
+        )
         rows.append(row)
     n_conditions = 1 + sum(1 + len(r["random_accs"]) for r in base["mask"]["rows"])
-    print(f"toy LLaVA, scan {args.scan_samples} samples, masking sweep {args.mask_samples} samples x {n_conditions} conditions, "
-          f"batch {args.batch_size}, one thread per rank, median of {args.repeats}")
-    print(f"{'nproc':>5} {'scan s':>8} {'speed-up':>8} {'max |diff|':>11} {'mask s':>8} {'speed-up':>8} {'mask equal':>10}")
+    print(
+        f"toy LLaVA, scan {args.scan_samples} samples, masking sweep {args.mask_samples} samples x {n_conditions} conditions, "
+        f"batch {args.batch_size}, one thread per rank, median of {args.repeats}"
+    )
+    print(
+        f"{'nproc':>5} {'scan s':>8} {'speed-up':>8} {'max |diff|':>11} {'mask s':>8} {'speed-up':>8} {'mask equal':>10}"
+    )
     for r in rows:
-        print(f"{r['nproc']:>5} {r['scan_s']:>8.2f} {r['scan_speedup']:>8.2f} {r['scan_max_abs_diff']:>11.2e} "
-              f"{r['mask_s']:>8.2f} {r['mask_speedup']:>8.2f} {str(r['mask_equal']):>10}")
-    print("JSON " + json.dumps({"rows": rows, "cpu_count": os.cpu_count(), "mask_conditions": n_conditions,
-                                "load_average": os.getloadavg()}))
+        print(
+            f"{r['nproc']:>5} {r['scan_s']:>8.2f} {r['scan_speedup']:>8.2f} {r['scan_max_abs_diff']:>11.2e} "
+            f"{r['mask_s']:>8.2f} {r['mask_speedup']:>8.2f} {str(r['mask_equal']):>10}"
+        )
+    print(
+        "JSON "
+        + json.dumps(
+            {
+                "rows": rows,
+                "cpu_count": os.cpu_count(),
+                "mask_conditions": n_conditions,
+                "load_average": os.getloadavg(),
+            }
+        )
+    )
     return 0
 
 

@@ -293,9 +293,11 @@ def main(argv: list[str] | None = None) -> None:
         f"d_mlp {args.d_mlp}; sequence {first['seq_len']} tokens of which {first['image_tokens']} image tokens; "
         f"batch {b}; device {args.device}, {first['threads']} torch thread(s)"
     )
-    print(f"time: median of {args.repeats} runs after 1 warm-up round (min-max in brackets), per sample; the methods "
-          "run round-robin in one process, so that the load of a shared machine affects them alike"
-          + ("; glibc set never to return freed memory (--no-trim)" if args.no_trim else ""))
+    print(
+        f"time: median of {args.repeats} runs after 1 warm-up round (min-max in brackets), per sample; the methods "
+        "run round-robin in one process, so that the load of a shared machine affects them alike"
+        + ("; glibc set never to return freed memory (--no-trim)" if args.no_trim else "")
+    )
     print(f"peak memory: {memory_how}; median over the runs, per sample")
     print()
     header = f"{'method':<46} {'time/sample':>22} {'x plain':>8} {'peak MiB/sample':>16} {'x plain':>8}"
@@ -324,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _ratio(value: float, base: float | None) -> str:
     return "-" if not base else f"{value / base:.2f}"
+
 
 if __name__ == "__main__":
     main()

@@ -50,7 +50,9 @@ def paper_a_cost(seed: int, n_layers: int = 32, n_heads: int = 32, ks=(10, 20, 3
         first = []
         for k in ks:
             top = scores.top_heads(k, stage, metric="detection")
-            sets = [top] + [scores.random_heads(len(top), stage, seed=s, exclude_top=top, metric="detection") for s in seeds]
+            sets = [top] + [
+                scores.random_heads(len(top), stage, seed=s, exclude_top=top, metric="detection") for s in seeds
+            ]
             first += [min(layer for layer, _ in heads) for heads in sets]
         per_stage[stage] = sorted(set(first))
         starts += first
@@ -82,16 +84,26 @@ def measured(n_samples: int, batch_size: int, repeats: int, per_forward: int = 4
     n_layers = int(model.cfg.n_layers)
     from vh_lens.sweep import sweep_cost
 
-    starts = [None] + [min(layer for layer, _ in heads) for row in results["shared"].rows
-                       for heads in (row.top_heads, *row.random_heads)]
+    starts = [None] + [
+        min(layer for layer, _ in heads)
+        for row in results["shared"].rows
+        for heads in (row.top_heads, *row.random_heads)
+    ]
     naive, shared, batched = (statistics.median(times[s]) for s in ("naive", "shared", "batched"))
     return {
-        "model": f"toy LLaVA {n_layers} layers x {model.cfg.n_heads} heads", "n_samples": n_samples,
-        "batch_size": batch_size, "n_conditions": len(starts), "naive_s": naive, "shared_s": shared,
-        "batched_s": batched, "conditions_per_forward": per_forward,
-        "wall_ratio": shared / naive, "batched_wall_ratio": batched / naive,
+        "model": f"toy LLaVA {n_layers} layers x {model.cfg.n_heads} heads",
+        "n_samples": n_samples,
+        "batch_size": batch_size,
+        "n_conditions": len(starts),
+        "naive_s": naive,
+        "shared_s": shared,
+        "batched_s": batched,
+        "conditions_per_forward": per_forward,
+        "wall_ratio": shared / naive,
+        "batched_wall_ratio": batched / naive,
         "layer_forward_ratio": sweep_cost(n_layers, starts)["ratio"],
-        "equal": results["naive"].rows == results["shared"].rows and results["naive"].baseline == results["shared"].baseline,
+        "equal": results["naive"].rows == results["shared"].rows
+        and results["naive"].baseline == results["shared"].baseline,
         "batched_equal": results["naive"].rows == results["batched"].rows
         and results["naive"].baseline == results["batched"].baseline,
         "times": times,
@@ -104,19 +116,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--conditions-per-forward", type=int, default=4, help="conditions stacked per forward (batched)")
+    parser.add_argument(
+        "--conditions-per-forward", type=int, default=4, help="conditions stacked per forward (batched)"
+    )
     args = parser.parse_args(argv)
     paper = paper_a_cost(args.seed)
     toy = measured(args.n_samples, args.batch_size, args.repeats, args.conditions_per_forward)
-    print(f"paper A's table at 32 layers x 32 heads ({paper['n_conditions']} conditions): layer forwards per batch "
-          f"naive {paper['naive']:.0f}, shared prefix {paper['shared']:.0f}: ratio {paper['ratio']:.3f} "
-          f"({paper['speedup']:.2f}x); first ablated layers {paper['first_ablated_layers']}")
-    print(f"{toy['model']}, {toy['n_samples']} samples, batch {toy['batch_size']}, {toy['n_conditions']} conditions: "
-          f"naive {toy['naive_s']:.2f} s, shared {toy['shared_s']:.2f} s (wall ratio {toy['wall_ratio']:.3f}; "
-          f"layer-forward ratio {toy['layer_forward_ratio']:.3f}); results equal: {toy['equal']}")
-    print(f"  batched ({toy['conditions_per_forward']} conditions per forward): {toy['batched_s']:.2f} s (wall ratio "
-          f"{toy['batched_wall_ratio']:.3f} of naive, {toy['batched_s'] / toy['shared_s']:.3f} of shared); "
-          f"results equal: {toy['batched_equal']}")
+    print(
+        f"paper A's table at 32 layers x 32 heads ({paper['n_conditions']} conditions): layer forwards per batch "
+        f"naive {paper['naive']:.0f}, shared prefix {paper['shared']:.0f}: ratio {paper['ratio']:.3f} "
+        f"({paper['speedup']:.2f}x); first ablated layers {paper['first_ablated_layers']}"
+    )
+    print(
+        f"{toy['model']}, {toy['n_samples']} samples, batch {toy['batch_size']}, {toy['n_conditions']} conditions: "
+        f"naive {toy['naive_s']:.2f} s, shared {toy['shared_s']:.2f} s (wall ratio {toy['wall_ratio']:.3f}; "
+        f"layer-forward ratio {toy['layer_forward_ratio']:.3f}); results equal: {toy['equal']}"
+    )
+    print(
+        f"  batched ({toy['conditions_per_forward']} conditions per forward): {toy['batched_s']:.2f} s (wall ratio "
+        f"{toy['batched_wall_ratio']:.3f} of naive, {toy['batched_s'] / toy['shared_s']:.3f} of shared); "
+        f"results equal: {toy['batched_equal']}"
+    )
     print("JSON " + json.dumps({"paper_a_32x32": paper, "toy": toy}))
     return 0
 

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 import vh_lens
-from vh_lens.functional_heads.cross_function import cross_function_matrix
 from vh_lens.data import cogvision_shapes, subquestion_samples
 from vh_lens.data.cogvision_shapes import FUNCTIONS
+from vh_lens.functional_heads.cross_function import cross_function_matrix
 from vh_lens.functional_heads.interventions import intervene_on_functions
 from vh_lens.functional_heads.probes import HeadActivations, collect_head_activations, probe_heads
 from vh_lens.toy_cog import COG_TOY_PATH, load_cog_toy
@@ -46,8 +46,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-items", type=int, default=100)
     p.add_argument("--hard-distractors", type=int, nargs=2, default=(10, 16))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--k", type=int, default=6,
-                   help="heads per function for the interventions (the elbow picks most heads here: see the probe table)")
+    p.add_argument(
+        "--k",
+        type=int,
+        default=6,
+        help="heads per function for the interventions (the elbow picks most heads here: see the probe table)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-emphasis", action="store_true")
     return p.parse_args(argv)
@@ -133,13 +137,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, rep in emph.items():
             rep.save(args.out / f"emphasis_{name}")
         (args.out / "findings.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
-    out["_reports"] = {"probes": probes, "removal": removal, "matrix": matrix, **{f"emphasis_{k}": v for k, v in emph.items()}}
+    out["_reports"] = {
+        "probes": probes,
+        "removal": removal,
+        "matrix": matrix,
+        **{f"emphasis_{k}": v for k, v in emph.items()},
+    }
     return out
 
 
 def print_findings(out: dict[str, Any]) -> None:
     print("## Probe scores (held-out balanced accuracy, function vs rest) and functional heads (elbow)\n")
-    print("| function | best head | median head | elbow heads | sparsity | heads per layer | shuffled | last-token emb | mean text emb | step+length |")
+    print(
+        "| function | best head | median head | elbow heads | sparsity | heads per layer | shuffled | last-token emb | mean text emb | step+length |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     c = out["controls"]
     for f in FUNCTIONS:

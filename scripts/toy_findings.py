@@ -36,9 +36,16 @@ def main() -> None:
 
     def accuracy(samples, heads=None) -> float:
         hooks = [] if heads is None else vh_lens.ablate_heads(heads, method="zero")
-        return vh_lens.evaluate(model, samples, fwd_hooks=hooks, format_question=format_question, progress=False).accuracy
+        return vh_lens.evaluate(
+            model, samples, fwd_hooks=hooks, format_question=format_question, progress=False
+        ).accuracy
 
-    families = {"counting": COUNT_KINDS, "pointer counting": COUNTING, "object counting": ("count_object",), "yes/no": ("exists",)}
+    families = {
+        "counting": COUNT_KINDS,
+        "pointer counting": COUNTING,
+        "object counting": ("count_object",),
+        "yes/no": ("exists",),
+    }
     if args.accuracy_n:
         for name, kinds in families.items():
             acc = accuracy(shapes(args.accuracy_n, seed=4242, kinds=kinds))
@@ -48,7 +55,12 @@ def main() -> None:
         print(f"top heads, {stage}: {scores.top_heads(4, stage=stage)}")
     held_out = shapes(args.n, seed=999, kinds=COUNTING)
     result = vh_lens.masking_experiment(
-        model, held_out, scores, ks=tuple(args.ks), control_seeds=(0, 1, 2), format_question=format_question,
+        model,
+        held_out,
+        scores,
+        ks=tuple(args.ks),
+        control_seeds=(0, 1, 2),
+        format_question=format_question,
         progress=False,
     )
     print(result.to_markdown())
@@ -56,14 +68,18 @@ def main() -> None:
     print(f"\nall layers, zero ablation (baseline {accuracy(held_out):.1%}):")
     for k in args.ks:
         random = [accuracy(held_out, scores.random_heads(k, seed=seed)) for seed in (0, 1, 2)]
-        print(f"  top {k} by detection: {accuracy(held_out, scores.top_heads(k)):.1%}; "
-              f"{k} random heads: {', '.join(f'{r:.1%}' for r in random)} (seeds 0, 1, 2)")
+        print(
+            f"  top {k} by detection: {accuracy(held_out, scores.top_heads(k)):.1%}; "
+            f"{k} random heads: {', '.join(f'{r:.1%}' for r in random)} (seeds 0, 1, 2)"
+        )
     batch = model.prepare_samples(held_out, format_question=format_question)
     trace = vh_lens.logit_lens(model, batch, answers=[s.answer for s in held_out])
     print("\nlogit lens at the answer query (gold answer):")
     for row in trace.to_rows():
-        print(f"  after layer {row['layer']}: top-1 for {row['answer_top1']:.0%}, mean rank {row['answer_rank_mean']:.2f}, "
-              f"mean prob {row['answer_prob_mean']:.3f}")
+        print(
+            f"  after layer {row['layer']}: top-1 for {row['answer_top1']:.0%}, mean rank {row['answer_rank_mean']:.2f}, "
+            f"mean prob {row['answer_prob_mean']:.3f}"
+        )
     early = (trace.answer_rank[:-1] == 1).any(0).float().mean().item()
     print(f"  answer at rank 1 before the last layer: {early:.0%} of samples")
 

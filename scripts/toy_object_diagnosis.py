@@ -74,13 +74,17 @@ def probe_query(path, n_train: int = 400, n_test: int = 200) -> list[tuple[str, 
     for i in range(0, len(samples), 50):
         chunk = samples[i : i + 50]
         batch = model.prepare_samples(chunk, format_question=format_question)
-        _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("resid_post") or n == "blocks.0.hook_resid_pre")
+        _, cache = model.run_with_cache(
+            batch, names_filter=lambda n: n.endswith("resid_post") or n == "blocks.0.hook_resid_pre"
+        )
         rows = torch.arange(len(chunk))
         for name, value in cache.items():
             feats.setdefault(name, []).append(value[rows, torch.as_tensor(batch.query_positions)])
     labels = torch.tensor([asked_class(s) for s in samples])
     out = []
-    for name in ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]:
+    for name in ["blocks.0.hook_resid_pre"] + [
+        f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)
+    ]:
         x = torch.cat(feats[name])
         x = torch.cat([x, torch.ones(len(x), 1)], 1)
         accs = []
@@ -143,7 +147,12 @@ def train_reader(path, select: bool, steps: int, seed: int = 0) -> list[tuple[in
     for split, (n, data_seed) in {"train": (3000, 1), "test": (500, 2)}.items():
         s = shapes(n, seed=data_seed, kinds=("count_object",))
         cls = torch.tensor([asked_class(x) for x in s])
-        data[split] = (image_tokens(hf, processor, s), cls[:, 0], cls[:, 1], torch.tensor([int(x.answer) - 1 for x in s]))
+        data[split] = (
+            image_tokens(hf, processor, s),
+            cls[:, 0],
+            cls[:, 1],
+            torch.tensor([int(x.answer) - 1 for x in s]),
+        )
     reader = Reader(data["train"][0].shape[-1], select, base)
     opt = torch.optim.Adam(reader.parameters(), 3e-3)
     x, c, k, y = data["train"]
@@ -175,7 +184,10 @@ def main(argv=None) -> None:
     print("1. linear probe of the asked class at the answer query (held-out accuracy):")
     for name, color, kind in probe_query(args.path):
         print(f"  {name}: colour {color:.0%}, shape {kind:.0%}")
-    for select, title in ((True, "2. one selecting attention head on the frozen image tokens"), (False, "3. no selection (mean over image tokens)")):
+    for select, title in (
+        (True, "2. one selecting attention head on the frozen image tokens"),
+        (False, "3. no selection (mean over image tokens)"),
+    ):
         print(f"{title}, held-out object counting accuracy (chance 1/7):")
         for step, acc in train_reader(args.path, select, args.steps):
             print(f"  step {step}: {acc:.1%}")

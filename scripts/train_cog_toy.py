@@ -52,8 +52,10 @@ CHANCE = {
     "Decision-making": "mix: 1/2 (yes/no), 1/4 (colour), 1/6 (count)",
     "main": "mix: 1/2 (compare, same_kind), 1/4 (left_color), 1/6 (share_color)",
 }
-CHANCE_NOTE = ("uniform guess among the answers of the question's type: colours 4, shapes 3, counts 1..6, yes/no; "
-               "the label (or majority) baseline within a type is at most ~0.55 (yes/no) and 0.3 (counts)")
+CHANCE_NOTE = (
+    "uniform guess among the answers of the question's type: colours 4, shapes 3, counts 1..6, yes/no; "
+    "the label (or majority) baseline within a type is at most ~0.55 (yes/no) and 0.3 (counts)"
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -95,7 +97,9 @@ def chunks_by_length(fast: FastInputs, samples: Sequence[Sample], n_chunks: int 
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, fast: FastInputs, samples: Sequence[Sample], batch_size: int = 64) -> dict[str, float]:
+def accuracy(
+    model: torch.nn.Module, fast: FastInputs, samples: Sequence[Sample], batch_size: int = 64
+) -> dict[str, float]:
     """First-token argmax accuracy per function label (``"main"``: main questions; ``"main:<template>"`` too)."""
     hits: dict[str, list[bool]] = defaultdict(list)
     for chunk in chunks_by_length(fast, samples, max(1, len(samples) // batch_size)):
@@ -200,20 +204,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
     log = {
-        "command": "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["scripts/train_cog_toy.py", *argv])),
+        "command": "python "
+        + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["scripts/train_cog_toy.py", *argv])),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "steps_done": step + 1,
         "train_seconds": round(total, 1),
         "seconds_per_step": round(total / (step + 1), 4),
         "n_params": n_params,
-        "init_from_log": (json.loads((args.init_from / "train_log.json").read_text())
-                          if (args.init_from / "train_log.json").is_file() else None),
+        "init_from_log": (
+            json.loads((args.init_from / "train_log.json").read_text())
+            if (args.init_from / "train_log.json").is_file()
+            else None
+        ),
         "functions": list(FUNCTIONS),
         "templates": list(TEMPLATES),
         "accuracy_before_training": before,
         "final_accuracy": history[-1]["accuracy"],
-        "held_out": {"seed": args.eval_seed, "items": args.eval_items, "metric": "first-token argmax",
-                     "samples": "every subquestion (chain context) and every main question (no chain)"},
+        "held_out": {
+            "seed": args.eval_seed,
+            "items": args.eval_items,
+            "metric": "first-token argmax",
+            "samples": "every subquestion (chain context) and every main question (no chain)",
+        },
         "chance": CHANCE,
         "chance_note": CHANCE_NOTE,
         "history": history,

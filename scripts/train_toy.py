@@ -187,7 +187,11 @@ class FastInputs:
         """Tokenise ``texts`` (one ``<image>`` each) and normalise the samples' images."""
         texts = [t.replace("<image>", "<image>" * self.n_image) for t in texts]
         enc = self.tok(texts, padding=True, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "pixel_values": self.pixels(samples)}
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "pixel_values": self.pixels(samples),
+        }
 
     def pixels(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``pixel_values`` ``[b, 3, size, size]`` of the samples' images."""
@@ -216,8 +220,8 @@ def conversation(sample: Sample, turns: int, seed: int) -> list[tuple[str, str]]
     """
     from collections import Counter
 
-    from vh_lens.evaluation.answers import format_question
     from vh_lens.data.shapes import COLORS, QUESTION_TEMPLATES, SHAPE_KINDS
+    from vh_lens.evaluation.answers import format_question
 
     rng = np.random.default_rng([seed, int(sample.metadata["id"].rsplit("-", 1)[1]), 7])
     meta = sample.metadata
@@ -330,7 +334,9 @@ def answer_loss(
 
 
 @torch.no_grad()
-def first_token_predictions(model: torch.nn.Module, fast: FastInputs, samples: Sequence[Sample], batch_size: int = 64) -> list[str]:
+def first_token_predictions(
+    model: torch.nn.Module, fast: FastInputs, samples: Sequence[Sample], batch_size: int = 64
+) -> list[str]:
     """Greedy first answer token (as text) of each sample."""
     preds: dict[int, str] = {}
     index = {id(s): i for i, s in enumerate(samples)}
@@ -354,7 +360,9 @@ def accuracy_by_kind(model: torch.nn.Module, fast: FastInputs, samples: Sequence
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
-def patch_targets(samples: Sequence[Sample], colors: Sequence[str], kinds: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_targets(
+    samples: Sequence[Sample], colors: Sequence[str], kinds: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch labels ``[b, cells]``: shape class (0 empty, 1 + color * n_kinds + kind) and box flag."""
     grid = samples[0].metadata["grid"]
     cls = torch.zeros(len(samples), grid * grid, dtype=torch.long)
@@ -408,7 +416,9 @@ def pretrain_vision(model: torch.nn.Module, fast: FastInputs, args: argparse.Nam
     count_hits: list[float] = []
     for step in range(args.vision_pretrain_steps):
         for group in opt.param_groups:  # cosine decay to 5%
-            group["lr"] = args.vision_pretrain_lr * (0.05 + 0.475 * (1 + math.cos(math.pi * step / args.vision_pretrain_steps)))
+            group["lr"] = args.vision_pretrain_lr * (
+                0.05 + 0.475 * (1 + math.cos(math.pi * step / args.vision_pretrain_steps))
+            )
         samples = shapes(args.batch_size, seed=args.seed + 1, start=step * args.batch_size)
         pixels = fast.pixels(samples)
         feats = torch.stack(list(model.model.get_image_features(pixel_values=pixels).pooler_output))  # [b, cells, d]
@@ -435,9 +445,9 @@ def pretrain_vision(model: torch.nn.Module, fast: FastInputs, args: argparse.Nam
         losses.append(loss.item())
         if (step + 1) % args.log_every == 0:
             acc = (pred == cls)[cls > 0].float().mean().item()
-            counted = f" own-class count accuracy {np.mean(count_hits[-args.log_every:]):.3f}" if count_hits else ""
+            counted = f" own-class count accuracy {np.mean(count_hits[-args.log_every :]):.3f}" if count_hits else ""
             print(
-                f"vision step {step + 1} loss {sum(losses[-args.log_every:]) / args.log_every:.4f} "
+                f"vision step {step + 1} loss {sum(losses[-args.log_every :]) / args.log_every:.4f} "
                 f"shape-patch accuracy {acc:.3f}{counted}",
                 flush=True,
             )
@@ -445,7 +455,9 @@ def pretrain_vision(model: torch.nn.Module, fast: FastInputs, args: argparse.Nam
 
 
 @torch.no_grad()
-def init_word_embeddings(model: torch.nn.Module, fast: FastInputs, args: argparse.Namespace, n_images: int = 256) -> None:
+def init_word_embeddings(
+    model: torch.nn.Module, fast: FastInputs, args: argparse.Namespace, n_images: int = 256
+) -> None:
     """Set the input embeddings of the colour and shape words from the trained image features.
 
     The mean image token of each class (colour, kind) minus that of an empty cell is fitted by
@@ -587,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (step + 1) % args.log_every == 0:
             print(
                 f"step {step + 1} loss {sum(running) / len(running):.4f} lr {lr_at(step, args):.2e} "
-                f"grad norm {np.median(grad_norms[-args.log_every:]):.3g} s/step {train_time / (step + 1):.3f} elapsed {time.perf_counter() - t0:.0f}s",
+                f"grad norm {np.median(grad_norms[-args.log_every :]):.3g} s/step {train_time / (step + 1):.3f} elapsed {time.perf_counter() - t0:.0f}s",
                 flush=True,
             )
             running = []
@@ -610,7 +622,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.save_pretrained(partial)
     processor.save_pretrained(partial)
     log = {
-        "command": "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["scripts/train_toy.py", *argv])),
+        "command": "python "
+        + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["scripts/train_toy.py", *argv])),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "steps_done": step + 1,
         "vision_pretrain_seconds": round(pretrain_seconds, 1),

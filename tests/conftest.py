@@ -75,12 +75,13 @@ def _arguments_checked_unless_marked(request):
     finally:
         jaxtyping.config.update("jaxtyping_disable", before)
 
+
 # One thread: tiny models gain nothing from more, and on a busy 2-core machine two threads
 # make each forward pass many times slower.
 torch.set_num_threads(1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_pair(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | None = None, **kw):
     """(Hugging Face model, processor), cached for the session."""
     from vh_lens.testing import tiny_llava
@@ -88,7 +89,7 @@ def tiny_pair(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | No
     return tiny_llava(kind, backbone, n_kv_heads=n_kv_heads, **kw)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_lens(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | None = None, processed: bool = True):
     import vh_lens
 
@@ -97,7 +98,7 @@ def tiny_lens(kind: str = "llava", backbone: str = "llama", n_kv_heads: int | No
     return loader(model, processor=processor)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_script(name: str):
     """``scripts/{name}.py`` imported as a module (the scripts are not part of the package)."""
     path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"

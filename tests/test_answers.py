@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vh_lens.data.sample import Sample
 from vh_lens.evaluation.answers import (
     COUNT_RANGE,
     MC_SUFFIX,
@@ -22,7 +23,6 @@ from vh_lens.evaluation.answers import (
     parse_number,
     parse_yes_no,
 )
-from vh_lens.data.sample import Sample
 
 MC = Sample(None, "How many dogs?", answer="B", choices=("One", "Two", "Three", "Four"))
 YES_NO = Sample(None, "Is there a dog in the image?", answer="yes", metadata={"task": "yes_no"})

@@ -31,9 +31,9 @@ from safetensors.torch import load_file, save_file
 import vh_lens
 import vh_lens.visual_heads.scan as visual_heads
 from vh_lens.cli import main
-from vh_lens.data import Sample, load_jsonl, load_rgb
 from vh_lens.core.layout import check_box
 from vh_lens.core.loading import UnsupportedModelError
+from vh_lens.data import Sample, load_jsonl, load_rgb
 
 NAN = float("nan")
 
@@ -110,8 +110,9 @@ def _interrupted_scan(env: Env, model: Path, data: Path, out: Path) -> None:
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    with mock.patch.object(visual_heads, "_write_checkpoint", write_then_interrupt), contextlib.redirect_stderr(
-        io.StringIO()
+    with (
+        mock.patch.object(visual_heads, "_write_checkpoint", write_then_interrupt),
+        contextlib.redirect_stderr(io.StringIO()),
     ):
         assert main(env.scan_argv(data, out, "--checkpoint-every", "2", model=model)) == 130
 

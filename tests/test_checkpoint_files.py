@@ -50,7 +50,9 @@ def test_absurd_header_length(ckpt):
     path = ckpt / "model.safetensors"
     raw = path.read_bytes()
     path.write_bytes((2**62).to_bytes(8, "little") + raw[8:])
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: header length 4611686018427387904 bytes exceeds the file"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: header length 4611686018427387904 bytes exceeds the file"
+    ):
         _load(ckpt)
 
 
@@ -81,7 +83,10 @@ def test_truncated_file_data_beyond_end(ckpt):
     path = ckpt / "model.safetensors"
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) - 1000])
-    with pytest.raises(CheckpointError, match=r"truncated\?\): tensor .* in .*model\.safetensors ends at byte \d+, beyond the end of the file"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"truncated\?\): tensor .* in .*model\.safetensors ends at byte \d+, beyond the end of the file",
+    ):
         _load(ckpt)
 
 
@@ -100,7 +105,9 @@ def test_unsupported_dtype(ckpt):
     header, data = _split(path)
     header[DOWN]["dtype"] = "F8_E4M3"
     _write(path, header, data)
-    with pytest.raises(CheckpointError, match=rf"tensor {DOWN} in .*model\.safetensors has dtype 'F8_E4M3', which is not supported"):
+    with pytest.raises(
+        CheckpointError, match=rf"tensor {DOWN} in .*model\.safetensors has dtype 'F8_E4M3', which is not supported"
+    ):
         _load(ckpt)
 
 
@@ -109,7 +116,9 @@ def test_missing_tensor_names_it_and_the_files(ckpt):
     header, data = _split(path)
     del header[DOWN]  # its bytes stay, unreferenced
     _write(path, header, data)
-    with pytest.raises(CheckpointError, match=rf"checkpoint has no tensor {DOWN} \(searched model\.safetensors in .*model\)"):
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint has no tensor {DOWN} \(searched model\.safetensors in .*model\)"
+    ):
         _load(ckpt)
 
 
@@ -119,7 +128,10 @@ def test_wrong_shape_names_expected_and_found(ckpt):
     rows, cols = header[DOWN]["shape"]
     header[DOWN]["shape"] = [cols, rows]  # same bytes, transposed shape
     _write(path, header, data)
-    with pytest.raises(CheckpointError, match=rf"tensor {DOWN} in model\.safetensors has shape \[{cols}, {rows}\], expected \[{rows}, {cols}\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"tensor {DOWN} in model\.safetensors has shape \[{cols}, {rows}\], expected \[{rows}, {cols}\]",
+    ):
         _load(ckpt)
 
 
@@ -129,7 +141,10 @@ def test_index_names_missing_shard(ckpt):
     weight_map[DOWN] = "model-00002-of-00002.safetensors"
     (ckpt / "model.safetensors").rename(ckpt / "model-00001-of-00002.safetensors")
     (ckpt / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    with pytest.raises(CheckpointError, match=r"names shard model-00002-of-00002\.safetensors \(1 tensors\), which is not in the folder"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"names shard model-00002-of-00002\.safetensors \(1 tensors\), which is not in the folder",
+    ):
         _load(ckpt)
 
 
@@ -159,7 +174,10 @@ def test_nan_weights_are_named_with_their_count(ckpt):
 
 def test_infinite_weights_on_the_vision_side(ckpt):
     _poke(ckpt, PATCH, [float("inf"), float("-inf"), float("nan")], [0, 7, 9])
-    with pytest.raises(CheckpointError, match=rf"checkpoint tensor {PATCH} in model\.safetensors holds 1 NaN values and 2 infinite values"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"checkpoint tensor {PATCH} in model\.safetensors holds 1 NaN values and 2 infinite values",
+    ):
         _load(ckpt)
 
 
@@ -185,7 +203,9 @@ def test_in_memory_model_with_nan_is_refused():
     bad.load_state_dict(hf.state_dict())
     with torch.no_grad():
         bad.model.multi_modal_projector.linear_1.weight[0, 0] = float("nan")
-    with pytest.raises(CheckpointError, match=r"multi_modal_projector\.linear_1\.weight of the in-memory model holds 1 NaN values"):
+    with pytest.raises(
+        CheckpointError, match=r"multi_modal_projector\.linear_1\.weight of the in-memory model holds 1 NaN values"
+    ):
         vh_lens.load_llava(bad, processor=processor)
 
 

@@ -45,10 +45,14 @@ def test_given_ks_warn_when_capped_or_without_a_control() -> None:
     ks, notes = plan_ks([10, 20, 30, 50], ["early", "mid", "late"], 6, 8, n_seeds=3)
     assert ks == (10, 20, 30, 50)
     assert notes == [
-        ("warning: k=20, 30, 50 capped at the 16 heads of stages early, mid, late (the same heads as k=16: "
-         "identical columns)"),
-        ("warning: no random control for k=10, 20, 30, 50 in stages early, mid, late: it needs k heads outside the "
-         "top k, so k at most 8 of 16 heads"),
+        (
+            "warning: k=20, 30, 50 capped at the 16 heads of stages early, mid, late (the same heads as k=16: "
+            "identical columns)"
+        ),
+        (
+            "warning: no random control for k=10, 20, 30, 50 in stages early, mid, late: it needs k heads outside the "
+            "top k, so k at most 8 of 16 heads"
+        ),
     ]
     _, notes = plan_ks([8], ["early"], 6, 8, n_seeds=2)
     assert notes == [("warning: k=8 in stage early: the random control is the only 8 heads outside the top k, the "

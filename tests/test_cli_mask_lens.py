@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import striped_image
 
-from vh_lens.cli import main
 from vh_lens.analysis.logit_lens import LogitLensResult
+from vh_lens.cli import main
 from vh_lens.visual_heads.masking import MaskingResult
 from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
@@ -56,8 +56,14 @@ def _leftovers(folder) -> list[str]:
 def test_mask_command_writes_table_and_plot(files, capsys) -> None:
     out = files["root"] / "mask_out"
     assert main(_mask_args(files, out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "masking.csv", "masking.html", "masking.json", "masking.md",
-                                                    "plotly.min.js"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "inputs.json",
+        "masking.csv",
+        "masking.html",
+        "masking.json",
+        "masking.md",
+        "plotly.min.js",
+    ]
     result = MaskingResult.load(out)
     assert [(r.stage, r.k) for r in result.rows] == [("early", 1), ("early", 2), ("mid", 1), ("mid", 2)]
     assert result.row("mid", 2).top_heads == ((1, 3), (1, 2))

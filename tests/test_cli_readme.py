@@ -63,7 +63,9 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys) -> None:
     assert '<a class="other" href="../mask/masking.html">' in report
 
 
-@pytest.mark.parametrize("text", ["no example", "<!-- cli-example -->\n```text\nvh-lens scan\n```\n<!-- /cli-example -->"])
+@pytest.mark.parametrize(
+    "text", ["no example", "<!-- cli-example -->\n```text\nvh-lens scan\n```\n<!-- /cli-example -->"]
+)
 def test_a_missing_example_fails(text) -> None:
     with pytest.raises(AssertionError, match="no <!-- cli-example --> bash block"):
         readme_commands(text)

@@ -15,8 +15,8 @@ import vh_lens.visual_heads.scan as visual_heads
 from vh_lens.cli import main
 from vh_lens.commands import scan as scan_command
 from vh_lens.data import load_jsonl, load_looktwice
-from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 from vh_lens.visual_heads.scan import scan_visual_heads
+from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
 
 N_SAMPLES = 5
 
@@ -317,4 +317,3 @@ def test_report_attention_rows_match_the_cached_pattern(files, lens, query) -> N
     assert len(fig.layout.shapes) == 2  # the box, once per panel
     titles = [a.text.split(" ")[0] for a in fig.layout.annotations]
     assert titles == [f"L{layer}H{head}" for layer, head in scores.top_heads(2)]
-

@@ -70,37 +70,76 @@ def _cases() -> list[Case]:
     for cls, bb in {"MistralConfig": "mistral", "Qwen2Config": "qwen2", "Phi3Config": "phi3"}.items():
         # the same fields, all on one model per backbone (the code path is the Llama one)
         text = tuple((f, v) for f, v in generic.items() if v is not None)
-        cases.append(Case((cls, "head_dim"), backbone=bb, text=text, n_kv=1 if bb == "mistral" else 2,
-                          also=tuple((cls, f) for f in generic if f != "head_dim")))
-    llama3 = {"rope_type": "llama3", "rope_theta": 5000.0, "factor": 8.0, "low_freq_factor": 1.0,
-              "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+        cases.append(
+            Case(
+                (cls, "head_dim"),
+                backbone=bb,
+                text=text,
+                n_kv=1 if bb == "mistral" else 2,
+                also=tuple((cls, f) for f in generic if f != "head_dim"),
+            )
+        )
+    llama3 = {
+        "rope_type": "llama3",
+        "rope_theta": 5000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
     for act in ("gelu", "gelu_fast", "gelu_pytorch_tanh", "relu", "relu2", "swish"):
         cases.append(Case(("LlamaConfig", "hidden_act"), text=(("hidden_act", act),)))
     cases += [
         Case(("LlamaConfig", "rope_parameters"), text=(("rope_parameters", llama3),), n_kv=2),
         Case(("MistralConfig", "rope_parameters"), backbone="mistral", text=(("rope_parameters", llama3),)),
         Case(("Qwen2Config", "rope_parameters"), backbone="qwen2", text=(("rope_parameters", llama3),)),
-        Case(("Phi3Config", "rope_parameters"), backbone="phi3",
-             text=(("rope_parameters", {"rope_type": "default", "rope_theta": 37.0, "partial_rotary_factor": 0.5}),)),
+        Case(
+            ("Phi3Config", "rope_parameters"),
+            backbone="phi3",
+            text=(("rope_parameters", {"rope_type": "default", "rope_theta": 37.0, "partial_rotary_factor": 0.5}),),
+        ),
         Case(("LlamaConfig", "attention_bias"), text=(("attention_bias", True),)),
         Case(("LlamaConfig", "attention_bias"), text=(("attention_bias", True),), n_kv=2),
         Case(("LlamaConfig", "pretraining_tp"), text=(("pretraining_tp", 2),)),
         Case(("MistralConfig", "sliding_window"), backbone="mistral", text=(("sliding_window", _WINDOW),)),
-        Case(("MistralConfig", "sliding_window"), kind="llava_next", backbone="mistral", text=(("sliding_window", _WINDOW),)),
-        Case(("Qwen2Config", "use_sliding_window"), backbone="qwen2",
-             text=(("use_sliding_window", True), ("sliding_window", _WINDOW), ("max_window_layers", 1))),
-        Case(("Qwen2Config", "max_window_layers"), backbone="qwen2",
-             text=(("use_sliding_window", True), ("sliding_window", _WINDOW), ("max_window_layers", 0))),
-        Case(("Qwen2Config", "layer_types"), backbone="qwen2",
-             text=(("use_sliding_window", True), ("sliding_window", _WINDOW),
-                   ("layer_types", ["sliding_attention", "full_attention"]))),
-        Case(("Qwen2Config", "sliding_window"), backbone="qwen2",
-             text=(("use_sliding_window", True), ("sliding_window", 12), ("max_window_layers", 1))),
+        Case(
+            ("MistralConfig", "sliding_window"),
+            kind="llava_next",
+            backbone="mistral",
+            text=(("sliding_window", _WINDOW),),
+        ),
+        Case(
+            ("Qwen2Config", "use_sliding_window"),
+            backbone="qwen2",
+            text=(("use_sliding_window", True), ("sliding_window", _WINDOW), ("max_window_layers", 1)),
+        ),
+        Case(
+            ("Qwen2Config", "max_window_layers"),
+            backbone="qwen2",
+            text=(("use_sliding_window", True), ("sliding_window", _WINDOW), ("max_window_layers", 0)),
+        ),
+        Case(
+            ("Qwen2Config", "layer_types"),
+            backbone="qwen2",
+            text=(
+                ("use_sliding_window", True),
+                ("sliding_window", _WINDOW),
+                ("layer_types", ["sliding_attention", "full_attention"]),
+            ),
+        ),
+        Case(
+            ("Qwen2Config", "sliding_window"),
+            backbone="qwen2",
+            text=(("use_sliding_window", True), ("sliding_window", 12), ("max_window_layers", 1)),
+        ),
         Case(("Phi3Config", "sliding_window"), backbone="phi3", text=(("sliding_window", _WINDOW),)),
         Case(("Phi3Config", "resid_pdrop"), backbone="phi3", text=(("resid_pdrop", 0.5),)),
         Case(("Phi3Config", "embd_pdrop"), backbone="phi3", text=(("embd_pdrop", 0.5),)),
-        Case(("Phi3Config", "original_max_position_embeddings"), backbone="phi3",
-             text=(("original_max_position_embeddings", 64),)),
+        Case(
+            ("Phi3Config", "original_max_position_embeddings"),
+            backbone="phi3",
+            text=(("original_max_position_embeddings", 64),),
+        ),
         Case(("LlavaConfig", "tie_word_embeddings"), llava=(("tie_word_embeddings", True),)),
         Case(("LlavaConfig", "projector_hidden_act"), llava=(("projector_hidden_act", "relu"),)),
         Case(("LlavaConfig", "vision_feature_layer"), llava=(("vision_feature_layer", -1),)),
@@ -109,12 +148,17 @@ def _cases() -> list[Case]:
         Case(("LlavaNextConfig", "tie_word_embeddings"), kind="llava_next", llava=(("tie_word_embeddings", True),)),
         Case(("LlavaNextConfig", "projector_hidden_act"), kind="llava_next", llava=(("projector_hidden_act", "relu"),)),
         Case(("LlavaNextConfig", "vision_feature_layer"), kind="llava_next", llava=(("vision_feature_layer", -1),)),
-        Case(("LlavaNextConfig", "multimodal_projector_bias"), kind="llava_next",
-             llava=(("multimodal_projector_bias", False),)),
+        Case(
+            ("LlavaNextConfig", "multimodal_projector_bias"),
+            kind="llava_next",
+            llava=(("multimodal_projector_bias", False),),
+        ),
         Case(("VipLlavaConfig", "tie_word_embeddings"), kind="vip_llava", llava=(("tie_word_embeddings", True),)),
         Case(("VipLlavaConfig", "projector_hidden_act"), kind="vip_llava", llava=(("projector_hidden_act", "relu"),)),
         Case(("VipLlavaConfig", "vision_feature_layer"), kind="vip_llava", llava=(("vision_feature_layer", [-1, 1]),)),
-        Case(("VipLlavaConfig", "projector_layernorm_eps"), kind="vip_llava", llava=(("projector_layernorm_eps", 0.3),)),
+        Case(
+            ("VipLlavaConfig", "projector_layernorm_eps"), kind="vip_llava", llava=(("projector_layernorm_eps", 0.3),)
+        ),
         Case(("CLIPVisionConfig", "hidden_act"), vision=(("hidden_act", "gelu"),)),
         Case(("CLIPVisionConfig", "layer_norm_eps"), vision=(("layer_norm_eps", 0.3),)),
         Case(("CLIPVisionConfig", "attention_dropout"), vision=(("attention_dropout", 0.5),)),
@@ -216,6 +260,7 @@ def test_honoured_field_matches_hugging_face(case):
 
 def test_sliding_windows_land_on_the_right_layers():
     """Qwen2's window only on layers >= max_window_layers (or as layer_types says); Mistral on all."""
+
     def types(case):
         return hooked_config(_hf(case)[0].config).attn_types
 
@@ -244,9 +289,9 @@ def test_every_declared_field_is_classified():
     for name in (*conformance.LLAVA_CLASSES, *conformance.TEXT_CLASSES, *conformance.VISION_CLASSES):
         cls = getattr(transformers, name)
         for f in dataclasses.fields(cls):
-            assert (name, f.name) in FIELD_RULES or f.name in INERT_FIELDS or f.name in ("text_config", "vision_config"), (
-                f"{name}.{f.name} is neither in the table nor inert"
-            )
+            assert (
+                (name, f.name) in FIELD_RULES or f.name in INERT_FIELDS or f.name in ("text_config", "vision_config")
+            ), f"{name}.{f.name} is neither in the table nor inert"
     rows = vh_lens.conformance_table()
     assert {r[2] for r in rows} == {"honoured", "refused", "inert"}
     assert ("LlamaConfig", "mlp_bias", "refused") in {r[:3] for r in rows}
@@ -267,22 +312,77 @@ REFUSED = [
     ("llama", {"mlp_bias": True}, "LlamaConfig.mlp_bias = True (TransformerLens' gated MLP has no gate/up bias)"),
     ("llama", {"hidden_act": "quick_gelu"}, "LlamaConfig.hidden_act = 'quick_gelu'"),
     ("llama", {"hidden_act": "tanh"}, "LlamaConfig.hidden_act = 'tanh'"),
-    ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}}, "LlamaConfig.rope_parameters = {'rope_type': 'linear'"),
-    ("llama", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}}, "LlamaConfig.rope_parameters = {'rope_type': 'dynamic'"),
-    ("mistral", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, "MistralConfig.rope_parameters = {'rope_type': 'yarn'"),
-    ("phi3", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}},
-     "Phi3Config.rope_parameters = {'rope_type': 'longrope'"),
-    ("phi3", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0,
-                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
-     "Phi3Config.rope_parameters = {'rope_type': 'llama3'"),
-    ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
-     "LlamaConfig.rope_parameters = {'rope_type': 'default', 'rope_theta': 10000.0, 'partial_rotary_factor': 0.5}"),
-    ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 2]}},
-     "LlamaConfig.rope_parameters = {'rope_type': 'default', 'rope_theta': 10000.0, 'mrope_section': [2, 2]} (rope parameter(s) ['mrope_section']"),
-    ("qwen2", {"layer_types": ["full_attention", "sliding_attention"]}, "Qwen2Config.layer_types = ['full_attention', 'sliding_attention'] (sliding layers without a sliding_window"),
-    ("qwen2", {"layer_types": ["full_attention", "chunked_attention"]}, "Qwen2Config.layer_types = ['full_attention', 'chunked_attention']"),
-    ("qwen2", {"layer_types": ["full_attention"]}, "Qwen2Config.layer_types = ['full_attention'] (must list one attention type per layer)"),
-    ("mistral", {"layer_types": ["full_attention", "sliding_attention"]}, "MistralConfig.layer_types = ['full_attention', 'sliding_attention'] (not a MistralConfig field"),
+    (
+        "llama",
+        {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}},
+        "LlamaConfig.rope_parameters = {'rope_type': 'linear'",
+    ),
+    (
+        "llama",
+        {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+        "LlamaConfig.rope_parameters = {'rope_type': 'dynamic'",
+    ),
+    (
+        "mistral",
+        {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},
+        "MistralConfig.rope_parameters = {'rope_type': 'yarn'",
+    ),
+    (
+        "phi3",
+        {
+            "rope_parameters": {
+                "rope_type": "longrope",
+                "rope_theta": 1e4,
+                "short_factor": [1.0] * 8,
+                "long_factor": [2.0] * 8,
+            }
+        },
+        "Phi3Config.rope_parameters = {'rope_type': 'longrope'",
+    ),
+    (
+        "phi3",
+        {
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 1e4,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
+        },
+        "Phi3Config.rope_parameters = {'rope_type': 'llama3'",
+    ),
+    (
+        "llama",
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+        "LlamaConfig.rope_parameters = {'rope_type': 'default', 'rope_theta': 10000.0, 'partial_rotary_factor': 0.5}",
+    ),
+    (
+        "llama",
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 2]}},
+        "LlamaConfig.rope_parameters = {'rope_type': 'default', 'rope_theta': 10000.0, 'mrope_section': [2, 2]} (rope parameter(s) ['mrope_section']",
+    ),
+    (
+        "qwen2",
+        {"layer_types": ["full_attention", "sliding_attention"]},
+        "Qwen2Config.layer_types = ['full_attention', 'sliding_attention'] (sliding layers without a sliding_window",
+    ),
+    (
+        "qwen2",
+        {"layer_types": ["full_attention", "chunked_attention"]},
+        "Qwen2Config.layer_types = ['full_attention', 'chunked_attention']",
+    ),
+    (
+        "qwen2",
+        {"layer_types": ["full_attention"]},
+        "Qwen2Config.layer_types = ['full_attention'] (must list one attention type per layer)",
+    ),
+    (
+        "mistral",
+        {"layer_types": ["full_attention", "sliding_attention"]},
+        "MistralConfig.layer_types = ['full_attention', 'sliding_attention'] (not a MistralConfig field",
+    ),
     ("qwen2", {"attention_bias": True}, "Qwen2Config.attention_bias = True (not a Qwen2Config field"),
     ("mistral", {"sliding_window": 0}, "MistralConfig.sliding_window = 0"),
     ("llama", {"foo": 3}, "LlamaConfig.foo = 3 (not a LlamaConfig field"),
@@ -315,8 +415,10 @@ def test_field_not_in_the_table_is_refused_when_not_default(monkeypatch):
     config = _config()
     check_conformance(config)  # attention_bias = False: the default, accepted
     config.text_config.attention_bias = True
-    with pytest.raises(vh_lens.UnsupportedModelError,
-                       match=r"LlamaConfig.attention_bias = True \(differs from the default False and is not in"):
+    with pytest.raises(
+        vh_lens.UnsupportedModelError,
+        match=r"LlamaConfig.attention_bias = True \(differs from the default False and is not in",
+    ):
         check_conformance(config)
 
 
@@ -338,8 +440,11 @@ def test_untied_checkpoint_without_lm_head_is_refused(tmp_path):
     hf.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
-    save_file({k: v for k, v in state.items() if "lm_head" not in k}, tmp_path / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if "lm_head" not in k},
+        tmp_path / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     with pytest.raises(vh_lens.CheckpointError, match="no tensor lm_head.weight"):  # found up front, before any read
         vh_lens.load_llava(tmp_path)
 
@@ -386,7 +491,12 @@ def patch_float64_reference(monkeypatch) -> None:
     from transformers.models.phi3 import modeling_phi3
     from transformers.models.qwen2 import modeling_qwen2
 
-    for module, prefix in ((modeling_llama, "Llama"), (modeling_mistral, "Mistral"), (modeling_qwen2, "Qwen2"), (modeling_phi3, "Phi3")):
+    for module, prefix in (
+        (modeling_llama, "Llama"),
+        (modeling_mistral, "Mistral"),
+        (modeling_qwen2, "Qwen2"),
+        (modeling_phi3, "Phi3"),
+    ):
         monkeypatch.setattr(getattr(module, f"{prefix}RMSNorm"), "forward", _rms_norm_f64)
         monkeypatch.setattr(getattr(module, f"{prefix}RotaryEmbedding"), "forward", _rotary_f64)
         monkeypatch.setattr(module, "eager_attention_forward", _eager_f64)
@@ -394,11 +504,19 @@ def patch_float64_reference(monkeypatch) -> None:
 
 FLOAT64_CASES = [
     Case(("LlamaConfig", "attention_bias"), text=(("attention_bias", True),), n_kv=2),
-    Case(("Qwen2Config", "use_sliding_window"), backbone="qwen2",
-         text=(("use_sliding_window", True), ("sliding_window", _WINDOW), ("max_window_layers", 1))),
-    Case(("Phi3Config", "rope_parameters"), backbone="phi3",
-         text=(("rope_parameters", {"rope_type": "default", "rope_theta": 37.0, "partial_rotary_factor": 0.5}),)),
-    Case(("MistralConfig", "sliding_window"), kind="llava_next", backbone="mistral", text=(("sliding_window", _WINDOW),)),
+    Case(
+        ("Qwen2Config", "use_sliding_window"),
+        backbone="qwen2",
+        text=(("use_sliding_window", True), ("sliding_window", _WINDOW), ("max_window_layers", 1)),
+    ),
+    Case(
+        ("Phi3Config", "rope_parameters"),
+        backbone="phi3",
+        text=(("rope_parameters", {"rope_type": "default", "rope_theta": 37.0, "partial_rotary_factor": 0.5}),),
+    ),
+    Case(
+        ("MistralConfig", "sliding_window"), kind="llava_next", backbone="mistral", text=(("sliding_window", _WINDOW),)
+    ),
 ]
 
 

@@ -14,7 +14,11 @@ from vh_lens.functional_heads.interventions import FunctionInterventionReport, I
 N_LAYERS, N_HEADS = 6, 8
 # The planted circuit: perception heads feed reasoning heads, which feed the decision heads.
 PLANTED = {"perception": [(0, 1), (1, 3), (1, 6)], "reasoning": [(3, 2), (3, 5)], "decision": [(5, 0)]}
-NEEDS = {"perception": ["perception"], "reasoning": ["perception", "reasoning"], "decision": ["perception", "reasoning", "decision"]}
+NEEDS = {
+    "perception": ["perception"],
+    "reasoning": ["perception", "reasoning"],
+    "decision": ["perception", "reasoning", "decision"],
+}
 SEEDS = (0, 1, 2, 3, 4)
 
 
@@ -56,7 +60,9 @@ def test_planted_hierarchy_is_recovered():
     for f in PLANTED:
         assert e[idx[f], idx[f]] > 0.2
     assert [f for f, _ in m.upstream_order()] == ["perception", "reasoning", "decision"]
-    torch.testing.assert_close(m.functional[idx["perception"], idx["perception"]], torch.tensor(0.4, dtype=torch.float64))
+    torch.testing.assert_close(
+        m.functional[idx["perception"], idx["perception"]], torch.tensor(0.4, dtype=torch.float64)
+    )
     torch.testing.assert_close(m.drop, m.baseline[None] - m.functional)
 
 
@@ -66,7 +72,9 @@ def test_random_controls_are_averaged_by_hand():
     draws = [planted_accuracy(set(r.heads))["decision"] for r in report.runs_of("reasoning", "random")]
     mean = sum(draws) / len(draws)
     assert math.isclose(float(m.random_mean[1, 0]), mean, abs_tol=1e-12)
-    assert math.isclose(float(m.random_std[1, 0]), math.sqrt(sum((d - mean) ** 2 for d in draws) / len(draws)), abs_tol=1e-12)
+    assert math.isclose(
+        float(m.random_std[1, 0]), math.sqrt(sum((d - mean) ** 2 for d in draws) / len(draws)), abs_tol=1e-12
+    )
 
 
 def test_save_load_plot_and_refusals(tmp_path):

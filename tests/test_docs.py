@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_browser import chromium  # noqa: F401  (the browser fixture)
+from test_browser import chromium  # noqa: F401, F811  (the browser fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("mkdocs", reason="the docs extra (pip install -e '.[docs]') is not installed")
@@ -75,7 +75,7 @@ def test_plotly_outputs_become_html(generate) -> None:
     assert "<script src" not in data["text/html"]  # plotly.js comes from the site, once
 
 
-def test_a_converted_figure_draws_in_chromium(generate, chromium, tmp_path) -> None:
+def test_a_converted_figure_draws_in_chromium(generate, chromium, tmp_path) -> None:  # noqa: F811
     """The HTML made of a notebook's plotly output draws with the site's plotly.js loaded in the head."""
     import shutil
 

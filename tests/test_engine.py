@@ -131,7 +131,9 @@ def test_conditions_apply_their_hooks_and_prepare_once() -> None:
     again = engine.run_conditions(model, prepared, {"ablate": ablate_heads(heads)}, lambda c: QueryLogitSum())
     torch.testing.assert_close(again["ablate"].result(), out["ablate"].result(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="distinct"):
-        engine.run_conditions(model, prepared, [engine.Condition("a"), engine.Condition("a")], lambda c: QueryLogitSum())
+        engine.run_conditions(
+            model, prepared, [engine.Condition("a"), engine.Condition("a")], lambda c: QueryLogitSum()
+        )
 
 
 def test_condition_first_layer() -> None:

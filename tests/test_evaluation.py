@@ -7,17 +7,18 @@ import torch
 from conftest import striped_image, tiny_lens
 from transformer_lens.utilities import get_act_name
 
+from vh_lens.data.sample import Sample
 from vh_lens.evaluation import candidates
 from vh_lens.evaluation import scoring as evaluation
 from vh_lens.evaluation.answers import format_question, parse_answer
-from vh_lens.data.sample import Sample
 from vh_lens.evaluation.scoring import EvalResult, Prediction, candidate_token_ids, evaluate, prepare_answer_batch
 
 
 def _samples(answers=("B", "3", "no", "A")) -> list[Sample]:
     return [
-        Sample(striped_image((70, 40), 0), "what color is the dog", answer=answers[0],
-               choices=("red", "green", "blue")),  # fmt: skip
+        Sample(
+            striped_image((70, 40), 0), "what color is the dog", answer=answers[0], choices=("red", "green", "blue")
+        ),  # fmt: skip
         Sample(striped_image((50, 90), 1), "how many dogs are there", answer=answers[1], metadata={"task": "count"}),
         Sample(None, "is there a cat", answer=answers[2]),
         Sample(striped_image((64, 64), 2), "what is in the picture", answer=answers[3], choices=("dog", "cat")),

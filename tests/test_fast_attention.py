@@ -9,8 +9,8 @@ import torch
 from conftest import striped_image, tiny_lens
 
 import vh_lens
-from vh_lens.data.sample import Sample
 from vh_lens.core.fast_attention import mlp_supported, takes_fast_path
+from vh_lens.data.sample import Sample
 from vh_lens.testing import FAMILIES, tiny_llava
 from vh_lens.visual_heads.scan import HEAD_METRICS, scan_visual_heads
 
@@ -62,7 +62,9 @@ def test_pattern_hooks_send_the_layer_back_to_transformer_lens():
 
     assert takes_fast_path(attn)
     with torch.no_grad():
-        model.run_with_hooks(batch, fwd_hooks=[("blocks.1.attn.hook_attn_scores", grab), ("blocks.1.attn.hook_pattern", grab)])
+        model.run_with_hooks(
+            batch, fwd_hooks=[("blocks.1.attn.hook_attn_scores", grab), ("blocks.1.attn.hook_pattern", grab)]
+        )
     assert len(seen) == 2 and takes_fast_path(attn)  # hooks removed: fused again
     with model.hooks(bwd_hooks=[("blocks.1.attn.hook_pattern", lambda g, hook: None)]):
         assert not takes_fast_path(attn) and takes_fast_path(model.lm.blocks[0].attn)
@@ -128,7 +130,9 @@ def _samples():
     ]
 
 
-@pytest.mark.parametrize(("kind", "backbone", "n_kv"), [("llava", "llama", 2), ("llava_next", "mistral", None), ("llava", "phi3", None)])
+@pytest.mark.parametrize(
+    ("kind", "backbone", "n_kv"), [("llava", "llama", 2), ("llava_next", "mistral", None), ("llava", "phi3", None)]
+)
 @pytest.mark.parametrize("query", ["last_prompt", "answer_token"])
 def test_scan_rows_from_queries_and_keys_equal_pattern_rows(kind, backbone, n_kv, query):
     model = tiny_lens(kind, backbone, n_kv)
@@ -148,7 +152,9 @@ def test_scan_rows_respect_a_sliding_window():
     kw = {"batch_size": 2, "keep_per_sample": True, "progress": False}
     qk = scan_visual_heads(model, _samples(), attention="qk", **kw)
     pattern = scan_visual_heads(model, _samples(), attention="pattern", **kw)
-    np.testing.assert_allclose(qk.per_sample["text_weight"].numpy(), pattern.per_sample["text_weight"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        qk.per_sample["text_weight"].numpy(), pattern.per_sample["text_weight"].numpy(), atol=1e-6
+    )
     # sample 1's long question: the window (7 keys) ends after the image, so no image weight
     assert float(qk.per_sample["image_weight"][1].abs().max()) == 0.0
     assert float(qk.per_sample["image_weight"][0].max()) > 0.0  # short question: the image is in reach
@@ -165,4 +171,3 @@ def test_scan_attention_argument_is_checked():
 
     with pytest.raises(ValueError, match="attention='qk' needs"):
         scan_visual_heads(NoLm(), _samples()[:1], attention="qk", progress=False)
-

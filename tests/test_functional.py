@@ -11,12 +11,12 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 import torch
-import vh_lens
 from conftest import tiny_lens
 from transformer_lens.utilities import get_act_name
 
-from vh_lens.evaluation.answers import normalize_answer
+import vh_lens
 from vh_lens.data.cogvision import load_cogvision, subquestion_samples
+from vh_lens.evaluation.answers import normalize_answer
 from vh_lens.evaluation.scoring import evaluate
 from vh_lens.functional_heads.activations import collect_head_activations
 from vh_lens.functional_heads.interventions import function_hooks, intervene_on_functions, random_heads
@@ -99,9 +99,11 @@ def test_hooks_change_only_the_named_heads_as_specified(setup, options, expected
     lens, batch, cfg = setup["lens"], setup["batch"], setup["lens"].cfg
     gen = torch.Generator().manual_seed(0)
     u = torch.randn(2, cfg.n_layers, cfg.n_heads, cfg.d_head, generator=gen)
-    consts = {"means": torch.randn(cfg.n_layers, cfg.n_heads, cfg.d_head, generator=gen),
-              "u": u / u.norm(dim=-1, keepdim=True),
-              "sigma": torch.rand(2, cfg.n_layers, cfg.n_heads, generator=gen) + 0.5}
+    consts = {
+        "means": torch.randn(cfg.n_layers, cfg.n_heads, cfg.d_head, generator=gen),
+        "u": u / u.norm(dim=-1, keepdim=True),
+        "sigma": torch.rand(2, cfg.n_layers, cfg.n_heads, generator=gen) + 0.5,
+    }
     directions = FunctionDirections(functions=("A", "B"), u=consts["u"], sigma=consts["sigma"])
     hooks = function_hooks(HEADS, "B", means=consts["means"], directions=directions, cfg=cfg, **options)
     before, after = _z_around(lens, batch, hooks)

@@ -198,11 +198,20 @@ def _assert_tiling(boxes: torch.Tensor, visible: tuple[float, float, float, floa
 def next_model() -> LlavaNextModel:
     """A tiny LLaVA-NeXT whose ``pack_image_features`` is the reference for token order."""
     vision = CLIPVisionConfig(
-        image_size=VISION, patch_size=PATCH, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-        num_attention_heads=2, projection_dim=8,
+        image_size=VISION,
+        patch_size=PATCH,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        projection_dim=8,
     )
     text = LlamaConfig(
-        vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=16,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
         num_key_value_heads=2,
     )
     config = LlavaNextConfig(

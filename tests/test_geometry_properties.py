@@ -136,7 +136,9 @@ def _processor(family: str):
     hf, _ = tiny_pair("llava_onevision", "qwen2", 2)
     # do_pad=False for the several-images path: it pads each image to a square all the same
     return LlavaOnevisionImageProcessorPil(
-        size=SQUARE, image_grid_pinpoints=hf.config.image_grid_pinpoints, resample=NEAREST,
+        size=SQUARE,
+        image_grid_pinpoints=hf.config.image_grid_pinpoints,
+        resample=NEAREST,
         do_pad=family != "onevision_multi",
     )
 
@@ -167,15 +169,21 @@ def test_mask_is_the_cells_the_painted_box_reaches(family, case):
         base, tiles = cell_boxes_llava_next(size, processor, config.image_grid_pinpoints, vc.image_size, PATCH)
         must_base, must_tiles = _must(base, box), _must(tiles, box)
     else:
-        packed, _ = hf.model.pack_image_features(features, sizes, image_newline=newline,
-                                                 vision_aspect_ratio=config.vision_aspect_ratio)
-        base, tiles = cell_boxes_onevision(size, processor, config.image_grid_pinpoints, vc.image_size, PATCH,
-                                           config.vision_aspect_ratio)
+        packed, _ = hf.model.pack_image_features(
+            features, sizes, image_newline=newline, vision_aspect_ratio=config.vision_aspect_ratio
+        )
+        base, tiles = cell_boxes_onevision(
+            size, processor, config.image_grid_pinpoints, vc.image_size, PATCH, config.vision_aspect_ratio
+        )
         src_base, src_tiles = cell_boxes_llava_next(size, processor, config.image_grid_pinpoints, vc.image_size, PATCH)
         must_base, must_src = _must(src_base, box), _must(src_tiles, box)
         if tuple(tiles.shape[:2]) != tuple(src_tiles.shape[:2]):  # downsampled: a cell mixing a "must" cell
-            must_src = torch.nn.functional.interpolate(must_src.float()[None, None], list(tiles.shape[:2]),
-                                                       mode="bilinear")[0, 0] > 0
+            must_src = (
+                torch.nn.functional.interpolate(must_src.float()[None, None], list(tiles.shape[:2]), mode="bilinear")[
+                    0, 0
+                ]
+                > 0
+            )
         must_tiles = must_src
     packed = packed[0].flatten()
     ours = cell_overlap(base, box) > 0, cell_overlap(tiles, box) > 0
@@ -194,8 +202,12 @@ def test_token_counts_equal_the_processor_expansion(kind, case, n_images):
     from conftest import tiny_lens
 
     size, _ = case
-    backbone, kv = {"llava": ("llama", None), "llava_next": ("llama", None), "llava_interleave": ("qwen2", None),
-                    "llava_onevision": ("qwen2", 2)}[kind]
+    backbone, kv = {
+        "llava": ("llama", None),
+        "llava_next": ("llama", None),
+        "llava_interleave": ("qwen2", None),
+        "llava_onevision": ("qwen2", 2),
+    }[kind]
     _, processor = tiny_pair(kind, backbone, kv)
     model = tiny_lens(kind, backbone, kv)
     images = [_image(size, None)] + [_image((40, 30))] * (n_images - 1)
@@ -209,7 +221,11 @@ def test_token_counts_equal_the_processor_expansion(kind, case, n_images):
     assert first.positions.numel() == cells + first.newline_positions.numel()
     # the whole image touches every cell that sees any of it
     whole = lay.region_positions((0, 0, *size), image=0)
-    seen_cells = torch.cat([g.positions[(g.cell_boxes[..., 2] > g.cell_boxes[..., 0])
-                                        & (g.cell_boxes[..., 3] > g.cell_boxes[..., 1])] for g in first.grids])
+    seen_cells = torch.cat(
+        [
+            g.positions[(g.cell_boxes[..., 2] > g.cell_boxes[..., 0]) & (g.cell_boxes[..., 3] > g.cell_boxes[..., 1])]
+            for g in first.grids
+        ]
+    )
     assert torch.equal(whole, seen_cells.sort().values)
     assert math.isfinite(float(first.grids[0].cell_boxes.sum()))

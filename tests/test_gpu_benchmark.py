@@ -50,7 +50,7 @@ def test_tiny_cpu_smoke_run_prints_a_table_and_json(capsys) -> None:
     gpu = _module()
     assert gpu.main(["--tiny", "--device", "cpu", "--batch-sizes", "1", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    result = json.loads(out[-1][len("JSON "):])
+    result = json.loads(out[-1][len("JSON ") :])
     assert out[-1].startswith("JSON ") and any(line.startswith("llava-next-7b  scan") for line in out)
     rows = result["rows"]
     assert len(rows) == 2 * 2 * len(gpu.METHODS) and all(r["status"] == "ok" for r in rows)

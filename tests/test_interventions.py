@@ -13,7 +13,6 @@ from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
-from vh_lens.data.sample import Sample
 from vh_lens.analysis.interventions import (
     HeadMeans,
     ablate_heads,
@@ -23,6 +22,7 @@ from vh_lens.analysis.interventions import (
     shift_heads,
 )
 from vh_lens.core.layout import TokenLayout
+from vh_lens.data.sample import Sample
 
 N_LAYERS, D_MODEL, N_HEADS, D_HEAD, D_VOCAB = 2, 32, 4, 8, 50
 ATOL = 1e-5
@@ -110,6 +110,7 @@ def _hf_logits(hf: LlamaForCausalLM, ids: torch.Tensor, mask: torch.Tensor, o_pr
     handles = []
     if o_proj_input is not None:
         for layer, block in enumerate(hf.model.layers):
+
             def pre_hook(module, args, layer=layer):
                 return (o_proj_input(layer, args[0].clone()),)
 
@@ -437,7 +438,10 @@ def test_head_means_streams_batches_and_samples(pair, inputs, tmp_path):
     ids, mask = inputs
     model = FakeModel(pair.tl)
     first, second = _batch(ids[:1], mask[:1]), _batch(ids[1:, 3:], mask[1:, 3:])  # different lengths
-    z1, z2 = _all_z(pair.tl, first.input_ids, first.attention_mask), _all_z(pair.tl, second.input_ids, second.attention_mask)
+    z1, z2 = (
+        _all_z(pair.tl, first.input_ids, first.attention_mask),
+        _all_z(pair.tl, second.input_ids, second.attention_mask),
+    )
     pooled = torch.cat([z1[:, first.attention_mask.bool()], z2[:, second.attention_mask.bool()]], dim=1).mean(1)
     torch.testing.assert_close(head_means(model, [first, second]).mean, pooled, atol=1e-6, rtol=1e-5)
 
@@ -468,7 +472,7 @@ def test_head_means_validation(pair, inputs):
 
 def test_hook_fns_are_partials():
     """Hooks are plain functions with bound arguments: picklable-ish and inspectable."""
-    (name, fn), = ablate_heads([(1, 2)], "uniform")
+    ((name, fn),) = ablate_heads([(1, 2)], "uniform")
     assert name == "blocks.1.attn.hook_attn_scores" and isinstance(fn, partial)
-    (name, fn), = shift_heads([(0, 3)], torch.ones(1, D_HEAD))
+    ((name, fn),) = shift_heads([(0, 3)], torch.ones(1, D_HEAD))
     assert name == "blocks.0.attn.hook_z"

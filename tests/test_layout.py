@@ -22,7 +22,11 @@ def test_image_positions_are_where_the_expanded_ids_hold_the_image_token(kind):
         # text + image positions partition the non-padding positions
         both = torch.cat([lay.text_positions, lay.image_positions]).sort().values
         assert torch.equal(both, torch.arange(lay.n_pad, lay.seq_len))
-        grid_positions = torch.cat([g.positions.flatten() for g in lay.grids] + [lay.newline_positions]) if lay.grids else torch.zeros(0, dtype=torch.long)
+        grid_positions = (
+            torch.cat([g.positions.flatten() for g in lay.grids] + [lay.newline_positions])
+            if lay.grids
+            else torch.zeros(0, dtype=torch.long)
+        )
         assert torch.equal(grid_positions.sort().values, lay.image_positions)
 
 

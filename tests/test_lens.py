@@ -10,8 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-from vh_lens.core.layout import TokenLayout
 from vh_lens.analysis.logit_lens import LogitLensResult, answer_token_ids, logit_lens
+from vh_lens.core.layout import TokenLayout
 from vh_lens.plotting.logit_lens import plot_answer_prob_heatmap, plot_rank_per_layer
 
 WORDS = ["<unk>", "<pad>", "yes", "no", "red", "blue"] + [f"w{i}" for i in range(44)]  # 50 = d_vocab
@@ -142,9 +142,23 @@ def test_rows_save_load_concat(lm, batch, tmp_path):
     assert long[4]["answer_rank"] == int(result.answer_rank[1, 1]) and len(long[4]["top_tokens"]) == 4
 
     loaded = LogitLensResult.load(result.save(tmp_path / "lens"))
-    for name in ("positions", "final_ids", "final_rank", "final_prob", "top_ids", "top_probs", "answer_ids", "answer_rank", "answer_prob"):
+    for name in (
+        "positions",
+        "final_ids",
+        "final_rank",
+        "final_prob",
+        "top_ids",
+        "top_probs",
+        "answer_ids",
+        "answer_rank",
+        "answer_prob",
+    ):
         assert torch.equal(getattr(loaded, name), getattr(result, name)), name
-    assert (loaded.top_tokens, loaded.final_tokens, loaded.answer_tokens) == (result.top_tokens, result.final_tokens, result.answer_tokens)
+    assert (loaded.top_tokens, loaded.final_tokens, loaded.answer_tokens) == (
+        result.top_tokens,
+        result.final_tokens,
+        result.answer_tokens,
+    )
     assert (tmp_path / "lens" / "layers.csv").read_text().startswith("layer,")
     no_answers = logit_lens(model, batch)
     assert LogitLensResult.load(no_answers.save(tmp_path / "plain")).answer_ids is None

@@ -73,21 +73,71 @@ def test_weight_processing_matches_transformer_lens_own(saved_checkpoint):
 
 
 def _real_configs():
-    clip336 = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                               num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
-    llama7 = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5)
-    llama13 = LlamaConfig(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                          num_key_value_heads=40, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5)
-    mistral7 = MistralConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                             num_key_value_heads=8, vocab_size=32064, max_position_embeddings=32768,
-                             rope_theta=1e6, sliding_window=None, rms_norm_eps=1e-5)
+    clip336 = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    llama7 = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+    )
+    llama13 = LlamaConfig(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+    )
+    mistral7 = MistralConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32064,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        sliding_window=None,
+        rms_norm_eps=1e-5,
+    )
     pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
     return {
-        "llava-1.5-7b": (LlavaForConditionalGeneration, LlavaConfig(vision_config=clip336, text_config=llama7, image_token_index=32000), (32, 32, 128, None)),
-        "llava-1.5-13b": (LlavaForConditionalGeneration, LlavaConfig(vision_config=clip336, text_config=llama13, image_token_index=32000), (40, 40, 128, None)),
-        "llava-v1.6-mistral-7b": (LlavaNextForConditionalGeneration, LlavaNextConfig(vision_config=clip336, text_config=mistral7, image_token_index=32000, image_grid_pinpoints=pinpoints), (32, 32, 128, 8)),
-        "vip-llava-7b": (VipLlavaForConditionalGeneration, VipLlavaConfig(vision_config=clip336, text_config=llama7, image_token_index=32000), (32, 32, 128, None)),
+        "llava-1.5-7b": (
+            LlavaForConditionalGeneration,
+            LlavaConfig(vision_config=clip336, text_config=llama7, image_token_index=32000),
+            (32, 32, 128, None),
+        ),
+        "llava-1.5-13b": (
+            LlavaForConditionalGeneration,
+            LlavaConfig(vision_config=clip336, text_config=llama13, image_token_index=32000),
+            (40, 40, 128, None),
+        ),
+        "llava-v1.6-mistral-7b": (
+            LlavaNextForConditionalGeneration,
+            LlavaNextConfig(
+                vision_config=clip336, text_config=mistral7, image_token_index=32000, image_grid_pinpoints=pinpoints
+            ),
+            (32, 32, 128, 8),
+        ),
+        "vip-llava-7b": (
+            VipLlavaForConditionalGeneration,
+            VipLlavaConfig(vision_config=clip336, text_config=llama7, image_token_index=32000),
+            (32, 32, 128, None),
+        ),
     }
 
 
@@ -95,7 +145,13 @@ def _real_configs():
 def test_real_configs_on_meta_device(name):
     model_cls, config, (n_layers, n_heads, d_head, n_kv) = _real_configs()[name]
     cfg = hooked_config(config, fold_ln=False)
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.n_key_value_heads, cfg.d_vocab) == (n_layers, n_heads, d_head, n_kv, 32064)
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.n_key_value_heads, cfg.d_vocab) == (
+        n_layers,
+        n_heads,
+        d_head,
+        n_kv,
+        32064,
+    )
     if name == "llava-v1.6-mistral-7b":
         assert cfg.rotary_base == 1e6 and cfg.d_mlp == 14336
     with torch.device("meta"):
@@ -118,7 +174,10 @@ def test_missing_folder(tmp_path):
 
 def test_unsupported_checkpoint_lists_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(vh_lens.UnsupportedModelError, match="LlavaForConditionalGeneration.*LlavaNextForConditionalGeneration.*VipLlavaForConditionalGeneration"):
+    with pytest.raises(
+        vh_lens.UnsupportedModelError,
+        match="LlavaForConditionalGeneration.*LlavaNextForConditionalGeneration.*VipLlavaForConditionalGeneration",
+    ):
         vh_lens.load_llava(tmp_path)
 
 
@@ -193,11 +252,15 @@ def test_prompts_keep_raw_text(lens):
 
 
 @pytest.mark.parametrize("family", [("llava", "llama", 2), ("llava", "qwen2", None), ("llava", "phi3", None)])
-@pytest.mark.parametrize("flags", [
-    dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True),
-    dict(fold_ln=False, center_writing_weights=False, center_unembed=True, fold_value_biases=True),
-    dict(fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False),
-], ids=["all", "no_fold_ln", "fold_ln_only"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True),
+        dict(fold_ln=False, center_writing_weights=False, center_unembed=True, fold_value_biases=True),
+        dict(fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False),
+    ],
+    ids=["all", "no_fold_ln", "fold_ln_only"],
+)
 def test_block_processing_matches_process_weights_on_whole_state_dict(family, flags):
     """vh_lens.core.processing (group by group, block by block, written into the model) gives the
     weights of TransformerLens' ProcessWeights.process_weights on the whole converted state dict."""

@@ -11,14 +11,13 @@ import pytest
 import torch
 from conftest import striped_image, tiny_lens
 
-from vh_lens.visual_heads import masking
+from vh_lens.analysis.interventions import ablate_heads
 from vh_lens.data.sample import Sample
 from vh_lens.evaluation.scoring import evaluate
-from vh_lens.analysis.interventions import ablate_heads
-from vh_lens.visual_heads.masking import MaskingResult, MaskingRow, masking_experiment
 from vh_lens.plotting.masking import plot_masking_curves
+from vh_lens.visual_heads import masking
+from vh_lens.visual_heads.masking import MaskingResult, MaskingRow, masking_experiment
 from vh_lens.visual_heads.scores import METRICS, VisualHeadScores
-
 
 # The tiny model has 2 layers of 4 heads: early = layer 0, mid = layer 1, late = no layers.
 DETECTION = torch.tensor([[0.1, 0.9, 0.3, 0.5], [0.8, 0.2, 0.6, 0.4]], dtype=torch.float64)
@@ -97,7 +96,7 @@ def test_top_heads_really_removed(spied, samples) -> None:
     model = tiny_lens()
     for r in result.rows:
         assert list(r.top_heads) in removed
-        for heads, acc in zip(r.random_heads, r.random_accs):
+        for heads in r.random_heads:
             assert list(heads) in removed
             assert not set(heads) & set(r.top_heads)
             assert {layer for layer, _ in heads} == {0 if r.stage == "early" else 1}

@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import striped_image, tiny_lens, tiny_pair
 
-from vh_lens.testing import FAMILIES  # llava x {llama MHA, llama GQA, mistral, qwen2, phi3}, llava_next x {llama, mistral}, vip_llava x llama
+from vh_lens.testing import (
+    FAMILIES,  # llava x {llama MHA, llama GQA, mistral, qwen2, phi3}, llava_next x {llama, mistral}, vip_llava x llama
+)
 
 QUESTIONS = ["how many dogs?", "what color is the cat in this picture ?", "is there a red circle in the image"]
-
 
 
 def _images():
@@ -46,7 +47,11 @@ def test_logits_and_patterns_match_hugging_face(kind, backbone, kv, processed):
             pdiff = (mine - theirs).abs().max().item()
             assert pdiff <= 1e-5, f"sample {i} layer {layer}: pattern differs by {pdiff}"
             # no attention leaks onto padding
-            assert cache["pattern", layer][i, :, -n:, :-n].abs().max().item() == 0 if n < batch.input_ids.shape[1] else True
+            assert (
+                cache["pattern", layer][i, :, -n:, :-n].abs().max().item() == 0
+                if n < batch.input_ids.shape[1]
+                else True
+            )
 
 
 def test_text_only_sample_in_a_batch_matches_hugging_face():
@@ -112,7 +117,12 @@ def test_run_with_hooks_cache_and_hooks_context():
         model.fast_attention = False
         assert torch.equal(model(batch), model.run_with_hooks(batch, fwd_hooks=[("blocks.1.attn.hook_pattern", grab)]))
         model.fast_attention = True
-        assert seen["blocks.1.attn.hook_pattern"] == (2, model.cfg.n_heads, batch.input_ids.shape[1], batch.input_ids.shape[1])
+        assert seen["blocks.1.attn.hook_pattern"] == (
+            2,
+            model.cfg.n_heads,
+            batch.input_ids.shape[1],
+            batch.input_ids.shape[1],
+        )
         _, cache = model.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_z"))
         assert set(cache.keys()) == {f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)}
 
@@ -142,8 +152,14 @@ def test_llama3_rope_scaling_matches_hugging_face():
     """Llama-3 backbones (grouped-query, "llama3" rope scaling) as in llava-llama-3-8b."""
     import vh_lens
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     from vh_lens.testing import tiny_llava
 
     hf, processor = tiny_llava("llava", "llama", n_kv_heads=2, rope_parameters=rope)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import striped_image, tiny_lens, tiny_pair
+from transformer_lens import HookedTransformer
 from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -13,7 +14,6 @@ from transformers import (
     Qwen2Config,
     SiglipVisionConfig,
 )
-from transformer_lens import HookedTransformer
 
 import vh_lens
 from vh_lens.core.loading import hooked_config
@@ -88,9 +88,14 @@ def test_onevision_downsampled_tiles_match_hugging_face(processed):
 
 
 @pytest.mark.parametrize(
-    "kind,backbone,kv", [("llava", "llama", None), ("llava_next", "llama", None), ("llava_interleave", "qwen2", None),
-                         ("vip_llava", "llama", None),
-                         ("llava_onevision", "qwen2", 2)]
+    "kind,backbone,kv",
+    [
+        ("llava", "llama", None),
+        ("llava_next", "llama", None),
+        ("llava_interleave", "qwen2", None),
+        ("vip_llava", "llama", None),
+        ("llava_onevision", "qwen2", 2),
+    ],
 )
 def test_several_images_per_prompt_match_hugging_face(kind, backbone, kv):
     hf, processor = tiny_pair(kind, backbone, kv)
@@ -172,7 +177,9 @@ def test_loads_from_a_folder_like_in_memory(tmp_path, kind, kv):
     hf.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     if kind == "llava_onevision":  # a published folder also holds a video processor config: ignored
-        (tmp_path / "video_preprocessor_config.json").write_text('{"video_processor_type": "LlavaOnevisionVideoProcessor"}')
+        (tmp_path / "video_preprocessor_config.json").write_text(
+            '{"video_processor_type": "LlavaOnevisionVideoProcessor"}'
+        )
     model = vh_lens.load_llava(tmp_path)
     assert type(model.processor).__name__ == type(processor).__name__
     ref = tiny_lens(kind, "qwen2", kv)
@@ -192,8 +199,9 @@ def test_visual_head_scan_and_logit_lens_on_onevision():
     model = tiny_lens("llava_onevision", "qwen2", 2)
     images = [striped_image(DOWNSAMPLED, 0), striped_image((70, 40), 1)]
     samples = [Sample(image=im, question="how many dogs?", answer="two", box=(0, 0, 40, 30)) for im in images]
-    scores = vh_lens.scan_visual_heads(model, samples, batch_size=2, progress=False, attention="pattern",
-                                       keep_per_sample=True)
+    scores = vh_lens.scan_visual_heads(
+        model, samples, batch_size=2, progress=False, attention="pattern", keep_per_sample=True
+    )
     qk = vh_lens.scan_visual_heads(model, samples, batch_size=2, progress=False, attention="qk")
     torch.testing.assert_close(scores.mean["image_weight"], qk.mean["image_weight"], atol=1e-5, rtol=0)
     # reference: the image weight by hand from the cached pattern
@@ -220,32 +228,62 @@ def test_visual_head_scan_and_logit_lens_on_onevision():
 
 def _siglip_so400m() -> SiglipVisionConfig:
     return SiglipVisionConfig(
-        hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16, image_size=384,
-        patch_size=14, vision_use_head=False,
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=26,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=14,
+        vision_use_head=False,
     )
 
 
 def _qwen2(size: str) -> Qwen2Config:
     if size == "0.5b":
         return Qwen2Config(
-            hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-            num_key_value_heads=2, vocab_size=152000, max_position_embeddings=32768, rope_theta=1000000.0,
-            rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False, max_window_layers=24,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=152000,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            use_sliding_window=False,
+            max_window_layers=24,
         )
     return Qwen2Config(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, vocab_size=152128, max_position_embeddings=32768, rope_theta=1000000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False, max_window_layers=28,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152128,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        max_window_layers=28,
     )
 
 
 def _real_configs():
-    ov = dict(image_token_index=151646, video_token_index=151647, vision_feature_select_strategy="full",
-              vision_feature_layer=-1, vision_aspect_ratio="anyres_max_9")
+    ov = dict(
+        image_token_index=151646,
+        video_token_index=151647,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+    )
     return {
         "llava-onevision-qwen2-0.5b-ov": (
             LlavaOnevisionForConditionalGeneration,
-            LlavaOnevisionConfig(vision_config=_siglip_so400m(), text_config=_qwen2("0.5b"), tie_word_embeddings=True, **ov),
+            LlavaOnevisionConfig(
+                vision_config=_siglip_so400m(), text_config=_qwen2("0.5b"), tie_word_embeddings=True, **ov
+            ),
             (24, 14, 64, 2, 896, 4864, 152000),
         ),
         "llava-onevision-qwen2-7b-ov": (
@@ -255,8 +293,14 @@ def _real_configs():
         ),
         "llava-interleave-qwen-0.5b": (
             LlavaForConditionalGeneration,
-            LlavaConfig(vision_config=_siglip_so400m(), text_config=_qwen2("0.5b"), image_token_index=151646,
-                        vision_feature_select_strategy="full", vision_feature_layer=-1, tie_word_embeddings=True),
+            LlavaConfig(
+                vision_config=_siglip_so400m(),
+                text_config=_qwen2("0.5b"),
+                image_token_index=151646,
+                vision_feature_select_strategy="full",
+                vision_feature_layer=-1,
+                tie_word_embeddings=True,
+            ),
             (24, 14, 64, 2, 896, 4864, 152000),
         ),
     }
@@ -277,11 +321,15 @@ def test_real_siglip_configs_on_meta_device(name):
     lm_params = sum(p.numel() for p in lm.parameters()) + hf.lm_head.weight.numel()
     bias_params = sum(p.numel() for n, p in lm.named_parameters() if n.endswith("bias"))  # Qwen2's q, k, v biases
     tl_weights = sum(p.numel() for n, p in tl.named_parameters() if not n.split(".")[-1].lstrip("_").startswith("b_"))
-    tl_qkv_biases = sum(p.numel() for n, p in tl.named_parameters() if n.split(".")[-1].lstrip("_") in ("b_Q", "b_K", "b_V"))
+    tl_qkv_biases = sum(
+        p.numel() for n, p in tl.named_parameters() if n.split(".")[-1].lstrip("_") in ("b_Q", "b_K", "b_V")
+    )
     assert tl_weights == lm_params - bias_params and tl_qkv_biases == bias_params
     # the vision side: 26 SigLIP layers and a 27 x 27 grid of 729 tokens per base view
     vc = config.vision_config
-    assert (vc.image_size // vc.patch_size) ** 2 == 729 and sum(type(m).__name__ == "SiglipEncoderLayer" for m in hf.model.vision_tower.modules()) == 26
+    assert (vc.image_size // vc.patch_size) ** 2 == 729 and sum(
+        type(m).__name__ == "SiglipEncoderLayer" for m in hf.model.vision_tower.modules()
+    ) == 26
 
 
 def test_visual_head_metrics_over_one_image_or_all():
@@ -289,8 +337,11 @@ def test_visual_head_metrics_over_one_image_or_all():
 
     model = tiny_lens("llava_interleave", "qwen2")
     per_sample = [[striped_image((70, 40), 0), striped_image((50, 90), 1)], [striped_image((64, 64), 2)], []]
-    prompts = ["USER: <image> and <image> how many dogs ? ASSISTANT:", "USER: <image> what color ? ASSISTANT:",
-               "USER: how many ? ASSISTANT:"]
+    prompts = [
+        "USER: <image> and <image> how many dogs ? ASSISTANT:",
+        "USER: <image> what color ? ASSISTANT:",
+        "USER: how many ? ASSISTANT:",
+    ]
     batch = model.prepare(images=per_sample, prompts=prompts)
     with torch.no_grad():
         _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))
@@ -298,8 +349,9 @@ def test_visual_head_metrics_over_one_image_or_all():
     rows = {layer: cache["pattern", layer][torch.arange(3), :, q].double() for layer in range(model.cfg.n_layers)}
     for image in (None, 0):
         got = {}
-        hooks = visual_head_hooks(batch.layout, lambda layer, m: got.__setitem__(layer, m),
-                                  n_layers=model.cfg.n_layers, image=image)
+        hooks = visual_head_hooks(
+            batch.layout, lambda layer, m: got.__setitem__(layer, m), n_layers=model.cfg.n_layers, image=image
+        )
         model.run_with_hooks(batch, fwd_hooks=hooks)
         for layer, r in rows.items():
             for i, lay in enumerate(batch.layout):
@@ -353,8 +405,9 @@ def test_downsampled_cell_box_is_the_union_of_its_sources():
     hf, processor = tiny_pair("llava_onevision", "qwen2", 2)
     c, vc = hf.config, hf.config.vision_config
     ip = processor.image_processor
-    base, tiles = cell_boxes_onevision(DOWNSAMPLED, ip, c.image_grid_pinpoints, vc.image_size, vc.patch_size,
-                                       c.vision_aspect_ratio)
+    base, tiles = cell_boxes_onevision(
+        DOWNSAMPLED, ip, c.image_grid_pinpoints, vc.image_size, vc.patch_size, c.vision_aspect_ratio
+    )
     base_next, src = cell_boxes_llava_next(DOWNSAMPLED, ip, c.image_grid_pinpoints, vc.image_size, vc.patch_size)
     assert torch.equal(base, base_next) and src.shape[:2] == (12, 12) and tiles.shape[:2] == (8, 8)
     rows = [(0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (9, 10), (10, 11)]  # 12 -> 8, by hand above
@@ -380,8 +433,11 @@ def test_vision_towers_the_layout_cannot_follow_are_refused(tmp_path):
         leading_image_tokens(config)
     hf.save_pretrained(tmp_path)  # a folder is refused before the vision and language weights are read
     processor.save_pretrained(tmp_path)
-    raw = (tmp_path / "config.json").read_text().replace('"vision_feature_select_strategy": "full"',
-                                                         '"vision_feature_select_strategy": "default"')
+    raw = (
+        (tmp_path / "config.json")
+        .read_text()
+        .replace('"vision_feature_select_strategy": "full"', '"vision_feature_select_strategy": "default"')
+    )
     (tmp_path / "config.json").write_text(raw)
     with pytest.raises(ValueError, match="would drop a real patch"):
         vh_lens.load_llava(tmp_path)

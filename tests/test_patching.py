@@ -89,7 +89,11 @@ def test_result_round_trip_and_plots(tmp_path):
     again = patching.PatchingResult.load(result.save(tmp_path / "r"))
     assert torch.equal(again.effect, result.effect) and torch.equal(again.boxes, result.boxes)
     assert (again.labels, again.layers, again.clean_metric, again.metric) == (
-        result.labels, result.layers, result.clean_metric, "logprob")
+        result.labels,
+        result.layers,
+        result.clean_metric,
+        "logprob",
+    )
     merged = patching.merge([result, result])
     assert torch.allclose(merged.effect, result.effect) and merged.n_samples == 2
     fig = plot_effect_on_image(result, striped_image((70, 40), 0))
@@ -136,8 +140,9 @@ def test_patch_command_on_the_toy_model(tmp_path):
     from vh_lens.cli import main
 
     out = tmp_path / "out"
-    code = main(["patch", "--out", str(out), "--n-samples", "2", "--layers", "0", "--no-progress",
-                 "--grids", "heads,regions"])
+    code = main(
+        ["patch", "--out", str(out), "--n-samples", "2", "--layers", "0", "--no-progress", "--grids", "heads,regions"]
+    )
     assert code == 0
     assert {p.name for p in out.iterdir()} >= {"heads_activation", "regions_attribution", "summary.json", "patch.html"}
     heads = patching.PatchingResult.load(out / "heads_activation")

@@ -7,7 +7,6 @@ one image token. The scan must rank exactly those heads first.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from conftest import tiny_pair
 from PIL import Image

@@ -14,15 +14,9 @@ import torch.nn.functional as F
 from conftest import striped_image, tiny_lens
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from vh_lens.core.layout import TokenLayout
 from vh_lens.data.cogvision import CogItem, SubQuestion
 from vh_lens.data.sample import Sample
-from vh_lens.core.layout import TokenLayout
-from vh_lens.plotting.functional import (
-    plot_function_head_maps,
-    plot_function_overlap,
-    plot_heads_per_layer,
-    plot_sorted_scores,
-)
 from vh_lens.functional_heads.activations import HeadActivations, collect_head_activations
 from vh_lens.functional_heads.logistic import fit_batched_logistic
 from vh_lens.functional_heads.probes import ProbeResult, probe_heads
@@ -32,6 +26,12 @@ from vh_lens.functional_heads.selection import (
     mean_difference_directions,
     select_heads,
     split_by_group,
+)
+from vh_lens.plotting.functional import (
+    plot_function_head_maps,
+    plot_function_overlap,
+    plot_heads_per_layer,
+    plot_sorted_scores,
 )
 
 # --- a stand-in for vh_lens.LlavaLens around a plain HookedTransformer ---------------------
@@ -61,12 +61,17 @@ class FakeLens:
             pad = length - len(prompt) - len(answer)
             ids[i, pad:] = torch.tensor(prompt + answer)
             mask[i, pad:] = 1
-            layouts.append(TokenLayout(
-                seq_len=length, n_pad=pad, image_positions=torch.zeros(0, dtype=torch.long),
-                newline_positions=torch.zeros(0, dtype=torch.long),
-                text_positions=torch.arange(pad, pad + len(prompt)), query_position=pad + len(prompt) - 1,
-                answer_positions=torch.arange(pad + len(prompt), length),
-            ))
+            layouts.append(
+                TokenLayout(
+                    seq_len=length,
+                    n_pad=pad,
+                    image_positions=torch.zeros(0, dtype=torch.long),
+                    newline_positions=torch.zeros(0, dtype=torch.long),
+                    text_positions=torch.arange(pad, pad + len(prompt)),
+                    query_position=pad + len(prompt) - 1,
+                    answer_positions=torch.arange(pad + len(prompt), length),
+                )
+            )
         return SimpleNamespace(input_ids=ids, attention_mask=mask, layout=layouts)
 
     def run_with_hooks(self, batch, fwd_hooks=()):
@@ -75,8 +80,19 @@ class FakeLens:
 
 @pytest.fixture(scope="module")
 def tiny_lm() -> HookedTransformer:
-    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=64, d_vocab=50, act_fn="silu",
-                                  normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        n_ctx=64,
+        d_vocab=50,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        seed=0,
+    )
     return HookedTransformer(cfg).eval()
 
 
@@ -94,9 +110,19 @@ def _copying_model() -> HookedTransformer:
     8..31 filler content. Every ``W_O`` is zero, so both layers read the token embeddings.
     The other heads attend uniformly (zero QK) and read only filler content.
     """
-    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=VOCAB,
-                                  attn_only=True, normalization_type=None, positional_embedding_type="standard",
-                                  act_fn="relu", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        n_ctx=32,
+        d_vocab=VOCAB,
+        attn_only=True,
+        normalization_type=None,
+        positional_embedding_type="standard",
+        act_fn="relu",
+        seed=0,
+    )
     model = HookedTransformer(cfg).eval()
     gen = torch.Generator().manual_seed(0)
     state = {name: torch.zeros_like(p) for name, p in model.state_dict().items()}
@@ -115,7 +141,11 @@ def _copying_model() -> HookedTransformer:
                 w_k[head, 4, 0] = 10.0
                 w_v[head] = 0.0
                 w_v[head, :N_LABELS, :N_LABELS] = torch.eye(N_LABELS)
-        state[f"blocks.{layer}.attn.W_Q"], state[f"blocks.{layer}.attn.W_K"], state[f"blocks.{layer}.attn.W_V"] = w_q, w_k, w_v
+        state[f"blocks.{layer}.attn.W_Q"], state[f"blocks.{layer}.attn.W_K"], state[f"blocks.{layer}.attn.W_V"] = (
+            w_q,
+            w_k,
+            w_v,
+        )
     for name in state:
         if name.endswith(("IGNORE", "mask")):
             state[name] = model.state_dict()[name]
@@ -133,8 +163,14 @@ def _copy_samples(n_groups: int = 40, per_group: int = 3, seed: int = 1) -> list
             fill = torch.randint(FILLER0, VOCAB, (n_fill,), generator=gen).tolist()
             at = int(torch.randint(0, n_fill + 1, (1,), generator=gen))
             tokens = fill[:at] + [LABEL0 + label] + fill[at:] + [QUERY]
-            samples.append(Sample(image=None, question=" ".join(map(str, tokens)), answer=str(FILLER0),
-                                  metadata={"function": f"f{label}", "group": g}))
+            samples.append(
+                Sample(
+                    image=None,
+                    question=" ".join(map(str, tokens)),
+                    answer=str(FILLER0),
+                    metadata={"function": f"f{label}", "group": g},
+                )
+            )
     return samples
 
 
@@ -166,8 +202,10 @@ def test_planted_copying_heads_rank_first() -> None:
 def _int_samples() -> list[Sample]:
     prompts = ["5 6 7 8 9 10", "11 12", "3 4 5 6", "20 21 22"]
     answers = ["13 14 15", "16", "17 18", "19 30"]
-    return [Sample(image=None, question=q, answer=a, metadata={"function": "AB"[i % 2], "group": i // 2})
-            for i, (q, a) in enumerate(zip(prompts, answers, strict=True))]
+    return [
+        Sample(image=None, question=q, answer=a, metadata={"function": "AB"[i % 2], "group": i // 2})
+        for i, (q, a) in enumerate(zip(prompts, answers, strict=True))
+    ]
 
 
 def _unpadded_z(lm: HookedTransformer, ids: list[int]) -> torch.Tensor:
@@ -179,8 +217,9 @@ def test_collect_last_prompt_and_answer_mean_match_unpadded_runs(tiny_lm: Hooked
     model = FakeLens(tiny_lm)
     samples = _int_samples()
     last = collect_head_activations(model, samples, batch_size=3, progress=False, dtype=torch.float32)
-    mean = collect_head_activations(model, samples, position="answer_mean", batch_size=3, progress=False,
-                                    dtype=torch.float32)
+    mean = collect_head_activations(
+        model, samples, position="answer_mean", batch_size=3, progress=False, dtype=torch.float32
+    )
     for i, s in enumerate(samples):
         prompt, answer = model._ids(s.question), model._ids(s.answer)
         z = _unpadded_z(tiny_lm, prompt + answer)
@@ -202,12 +241,15 @@ def test_collect_last_prompt_and_answer_mean_match_unpadded_runs(tiny_lm: Hooked
 def test_collect_through_llava_lens() -> None:
     """The real model API: prepare_samples(..., with_answers=True) and layout.answer_positions."""
     model = tiny_lens()
-    samples = [Sample(image=None, question="how many dog are there", answer="two dog", metadata={"function": "A"}),
-               Sample(image=striped_image(), question="what color is the cat", answer="red", metadata={"function": "B"}),
-               Sample(image=None, question="is this a cat", answer="yes no yes", metadata={"function": "A"})]
+    samples = [
+        Sample(image=None, question="how many dog are there", answer="two dog", metadata={"function": "A"}),
+        Sample(image=striped_image(), question="what color is the cat", answer="red", metadata={"function": "B"}),
+        Sample(image=None, question="is this a cat", answer="yes no yes", metadata={"function": "A"}),
+    ]
     last = collect_head_activations(model, samples, batch_size=2, progress=False, dtype=torch.float32)
-    mean = collect_head_activations(model, samples, position="answer_mean", batch_size=2, progress=False,
-                                    dtype=torch.float32)
+    mean = collect_head_activations(
+        model, samples, position="answer_mean", batch_size=2, progress=False, dtype=torch.float32
+    )
     assert last.groups == (0, 1, 2)
     for i, s in enumerate(samples):
         batch = model.prepare_samples([s], with_answers=True)  # alone: no padding
@@ -221,10 +263,19 @@ def test_collect_through_llava_lens() -> None:
 @pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
 def test_collect_from_cog_items_and_errors(tiny_lm: HookedTransformer) -> None:
     model = FakeLens(tiny_lm)
-    items = [CogItem(image=None, question=f"main question {g}", answer=None, item_id=str(g),
-                     subquestions=(SubQuestion("what is it", "a thing", "Retrieval"),
-                                   SubQuestion("so what", "it is", "Inference")))
-             for g in range(2)]
+    items = [
+        CogItem(
+            image=None,
+            question=f"main question {g}",
+            answer=None,
+            item_id=str(g),
+            subquestions=(
+                SubQuestion("what is it", "a thing", "Retrieval"),
+                SubQuestion("so what", "it is", "Inference"),
+            ),
+        )
+        for g in range(2)
+    ]
     acts = collect_head_activations(model, items, progress=False)
     assert acts.labels == ("Retrieval", "Inference") * 2 and acts.groups == (0, 0, 1, 1)
     with pytest.raises(ValueError, match="position"):
@@ -246,15 +297,25 @@ def _reference_fit(x, targets, weight, kind, l2):
     k = targets.shape[1] if kind == "ovr" else int(targets.max()) + 1
     w = torch.zeros(d, k, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=5000, tolerance_grad=1e-10, tolerance_change=1e-15,
-                            history_size=50, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1,
+        max_iter=5000,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-15,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
     x = x.double()
 
     def closure():
         opt.zero_grad()
         logits = x @ w + b
         if kind == "ovr":
-            loss = F.binary_cross_entropy_with_logits(logits, targets.double(), weight=weight.double(), reduction="sum") / n
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, targets.double(), weight=weight.double(), reduction="sum")
+                / n
+            )
         else:
             loss = (F.cross_entropy(logits, targets, reduction="none") * weight.double()).sum() / n
         loss = loss + 0.5 * l2 * (w**2).sum()
@@ -404,9 +465,16 @@ def _hand_result() -> ProbeResult:
     b = torch.full((2, 4), 0.5)
     b[0, 1], b[1, 0] = 0.85, 0.95
     scores = torch.stack([a, b])
-    return ProbeResult(functions=("A", "B"), train_index=torch.arange(6), test_index=torch.arange(6, 9),
-                       config={"mode": "ovr"}, ovr_accuracy=scores.clone(), ovr_balanced_accuracy=scores.clone(),
-                       ovr_weights=torch.randn(2, 2, 4, 3), ovr_bias=torch.zeros(2, 2, 4))
+    return ProbeResult(
+        functions=("A", "B"),
+        train_index=torch.arange(6),
+        test_index=torch.arange(6, 9),
+        config={"mode": "ovr"},
+        ovr_accuracy=scores.clone(),
+        ovr_balanced_accuracy=scores.clone(),
+        ovr_weights=torch.randn(2, 2, 4, 3),
+        ovr_bias=torch.zeros(2, 2, 4),
+    )
 
 
 @pytest.mark.unchecked_arguments  # passes values the annotations forbid, to check the error
@@ -421,8 +489,15 @@ def test_selection_summaries_on_hand_result(tmp_path: Path) -> None:
     torch.testing.assert_close(result.overlap(k=2), torch.tensor([[1.0, 1 / 3], [1 / 3, 1.0]]))
     rows = result.to_rows()
     assert len(rows) == 16
-    assert rows[0] == {"probe": "ovr", "function": "A", "layer": 0, "head": 0, "accuracy": pytest.approx(0.9),
-                       "balanced_accuracy": pytest.approx(0.9), "rank": 1}
+    assert rows[0] == {
+        "probe": "ovr",
+        "function": "A",
+        "layer": 0,
+        "head": 0,
+        "accuracy": pytest.approx(0.9),
+        "balanced_accuracy": pytest.approx(0.9),
+        "rank": 1,
+    }
     with pytest.raises(KeyError, match="unknown function"):
         result.functional_heads("C")
     with pytest.raises(ValueError, match="multiclass"):
@@ -434,11 +509,21 @@ def test_selection_summaries_on_hand_result(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.ovr_weights, result.ovr_weights)
     assert loaded.multiclass_accuracy is None
     with pytest.raises(ValueError, match="overlap"):
-        ProbeResult(functions=("A", "B"), train_index=torch.arange(3), test_index=torch.arange(2, 4),
-                    ovr_accuracy=torch.zeros(2, 2, 4), ovr_balanced_accuracy=torch.zeros(2, 2, 4))
+        ProbeResult(
+            functions=("A", "B"),
+            train_index=torch.arange(3),
+            test_index=torch.arange(2, 4),
+            ovr_accuracy=torch.zeros(2, 2, 4),
+            ovr_balanced_accuracy=torch.zeros(2, 2, 4),
+        )
     with pytest.raises(ValueError, match="ovr_weights"):
-        ProbeResult(functions=("A", "B"), train_index=torch.arange(3), test_index=torch.arange(3, 4),
-                    ovr_balanced_accuracy=torch.zeros(2, 2, 4), ovr_weights=torch.zeros(2, 3, 4, 5))
+        ProbeResult(
+            functions=("A", "B"),
+            train_index=torch.arange(3),
+            test_index=torch.arange(3, 4),
+            ovr_balanced_accuracy=torch.zeros(2, 2, 4),
+            ovr_weights=torch.zeros(2, 3, 4, 5),
+        )
 
 
 @pytest.mark.unchecked_arguments  # passes a method the annotation forbids, to check the error

@@ -22,11 +22,11 @@ from safetensors.torch import load_file, save_file
 from test_catalogue import write_evil_checkpoint
 
 import vh_lens.core.io as io_mod
-from vh_lens.core.io import check_published, publish, recover_publish, write_json
 from vh_lens.cli import main
 from vh_lens.commands import scan as scan_command
-from vh_lens.data import load_rgb
 from vh_lens.core.fingerprint import changed_files, fingerprint_checkpoint, fingerprint_files
+from vh_lens.core.io import check_published, publish, recover_publish, write_json
+from vh_lens.data import load_rgb
 from vh_lens.visual_heads.scores import VisualHeadScores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,9 @@ def data(tmp_path_factory):
     rows = []
     for i in range(4):
         striped_image((56 + 4 * i, 48), seed=i).save(images / f"img{i}.png")
-        rows.append({"image": f"images/img{i}.png", "question": "how many squares?", "answer": "1", "box": [2, 2, 20, 20]})
+        rows.append(
+            {"image": f"images/img{i}.png", "question": "how many squares?", "answer": "1", "box": [2, 2, 20, 20]}
+        )
     path = root / "questions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"root": root, "images": images, "data": path, "rows": rows}
@@ -100,7 +102,9 @@ def test_full_fingerprint_sees_what_sampling_misses(tmp_path) -> None:
     edited[1000, 7] = 1.0  # byte offset 256028: inside no sampled 4 KiB block
     _checkpoint(folder, {"big.weight": edited})
     assert changed_files(before["sample"], fingerprint_checkpoint(folder, "sample")) == []
-    assert changed_files(before["full"], fingerprint_checkpoint(folder, "full")) == ["model.safetensors (content differs)"]
+    assert changed_files(before["full"], fingerprint_checkpoint(folder, "full")) == [
+        "model.safetensors (content differs)"
+    ]
 
 
 def test_fingerprint_files_hashes_whole_files(tmp_path) -> None:
@@ -246,8 +250,8 @@ def test_a_kill_mid_publish_is_finished_by_the_next_run(tmp_path, kill_at) -> No
                 os._exit(9)
             real(a, b)
         io_mod.os.replace = replace
-        io_mod.publish([({str(new / 'scores')!r}, {str(out / 'scores')!r}),
-                        ({str(new / 'report.html')!r}, {str(out / 'report.html')!r})], {str(out / '.j.json')!r})
+        io_mod.publish([({str(new / "scores")!r}, {str(out / "scores")!r}),
+                        ({str(new / "report.html")!r}, {str(out / "report.html")!r})], {str(out / ".j.json")!r})
     """)
     assert subprocess.run([sys.executable, "-c", script], check=False).returncode == 9
     if kill_at == 1:  # killed while writing the journal: nothing was moved, the old result stands
@@ -263,7 +267,9 @@ def test_a_kill_mid_publish_is_finished_by_the_next_run(tmp_path, kill_at) -> No
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "scores"]
 
 
-def test_scan_removes_stale_temporary_folders_and_results_get_umask_permissions(data, tiny_checkpoint, tmp_path) -> None:
+def test_scan_removes_stale_temporary_folders_and_results_get_umask_permissions(
+    data, tiny_checkpoint, tmp_path
+) -> None:
     out = tmp_path / "out"
     (out / ".scan-dead.partial" / "scores").mkdir(parents=True)
     (out / ".scan-dead.old").mkdir()
@@ -297,7 +303,9 @@ def test_checkpoint_code_never_runs_and_nothing_prompts(tiny_checkpoint, tmp_pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, **feed)  # fmt: skip
     assert proc.returncode != 0
-    assert "RemoteCodeError" in proc.stderr and "processor_config.json asks for the checkpoint's own code" in proc.stderr
+    assert (
+        "RemoteCodeError" in proc.stderr and "processor_config.json asks for the checkpoint's own code" in proc.stderr
+    )
     assert "custom code" not in proc.stdout + proc.stderr  # no Hugging Face prompt
     assert not marker.exists()
 
@@ -336,10 +344,14 @@ def test_result_loaders_refuse_a_half_published_folder(tmp_path) -> None:
 
     out = tmp_path / "out"
     (out / "scores").mkdir(parents=True)
-    write_json(out / ".scan-publish.json", {"moves": [[str(tmp_path / "x"), str(out / "scores")]], "trash": str(out / ".t")})
+    write_json(
+        out / ".scan-publish.json", {"moves": [[str(tmp_path / "x"), str(out / "scores")]], "trash": str(out / ".t")}
+    )
     with pytest.raises(ValueError, match="unfinished publish"):
         VisualHeadScores.load(out / "scores")
     (out / "masking.json").write_text("{}")
-    write_json(tmp_path / ".mask.publish.json", {"moves": [[str(tmp_path / "y"), str(out)]], "trash": str(tmp_path / ".t")})
+    write_json(
+        tmp_path / ".mask.publish.json", {"moves": [[str(tmp_path / "y"), str(out)]], "trash": str(tmp_path / ".t")}
+    )
     with pytest.raises(ValueError, match="unfinished publish"):
         MaskingResult.load(out)

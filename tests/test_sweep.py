@@ -61,7 +61,9 @@ def test_shared_prefix_gives_the_same_predictions_and_logit_bits(toy) -> None:
 
 def test_sweep_cost_by_hand() -> None:
     assert sweep_cost(32, [None] + [0] * 4 + [11] * 4 + [22] * 4) == {
-        "naive": 13 * 32.0, "shared": 32 + 4 * 32 + 4 * 21 + 4 * 10.0, "ratio": (32 + 128 + 84 + 40) / 416,
+        "naive": 13 * 32.0,
+        "shared": 32 + 4 * 32 + 4 * 21 + 4 * 10.0,
+        "ratio": (32 + 128 + 84 + 40) / 416,
     }
 
 
@@ -71,7 +73,9 @@ def test_batched_sweep_equals_naive_masking_result(toy, method: str, per_forward
     samples = shapes(9, seed=7)  # batches of 4, 4, 1: a short last batch, padding differs per batch
     kw = dict(ks=(2, 6, 20), control_seeds=(0, 1, 2), method=method, batch_size=4, progress=False)
     naive = vh_lens.masking_experiment(model, samples, scores, sweep="naive", **kw)
-    batched = vh_lens.masking_experiment(model, samples, scores, sweep="batched", conditions_per_forward=per_forward, **kw)
+    batched = vh_lens.masking_experiment(
+        model, samples, scores, sweep="batched", conditions_per_forward=per_forward, **kw
+    )
     assert batched.metadata["sweep"] == "batched shared prefix"
     assert batched.baseline == naive.baseline and batched.rows == naive.rows
 
@@ -81,8 +85,13 @@ def test_batched_sweep_gives_each_condition_its_own_rows(toy) -> None:
 
     model, _ = toy
     prepared = engine.prepare(model, shapes(5, seed=3), batch_size=3, answers="score")
-    heads = {"l1": [(1, 0), (1, 3), (4, 2)], "l1b": [(1, 5)], "l3": [(3, 1), (5, 5)], "l0": [(0, 2), (2, 1)],
-             "l0b": [(0, 7)]}
+    heads = {
+        "l1": [(1, 0), (1, 3), (4, 2)],
+        "l1b": [(1, 5)],
+        "l3": [(3, 1), (5, 5)],
+        "l0": [(0, 2), (2, 1)],
+        "l0b": [(0, 7)],
+    }
     conditions = [engine.Condition("baseline")] + [
         engine.Condition(name, tuple(ablate_heads(h, "zero"))) for name, h in heads.items()
     ]

@@ -68,7 +68,9 @@ def test_logit_attrs_reproduce_the_logit_difference():
         logits, cache = model.run_with_cache(batch)
     metric = _metric(model, batch)
     with torch.no_grad():
-        stack = cache.decompose_resid(apply_ln=False, pos_slice=-1)  # [component, batch, d_model]; logit_attrs scales it
+        stack = cache.decompose_resid(
+            apply_ln=False, pos_slice=-1
+        )  # [component, batch, d_model]; logit_attrs scales it
         attrs = cache.logit_attrs(stack, tokens=metric.answer_ids, incorrect_tokens=metric.foil_ids, pos_slice=-1)
     assert torch.allclose(attrs.sum(0), metric.per_sample(logits), atol=1e-4)
 
@@ -163,11 +165,19 @@ def test_resid_pre_patching_agrees_with_editing_the_embeddings():
 
 
 LAYER_POS = ["get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out", "get_act_patch_mlp_out"]
-BY_POS = {"z": "get_act_patch_attn_head_out_by_pos", "q": "get_act_patch_attn_head_q_by_pos",
-          "k": "get_act_patch_attn_head_k_by_pos", "v": "get_act_patch_attn_head_v_by_pos"}
-ALL_POS = {"z": "get_act_patch_attn_head_out_all_pos", "q": "get_act_patch_attn_head_q_all_pos",
-           "k": "get_act_patch_attn_head_k_all_pos", "v": "get_act_patch_attn_head_v_all_pos",
-           "pattern": "get_act_patch_attn_head_pattern_all_pos"}
+BY_POS = {
+    "z": "get_act_patch_attn_head_out_by_pos",
+    "q": "get_act_patch_attn_head_q_by_pos",
+    "k": "get_act_patch_attn_head_k_by_pos",
+    "v": "get_act_patch_attn_head_v_by_pos",
+}
+ALL_POS = {
+    "z": "get_act_patch_attn_head_out_all_pos",
+    "q": "get_act_patch_attn_head_q_all_pos",
+    "k": "get_act_patch_attn_head_k_all_pos",
+    "v": "get_act_patch_attn_head_v_all_pos",
+    "pattern": "get_act_patch_attn_head_pattern_all_pos",
+}
 
 
 def test_every_transformer_lens_patching_function_takes_a_llava_batch():
@@ -186,10 +196,13 @@ def test_every_transformer_lens_patching_function_takes_a_llava_batch():
                     want = _by_hand(model, corrupt, cache, metric, get_act_name(act, layer), (slice(None), p))
                     assert abs(float(got[layer, p]) - want) < 1e-5, (name, layer, p)
         for act, name in BY_POS.items():  # [layer, pos, head]: a few rows given as index_df
-            rows = pd.DataFrame([(l, p, h) for l in range(n_layers) for p in positions for h in (0, 3)],
-                                columns=["layer", "pos", "head"])
+            rows = pd.DataFrame(
+                [(l, p, h) for l in range(n_layers) for p in positions for h in (0, 3)],
+                columns=["layer", "pos", "head"],
+            )
             got = getattr(tl_patching, name.replace("get_act_patch_", "get_act_patch_"))(
-                model, corrupt, cache, metric, index_axis_names=None, index_df=rows)
+                model, corrupt, cache, metric, index_axis_names=None, index_df=rows
+            )
             for value, (l, p, h) in zip(got.tolist(), rows.itertuples(index=False)):
                 want = _by_hand(model, corrupt, cache, metric, get_act_name(act, l), (slice(None), p, h))
                 assert abs(value - want) < 1e-5, (name, l, p, h)
@@ -202,34 +215,51 @@ def test_every_transformer_lens_patching_function_takes_a_llava_batch():
                     want = _by_hand(model, corrupt, cache, metric, get_act_name(act, l), where)
                     assert abs(float(got[l, h]) - want) < 1e-5, (name, l, h)
         rows = pd.DataFrame([(1, 2, n_pos - 1), (0, 1, positions[1])], columns=["layer", "head", "dest_pos"])
-        got = tl_patching.get_act_patch_attn_head_pattern_by_pos(model, corrupt, cache, metric,
-                                                               index_axis_names=None, index_df=rows)
+        got = tl_patching.get_act_patch_attn_head_pattern_by_pos(
+            model, corrupt, cache, metric, index_axis_names=None, index_df=rows
+        )
         for value, (l, h, d) in zip(got.tolist(), rows.itertuples(index=False)):
-            assert abs(value - _by_hand(model, corrupt, cache, metric, get_act_name("pattern", l), (slice(None), h, d))) < 1e-5
-        rows = pd.DataFrame([(1, 2, n_pos - 1, positions[1]), (0, 3, n_pos - 1, 0)],
-                            columns=["layer", "head", "dest_pos", "src_pos"])
-        got = tl_patching.get_act_patch_attn_head_pattern_dest_src_pos(model, corrupt, cache, metric,
-                                                                     index_axis_names=None, index_df=rows)
+            assert (
+                abs(value - _by_hand(model, corrupt, cache, metric, get_act_name("pattern", l), (slice(None), h, d)))
+                < 1e-5
+            )
+        rows = pd.DataFrame(
+            [(1, 2, n_pos - 1, positions[1]), (0, 3, n_pos - 1, 0)], columns=["layer", "head", "dest_pos", "src_pos"]
+        )
+        got = tl_patching.get_act_patch_attn_head_pattern_dest_src_pos(
+            model, corrupt, cache, metric, index_axis_names=None, index_df=rows
+        )
         for value, (l, h, d, s) in zip(got.tolist(), rows.itertuples(index=False)):
-            assert abs(value - _by_hand(model, corrupt, cache, metric, get_act_name("pattern", l), (slice(None), h, d, s))) < 1e-5
+            assert (
+                abs(value - _by_hand(model, corrupt, cache, metric, get_act_name("pattern", l), (slice(None), h, d, s)))
+                < 1e-5
+            )
         every = tl_patching.get_act_patch_attn_head_all_pos_every(model, corrupt, cache, metric)
         assert every.shape == (5, n_layers, model.cfg.n_heads)
         block = tl_patching.get_act_patch_block_every(model, corrupt, cache, metric)
         assert block.shape == (3, n_layers, n_pos)
-        assert abs(float(block[0, 0, positions[1]]) - float(
-            tl_patching.get_act_patch_resid_pre(model, corrupt, cache, metric)[0, positions[1]])) < 1e-6
+        assert (
+            abs(
+                float(block[0, 0, positions[1]])
+                - float(tl_patching.get_act_patch_resid_pre(model, corrupt, cache, metric)[0, positions[1]])
+            )
+            < 1e-6
+        )
 
 
 def test_patching_everything_gives_one_and_nothing_zero():
     model, clean, corrupt, metric, cache, m_c, m_r = _setup()
     image = torch.stack([lay.image_mask for lay in clean.layout])
-    everything = patching.Sites("regions", "resid_pre", (image, torch.zeros_like(image)), (None, None),
-                                ("image", "nothing"), None)
+    everything = patching.Sites(
+        "regions", "resid_pre", (image, torch.zeros_like(image)), (None, None), ("image", "nothing"), None
+    )
     result = patching.activation_patch(model, clean, corrupt, metric, everything)
     assert abs(float(result.effect[0, 0]) - 1.0) < 1e-5  # the corruption touched only image positions
     assert abs(float(result.effect[0, 1])) < 1e-6
     assert torch.allclose(result.effect[:, 1], torch.zeros(model.cfg.n_layers, dtype=result.effect.dtype), atol=1e-6)
-    heads = patching.activation_patch(model, clean, corrupt, metric, patching.head_sites(clean, model.cfg.n_heads, "all"))
+    heads = patching.activation_patch(
+        model, clean, corrupt, metric, patching.head_sites(clean, model.cfg.n_heads, "all")
+    )
     assert heads.effect.shape == (model.cfg.n_layers, model.cfg.n_heads)
 
 
@@ -254,8 +284,18 @@ def test_gradients_through_the_fused_path_equal_transformer_lens_attention():
 
         names = ["hook_embed", "blocks.0.attn.hook_z", "blocks.1.hook_resid_pre"]
         seen_fast = []
-        value = metric(model.run_with_hooks(batch, fwd_hooks=[(n, keep) for n in names] + [
-            ("blocks.1.hook_resid_pre", lambda x, hook: seen_fast.append(takes_fast_path(model.lm.blocks[1].attn)))]))
+        value = metric(
+            model.run_with_hooks(
+                batch,
+                fwd_hooks=[(n, keep) for n in names]
+                + [
+                    (
+                        "blocks.1.hook_resid_pre",
+                        lambda x, hook: seen_fast.append(takes_fast_path(model.lm.blocks[1].attn)),
+                    )
+                ],
+            )
+        )
         grads.append(torch.autograd.grad(value, [stored[n] for n in names]))
         assert seen_fast == [fast]
     model.fast_attention = True

@@ -169,4 +169,3 @@ def test_train_log_records_the_run():
     assert log["final_accuracy"]["counting"] >= 0.9  # the counting target (all three kinds)
     assert log["final_accuracy"]["exists"] >= 0.9  # and its yes/no target
     assert log["vision_pretrain_seconds"] + log["total_seconds"] < 30 * 60
-

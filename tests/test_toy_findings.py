@@ -23,6 +23,7 @@ from vh_lens.toy import format_question
 COUNTING = ("count_super", "count_general")
 MARGIN = 0.30  # top-k ablation must cost at least 30 points more accuracy than random-k ablation
 
+
 @pytest.fixture(scope="module")
 def toy():
     return vh_lens.toy.load_toy()

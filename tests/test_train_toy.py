@@ -129,7 +129,11 @@ def test_vision_from_copies_the_vision_stage_of_a_checkpoint(train_toy, tmp_path
 
 
 def test_first_kinds_lead_then_the_main_cycle(train_toy):
-    args = train_toy.parse_args(["--kinds", "exists,count_super", "--first-kinds", "count_object", "--first-steps", "3"])
-    assert [train_toy.kinds_at(s, args) for s in (0, 2, 3, 9)] == [("count_object",)] * 2 + [("exists", "count_super")] * 2
+    args = train_toy.parse_args(
+        ["--kinds", "exists,count_super", "--first-kinds", "count_object", "--first-steps", "3"]
+    )
+    assert [train_toy.kinds_at(s, args) for s in (0, 2, 3, 9)] == [("count_object",)] * 2 + [
+        ("exists", "count_super")
+    ] * 2
     plain = train_toy.parse_args(["--kinds", "exists", "--first-steps", "0"])
     assert train_toy.kinds_at(0, plain) == ("exists",)

@@ -12,9 +12,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.utilities import get_act_name
 
-from vh_lens.data.sample import Sample
 from vh_lens.core.layout import ImageGrid, TokenLayout
-from vh_lens.visual_heads.scores import METRICS
+from vh_lens.data.sample import Sample
 from vh_lens.visual_heads.scan import (
     HEAD_METRICS,
     ScoreAccumulator,
@@ -24,6 +23,7 @@ from vh_lens.visual_heads.scan import (
     scan_visual_heads,
     visual_head_hooks,
 )
+from vh_lens.visual_heads.scores import METRICS
 
 # --------------------------------------------------------------------------------------------
 # Helpers: a tiny model, synthetic layouts and a fake LlavaLens following the contract
@@ -34,9 +34,18 @@ N_IMG = 4
 
 def _tiny_model(n_key_value_heads: int | None = None) -> HookedTransformer:
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=64, d_vocab=50, act_fn="silu",
-        normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
-        n_key_value_heads=n_key_value_heads, seed=0,
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        n_ctx=64,
+        d_vocab=50,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        n_key_value_heads=n_key_value_heads,
+        seed=0,
     )
     model = HookedTransformer(cfg)
     model.eval()
@@ -68,8 +77,14 @@ def _layout(seq_len: int, n_pad: int, has_image: bool = True, n_answer: int = 0)
         img, grids, size = torch.zeros(0, dtype=torch.long), (), None
     text = positions[~torch.isin(positions, img)]
     return TokenLayout(
-        seq_len=seq_len, n_pad=n_pad, image_positions=img, newline_positions=torch.zeros(0, dtype=torch.long),
-        text_positions=text, query_position=seq_len - 1 - n_answer, grids=grids, image_size=size,
+        seq_len=seq_len,
+        n_pad=n_pad,
+        image_positions=img,
+        newline_positions=torch.zeros(0, dtype=torch.long),
+        text_positions=text,
+        query_position=seq_len - 1 - n_answer,
+        grids=grids,
+        image_size=size,
         answer_positions=torch.arange(seq_len - n_answer, seq_len),
     )
 
@@ -99,8 +114,8 @@ class FakeLens:
         mask = torch.zeros(len(seqs), seq_len, dtype=torch.long)
         layouts = []
         for i, (t, s) in enumerate(zip(seqs, samples, strict=True)):
-            tokens[i, seq_len - len(t):] = torch.tensor(t)
-            mask[i, seq_len - len(t):] = 1
+            tokens[i, seq_len - len(t) :] = torch.tensor(t)
+            mask[i, seq_len - len(t) :] = 1
             layouts.append(_layout(seq_len, seq_len - len(t), has_image=s.metadata.get("image", True)))
         return FakeBatch(tokens, mask, layouts)
 
@@ -130,8 +145,14 @@ def _samples(n: int, seed: int = 0, prefix: str = "q") -> list[Sample]:
         length = 8 + int(torch.randint(0, 6, (1,), generator=gen))
         tokens = torch.randint(1, 50, (length,), generator=gen).tolist()
         has_image = i % 5 != 4  # every fifth sample is text-only
-        out.append(Sample(image=None, question=f"{prefix}{i}", box=boxes[i % 4] if has_image else None,
-                          metadata={"tokens": tokens, "image": has_image}))
+        out.append(
+            Sample(
+                image=None,
+                question=f"{prefix}{i}",
+                box=boxes[i % 4] if has_image else None,
+                metadata={"tokens": tokens, "image": has_image},
+            )
+        )
     return out
 
 
@@ -198,11 +219,15 @@ def test_head_metrics_worked_example() -> None:
 def test_head_metrics_one_hot_and_uniform() -> None:
     # head 0: one-hot on an image token; head 1: uniform over the 4 image tokens;
     # head 2: everything on text (W_img = 0 -> C = 0).
-    rows = torch.tensor([[
-        [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
-        [0.0, 0.2, 0.2, 0.2, 0.2, 0.2],
-        [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-    ]])
+    rows = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+                [0.0, 0.2, 0.2, 0.2, 0.2, 0.2],
+                [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            ]
+        ]
+    )
     image, region, text = _masks(6, [1, 2, 3, 4], [], [0, 5])
     m = head_metrics(rows, image, region, text)
     assert m["concentration"][0].tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-9)
@@ -280,8 +305,9 @@ def test_hooks_match_metrics_from_cached_patterns(model_name: str, request: pyte
     tokens, mask, layouts, boxes = _batch()
     queries = [11, 9, 10]  # not always the last position
     got: dict[int, dict[str, torch.Tensor]] = {}
-    hooks = visual_head_hooks(layouts, lambda layer, m: got.__setitem__(layer, m), n_layers=2,
-                              query_positions=queries, boxes=boxes)
+    hooks = visual_head_hooks(
+        layouts, lambda layer, m: got.__setitem__(layer, m), n_layers=2, query_positions=queries, boxes=boxes
+    )
     assert [name for name, _ in hooks] == [get_act_name("pattern", 0), get_act_name("pattern", 1)]
     logits_hooked = model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=hooks)
     logits, cache = model.run_with_cache(tokens, attention_mask=mask)
@@ -339,7 +365,7 @@ def _feed(acc: ScoreAccumulator, data: dict[str, torch.Tensor], splits: list[int
     start = 0
     for size in splits:
         for layer in range(acc.n_layers):
-            acc.add(layer, {m: v[start:start + size, layer] for m, v in data.items()})
+            acc.add(layer, {m: v[start : start + size, layer] for m, v in data.items()})
         start += size
 
 
@@ -405,12 +431,13 @@ def test_accumulator_rejects_incomplete_batches_and_bad_input() -> None:
 # The scan
 
 
-def _per_batch_reference(model: FakeLens, samples: list[Sample], batch_size: int, query: str,
-                         answer_tokens: list[int] | None = None) -> dict[str, np.ndarray]:
+def _per_batch_reference(
+    model: FakeLens, samples: list[Sample], batch_size: int, query: str, answer_tokens: list[int] | None = None
+) -> dict[str, np.ndarray]:
     """Reference per-sample metrics [n, layer, head] from full cached patterns."""
     rows: dict[str, list[np.ndarray]] = {m: [] for m in HEAD_METRICS}
     for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
+        chunk = samples[start : start + batch_size]
         batch = model.prepare_samples(chunk)
         queries = [lay.query_position for lay in batch.layout]
         if query == "answer_token":
@@ -418,7 +445,7 @@ def _per_batch_reference(model: FakeLens, samples: list[Sample], batch_size: int
                 logits = model(batch)
                 tokens = logits[torch.arange(len(chunk)), queries].argmax(-1)
             else:
-                tokens = torch.tensor(answer_tokens[start:start + batch_size])
+                tokens = torch.tensor(answer_tokens[start : start + batch_size])
             batch = model.append_tokens(batch, tokens[:, None])
             queries = [lay.seq_len - 1 for lay in batch.layout]
         _, cache = model.lm.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
@@ -438,8 +465,9 @@ def test_scan_matches_reference(tiny: HookedTransformer, query: str, gold: bool)
     samples = _samples(7)
     model = FakeLens(tiny)
     tokens = [(3 * i) % 50 for i in range(7)] if gold else None
-    scores = scan_visual_heads(model, samples, batch_size=3, query=query, answer_tokens=tokens,
-                               keep_per_sample=True, progress=gold)
+    scores = scan_visual_heads(
+        model, samples, batch_size=3, query=query, answer_tokens=tokens, keep_per_sample=True, progress=gold
+    )
     ref = _per_batch_reference(model, samples, 3, query, tokens)
     assert scores.count == 7 and scores.metadata["query"] == query
     for m in HEAD_METRICS:
@@ -517,8 +545,9 @@ def test_scan_on_tiny_llava_matches_hugging_face(query: str) -> None:
         Sample(image=images[2], question="is there a red circle in the image"),
     ]
     gold = [5, 7, 9, 11] if query == "answer_token" else None
-    scores = scan_visual_heads(model, samples, batch_size=3, query=query, answer_tokens=gold,
-                               keep_per_sample=True, progress=False)
+    scores = scan_visual_heads(
+        model, samples, batch_size=3, query=query, answer_tokens=gold, keep_per_sample=True, progress=False
+    )
     batch = model.prepare_samples(samples)
     for i, (sample, lay) in enumerate(zip(samples, batch.layout, strict=True)):
         image = None if sample.image is None else [sample.image]
@@ -538,4 +567,9 @@ def test_scan_on_tiny_llava_matches_hugging_face(query: str) -> None:
             for head in range(model.cfg.n_heads):
                 ref = _reference_metrics(rows[head], image_pos, region, text)
                 for m, v in ref.items():
-                    assert float(scores.per_sample[m][i, layer, head]) == pytest.approx(v, abs=1e-5), (m, i, layer, head)
+                    assert float(scores.per_sample[m][i, layer, head]) == pytest.approx(v, abs=1e-5), (
+                        m,
+                        i,
+                        layer,
+                        head,
+                    )

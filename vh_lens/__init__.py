@@ -115,22 +115,22 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vh_lens.core.loading import load_llava
-    from vh_lens.core.model import LlavaLens, LlavaBatch
-    from vh_lens.core.layout import TokenLayout
+    from vh_lens.analysis.interventions import ablate_heads, scale_heads, shift_heads
+    from vh_lens.analysis.lens_result import LogitLensResult
+    from vh_lens.analysis.logit_lens import logit_lens
     from vh_lens.core.conformance import UnsupportedModelError, conformance_table
+    from vh_lens.core.layout import TokenLayout
+    from vh_lens.core.loading import load_llava
+    from vh_lens.core.model import LlavaBatch, LlavaLens
     from vh_lens.core.tensor_source import CheckpointError
     from vh_lens.engine import Condition, Reducer
-    from vh_lens.visual_heads.scan import scan_visual_heads
+    from vh_lens.evaluation.scoring import EvalResult, evaluate
+    from vh_lens.functional_heads.activations import collect_head_activations
+    from vh_lens.functional_heads.interventions import intervene_on_functions
+    from vh_lens.functional_heads.probes import ProbeResult, probe_heads
+    from vh_lens.functional_heads.report import FunctionInterventionReport
     from vh_lens.visual_heads.hooks import visual_head_hooks
-    from vh_lens.visual_heads.scores import VisualHeadScores
     from vh_lens.visual_heads.masking import masking_experiment
     from vh_lens.visual_heads.masking_result import MaskingResult
-    from vh_lens.evaluation.scoring import evaluate, EvalResult
-    from vh_lens.analysis.logit_lens import logit_lens
-    from vh_lens.analysis.lens_result import LogitLensResult
-    from vh_lens.analysis.interventions import ablate_heads, scale_heads, shift_heads
-    from vh_lens.functional_heads.activations import collect_head_activations
-    from vh_lens.functional_heads.probes import probe_heads, ProbeResult
-    from vh_lens.functional_heads.interventions import intervene_on_functions
-    from vh_lens.functional_heads.report import FunctionInterventionReport
+    from vh_lens.visual_heads.scan import scan_visual_heads
+    from vh_lens.visual_heads.scores import VisualHeadScores

@@ -386,8 +386,11 @@ def guard(ctx: DistContext) -> Iterator[DistContext]:
     except BaseException as err:  # noqa: BLE001 - one line per rank, then a clean exit
         if not ctx.active:
             raise
-        print(f"vh_lens: rank {ctx.rank} of {ctx.world_size} failed: {type(err).__name__}: {err}",
-              file=sys.stderr, flush=True)
+        print(
+            f"vh_lens: rank {ctx.rank} of {ctx.world_size} failed: {type(err).__name__}: {err}",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(1) from err
     finally:
         finish(ctx)
@@ -402,17 +405,22 @@ def rank_checkpoint_dir(base: str | os.PathLike[str], ctx: DistContext) -> Path:
     if not ctx.active:
         others = sorted(p.name for p in base.glob("rank*-of-*")) if base.is_dir() else []
         if others:
-            raise ValueError(f"{base} holds checkpoints of a multi-process run ({others[0]}, ...): "
-                             "resume with the same torchrun --nproc-per-node, or start afresh")
+            raise ValueError(
+                f"{base} holds checkpoints of a multi-process run ({others[0]}, ...): "
+                "resume with the same torchrun --nproc-per-node, or start afresh"
+            )
         return base
     mine = f"rank{ctx.rank}-of-{ctx.world_size}"
     if base.is_dir():
-        others = sorted(p.name for p in base.iterdir() if p.name.startswith("rank") and
-                        not p.name.endswith(f"-of-{ctx.world_size}"))
+        others = sorted(
+            p.name for p in base.iterdir() if p.name.startswith("rank") and not p.name.endswith(f"-of-{ctx.world_size}")
+        )
         if others or (base / "checkpoint.json").is_file():
             found = others[0] if others else "checkpoint.json (one process)"
-            raise ValueError(f"{base} holds checkpoints written with another world size ({found}): resume with "
-                             f"that number of processes, or start afresh")
+            raise ValueError(
+                f"{base} holds checkpoints written with another world size ({found}): resume with "
+                f"that number of processes, or start afresh"
+            )
     return base / mine
 
 

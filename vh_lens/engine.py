@@ -280,7 +280,9 @@ def iter_batches(
         world = current_world()
     if world.size > 1:
         if offset:
-            raise ValueError("iter_batches: offset must be 0 when sharding over a world (samples are the whole data set)")
+            raise ValueError(
+                "iter_batches: offset must be 0 when sharding over a world (samples are the whole data set)"
+            )
         samples = samples if isinstance(samples, Sequence) else list(samples)
         mine = world.shard(len(samples))
         samples, offset = _take(samples, mine), mine.start

@@ -15,7 +15,7 @@ Cost per batch, in layer forwards: naive ``n_conditions * n_layers``; here
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -169,8 +169,10 @@ def _check_logit_reducer(reducer: Reducer, name: str, item: PreparedBatch) -> No
     method = getattr(reducer, "method", "score")
     plain = type(reducer).forward is Reducer.forward or (hasattr(reducer, "predictions") and method == "score")
     if not plain or reducer.hooks(item):
-        raise ValueError(f"condition {name!r}: a batched sweep needs reducers that read one forward's logits "
-                         "(AccuracyReducer('score')) without hooks of their own")
+        raise ValueError(
+            f"condition {name!r}: a batched sweep needs reducers that read one forward's logits "
+            "(AccuracyReducer('score')) without hooks of their own"
+        )
 
 
 def run_conditions_batched(
@@ -199,7 +201,11 @@ def run_conditions_batched(
     Returns:
         ``{condition name: reducer}`` in the order given.
     """
-    if isinstance(conditions_per_forward, bool) or not isinstance(conditions_per_forward, int) or conditions_per_forward < 1:
+    if (
+        isinstance(conditions_per_forward, bool)
+        or not isinstance(conditions_per_forward, int)
+        or conditions_per_forward < 1
+    ):
         raise ValueError(f"conditions_per_forward must be a positive int, got {conditions_per_forward!r}")
     conditions = list(conditions)
     if not conditions:
@@ -215,7 +221,11 @@ def run_conditions_batched(
     for cond in conditions:
         start = starts[cond.name]
         groups.setdefault(deepest if start is None else start, []).append(cond)
-    chunks = [g[i : i + conditions_per_forward] for _, g in sorted(groups.items()) for i in range(0, len(g), conditions_per_forward)]
+    chunks = [
+        g[i : i + conditions_per_forward]
+        for _, g in sorted(groups.items())
+        for i in range(0, len(g), conditions_per_forward)
+    ]
     reducers = {c.name: make_reducer(c) for c in conditions}
     batches = list(prepared)
     world = world if world is not None else (getattr(prepared, "world", None) or LOCAL)
@@ -254,7 +264,10 @@ def _repeat_batch(batch: Any, times: int) -> Any:
     if not isinstance(batch, LlavaBatch):
         raise ValueError(f"cannot stack a {type(batch).__name__} for a batched sweep")
     return LlavaBatch(
-        input_ids=batch.input_ids.repeat(times, 1), attention_mask=batch.attention_mask.repeat(times, 1),
-        embeds=batch.embeds.repeat(times, 1, 1), layout=list(batch.layout) * times,
-        pixel_values=list(batch.pixel_values) * times, prompts=list(batch.prompts) * times,
+        input_ids=batch.input_ids.repeat(times, 1),
+        attention_mask=batch.attention_mask.repeat(times, 1),
+        embeds=batch.embeds.repeat(times, 1, 1),
+        layout=list(batch.layout) * times,
+        pixel_values=list(batch.pixel_values) * times,
+        prompts=list(batch.prompts) * times,
     )

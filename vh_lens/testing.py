@@ -36,9 +36,9 @@ from transformers import (
     VipLlavaForConditionalGeneration,
 )
 
-from vh_lens.core.tokenizer import IMAGE_TOKEN, build_word_tokenizer
 from vh_lens.core.onevision import LlavaOnevisionImageOnlyProcessor
 from vh_lens.core.prompts import LLAVA_15_CHAT_TEMPLATE
+from vh_lens.core.tokenizer import IMAGE_TOKEN, build_word_tokenizer
 
 Kind = Literal["llava", "llava_interleave", "llava_next", "llava_onevision", "vip_llava"]
 Vision = Literal["clip", "siglip"]
@@ -146,7 +146,9 @@ def tiny_llava(
     if kind == "llava_interleave":
         kind = "llava"
     onevision = kind == "llava_onevision"
-    tokenizer = build_word_tokenizer(TINY_WORDS, extra_special=(IMAGE_TOKEN, VIDEO_TOKEN) if onevision else (IMAGE_TOKEN,))
+    tokenizer = build_word_tokenizer(
+        TINY_WORDS, extra_special=(IMAGE_TOKEN, VIDEO_TOKEN) if onevision else (IMAGE_TOKEN,)
+    )
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if n_kv_heads is None:
         n_kv_heads = n_heads // 2 if backbone == "mistral" else n_heads
@@ -241,7 +243,9 @@ def _tiny_processor(kind, tokenizer, image_size, patch_size, config, *, image_pa
     square = {"height": image_size, "width": image_size}
     if kind == "llava_onevision":
         return LlavaOnevisionImageOnlyProcessor(
-            image_processor=LlavaOnevisionImageProcessorPil(size=square, image_grid_pinpoints=config.image_grid_pinpoints),
+            image_processor=LlavaOnevisionImageProcessorPil(
+                size=square, image_grid_pinpoints=config.image_grid_pinpoints
+            ),
             tokenizer=tokenizer,
             num_image_tokens=(image_size // patch_size) ** 2,
             vision_feature_select_strategy="full",
@@ -265,7 +269,9 @@ def _tiny_processor(kind, tokenizer, image_size, patch_size, config, *, image_pa
         image_processor = LlavaNextImageProcessorPil(image_grid_pinpoints=config.image_grid_pinpoints, **common_ip)
         processor_cls = LlavaNextProcessor
     else:
-        image_processor = LlavaImageProcessorPil(do_pad=True, **common_ip) if image_pad else CLIPImageProcessorPil(**common_ip)
+        image_processor = (
+            LlavaImageProcessorPil(do_pad=True, **common_ip) if image_pad else CLIPImageProcessorPil(**common_ip)
+        )
         processor_cls = LlavaProcessor
     return processor_cls(
         image_processor=image_processor,

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vh_lens.core.tokenizer import build_word_tokenizer
-from vh_lens.evaluation.answers import MC_SUFFIX, SHORT_ANSWER_SUFFIX
 from vh_lens.data.sample import Sample
 from vh_lens.data.shapes import COLORS, QUESTION_TEMPLATES, SHAPE_KINDS
+from vh_lens.evaluation.answers import MC_SUFFIX, SHORT_ANSWER_SUFFIX
 
 if TYPE_CHECKING:
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
@@ -214,9 +214,7 @@ def load_toy(path: str | Path = TOY_PATH, **kwargs: Any):  # noqa: ANN201 - retu
     return vh_lens.load_llava(str(path), **kwargs)
 
 
-def toy_inputs(
-    processor: LlavaProcessor, samples: Sequence[Sample], answers: bool = False
-) -> dict[str, Any]:
+def toy_inputs(processor: LlavaProcessor, samples: Sequence[Sample], answers: bool = False) -> dict[str, Any]:
     """Left-padded model inputs for ``samples`` with the toy prompt (and optionally answers).
 
     Args:

@@ -54,7 +54,9 @@ def load_cog_toy_hf(path: str | Path = COG_TOY_PATH) -> tuple[LlavaForConditiona
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no chain-of-thought toy checkpoint at {path}; train one with scripts/train_cog_toy.py")
+        raise FileNotFoundError(
+            f"no chain-of-thought toy checkpoint at {path}; train one with scripts/train_cog_toy.py"
+        )
     return LlavaForConditionalGeneration.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)
 
 
@@ -64,5 +66,7 @@ def load_cog_toy(path: str | Path = COG_TOY_PATH, **kwargs: Any):  # noqa: ANN20
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no chain-of-thought toy checkpoint at {path}; train one with scripts/train_cog_toy.py")
+        raise FileNotFoundError(
+            f"no chain-of-thought toy checkpoint at {path}; train one with scripts/train_cog_toy.py"
+        )
     return vh_lens.load_llava(str(path), **kwargs)

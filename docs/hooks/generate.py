@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -33,7 +32,6 @@ CELL_TIMEOUT_S = 600
 log = logging.getLogger("mkdocs.hooks.vh_lens")
 
 
-
 def use_this_tree() -> None:
     """The site documents the tree it is built from (a worktree, a clone), whichever vh_lens is
     installed: this process and the notebooks' kernels import vh_lens from ROOT. (Called from the
@@ -44,7 +42,9 @@ def use_this_tree() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     loaded = sys.modules.get("vh_lens")
     if loaded is not None and not Path(loaded.__file__).resolve().is_relative_to(ROOT):
-        raise RuntimeError(f"vh_lens was imported from {loaded.__file__}, not from the tree the docs are built from ({ROOT})")
+        raise RuntimeError(
+            f"vh_lens was imported from {loaded.__file__}, not from the tree the docs are built from ({ROOT})"
+        )
 
 
 # --- the command-line reference ----------------------------------------------------------------
@@ -80,7 +80,16 @@ def cli_markdown() -> str:
     lines = ["# Command line", "", "Generated from the argparse parsers (`vh_lens.cli.build_parser()`).", "",
              (vh_lens.cli.__doc__ or "").strip(), "", "Commands: " + ", ".join(f"[`{n}`](#vh-lens-{n})" for n in sub.choices), ""]  # fmt: skip
     for name, command in sub.choices.items():
-        lines += [f"## vh-lens {name}", "", command.description or "", "", "```text", command.format_usage().strip(), "```", ""]
+        lines += [
+            f"## vh-lens {name}",
+            "",
+            command.description or "",
+            "",
+            "```text",
+            command.format_usage().strip(),
+            "```",
+            "",
+        ]
         for group in command._action_groups:
             rows = _action_rows(command, group)
             if not rows:
@@ -133,7 +142,9 @@ def api_markdown() -> str:
         module = getattr(obj, "__module__", None) if callable(obj) else None
         found = next((c for c in candidates if c.parent.path == module), None)
         if found is None:
-            found = next((c for c in candidates if getattr(importlib.import_module(c.parent.path), name, None) is obj), None)
+            found = next(
+                (c for c in candidates if getattr(importlib.import_module(c.parent.path), name, None) is obj), None
+            )
         if found is None:
             raise RuntimeError(f"vh_lens.{name}: its definition was not found in any vh_lens module")
         summary = found.docstring.value.strip().split("\n\n")[0] if found.docstring else ""

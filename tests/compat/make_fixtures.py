@@ -52,7 +52,11 @@ def _tensor_summary(t: Any) -> dict[str, Any]:
     dtype = str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else str(array.dtype)
     if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16:  # numpy has no bfloat16
         array = np.ascontiguousarray(t.detach().cpu().view(torch.int16).numpy())
-    total = float(torch.from_numpy(np.array(array, dtype=np.float64)).sum()) if array.dtype != np.bool_ else int(array.sum())
+    total = (
+        float(torch.from_numpy(np.array(array, dtype=np.float64)).sum())
+        if array.dtype != np.bool_
+        else int(array.sum())
+    )
     return {"tensor": list(array.shape), "dtype": dtype, "sum": _plain(total),
             "sha256": hashlib.sha256(array.tobytes()).hexdigest()}  # fmt: skip
 

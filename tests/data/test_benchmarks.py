@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from vh_lens.evaluation.answers import candidate_strings, format_question, gold_index, is_correct
 from vh_lens.data._images import MissingImagesError, SampleSet
 from vh_lens.data.benchmarks import (
     load_mmbench,
@@ -25,6 +24,7 @@ from vh_lens.data.benchmarks import (
 )
 from vh_lens.data.pointqa import load_looktwice
 from vh_lens.data.sample import Sample
+from vh_lens.evaluation.answers import candidate_strings, format_question, gold_index, is_correct
 
 # ------------------------------------------------------------------------------ fixtures
 

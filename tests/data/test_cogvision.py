@@ -31,9 +31,17 @@ COGQA_SNIPPET = [
         "question": "Lee mows one lawn and charges $33. Last week he mowed 16 lawns. How much did he earn?",
         "answer": "33 * 16 = $528.\n",
         "generated": [
-            {"subquestion": "How much does Lee charge for mowing one lawn?", "answer": "$33", "cognitive_skill": "Retrieval"},
+            {
+                "subquestion": "How much does Lee charge for mowing one lawn?",
+                "answer": "$33",
+                "cognitive_skill": "Retrieval",
+            },
             {"subquestion": "How many lawns did Lee mow last week?", "answer": 16, "cognitive_skill": "Retrieval"},
-            {"subquestion": "What is the total amount Lee earned?", "answer": 528.5, "cognitive_skill": "Math Calculation"},
+            {
+                "subquestion": "What is the total amount Lee earned?",
+                "answer": 528.5,
+                "cognitive_skill": "Math Calculation",
+            },
         ],
     },
     {
@@ -72,8 +80,14 @@ def test_real_cogqa_counts(path: Path, n_items: int, n_subs: int) -> None:
 def test_real_cogqa_labels() -> None:
     test_counts = Counter(s.function for it in load_cogvision(TEST_FILE) for s in it.subquestions)
     assert test_counts == {
-        "Math Calculation": 201, "Retrieval": 175, "Knowledge Recall": 103, "Logical Reasoning": 68,
-        "Inference": 68, "Semantic Understanding": 50, "Syntactic Understanding": 24, "Decision-making": 24,
+        "Math Calculation": 201,
+        "Retrieval": 175,
+        "Knowledge Recall": 103,
+        "Logical Reasoning": 68,
+        "Inference": 68,
+        "Semantic Understanding": 50,
+        "Syntactic Understanding": 24,
+        "Decision-making": 24,
     }
     train_items = load_cogvision(TRAIN_FILE)
     train_counts = Counter(s.function for it in train_items for s in it.subquestions)
@@ -116,8 +130,13 @@ def test_chain_prompt_format(tmp_path: Path) -> None:
     assert third.answer == "528.5"
     assert third.image is None
     assert third.metadata == {
-        "group": 0, "item_id": "cogqa:0", "sub_index": 2, "n_subquestions": 3, "function": "Math Calculation",
-        "subquestion": "What is the total amount Lee earned?", "main_question": items[0].question,
+        "group": 0,
+        "item_id": "cogqa:0",
+        "sub_index": 2,
+        "n_subquestions": 3,
+        "function": "Math Calculation",
+        "subquestion": "What is the total amount Lee earned?",
+        "main_question": items[0].question,
         "main_answer": "33 * 16 = $528.",
     }
     assert samples[0].question.endswith("\nQ1: How much does Lee charge for mowing one lawn?")
@@ -125,7 +144,10 @@ def test_chain_prompt_format(tmp_path: Path) -> None:
     bare = subquestion_samples(items, context="none")
     assert [s.question for s in bare] == [s.metadata["subquestion"] for s in samples]
     no_main = subquestion_samples(items, include_main_question=False)
-    assert no_main[1].question == "Q1: How much does Lee charge for mowing one lawn?\nA1: $33\nQ2: How many lawns did Lee mow last week?"
+    assert (
+        no_main[1].question
+        == "Q1: How much does Lee charge for mowing one lawn?\nA1: $33\nQ2: How many lawns did Lee mow last week?"
+    )
     assert format_chain_prompt("Why?") == "Q1: Why?"
     with pytest.raises(ValueError, match="context"):
         subquestion_samples(items, context="cot")  # type: ignore[arg-type]
@@ -148,13 +170,30 @@ def test_main_question_samples(tmp_path: Path) -> None:
 
 def _cogvision_records() -> list[dict]:
     return [
-        {"id": "cv-1", "image_path": "imgs/a.png", "main_question": "How many red shapes?", "main_answer": "2",
-         "subquestions": [
-             {"question": "Which shapes are red?", "answer": "circle, square", "function": "Low-level Visual Reception"},
-             {"question": "How many is that?", "answer": "2", "function": "Math Reasoning"},
-         ], "source": "synthetic"},
-        {"id": "cv-2", "image": "imgs/missing.png", "question": "Is it day?", "answer": "yes",
-         "generated": [{"subquestion": "Is the sky bright?", "answer": "yes", "cognitive_skill": "High-level Visual Reception"}]},
+        {
+            "id": "cv-1",
+            "image_path": "imgs/a.png",
+            "main_question": "How many red shapes?",
+            "main_answer": "2",
+            "subquestions": [
+                {
+                    "question": "Which shapes are red?",
+                    "answer": "circle, square",
+                    "function": "Low-level Visual Reception",
+                },
+                {"question": "How many is that?", "answer": "2", "function": "Math Reasoning"},
+            ],
+            "source": "synthetic",
+        },
+        {
+            "id": "cv-2",
+            "image": "imgs/missing.png",
+            "question": "Is it day?",
+            "answer": "yes",
+            "generated": [
+                {"subquestion": "Is the sky bright?", "answer": "yes", "cognitive_skill": "High-level Visual Reception"}
+            ],
+        },
     ]
 
 
@@ -175,7 +214,9 @@ def test_cogvision_images_alternate_keys_and_missing(tmp_path: Path) -> None:
     assert item.subquestions[0] == SubQuestion("Which shapes are red?", "circle, square", "Low-level Visual Reception")
     samples = subquestion_samples(items)
     assert samples[1].image == item.image and samples[1].load_image().size == (8, 6)
-    assert samples[1].question.startswith("Main question: How many red shapes?\nQ1: Which shapes are red?\nA1: circle, square\nQ2:")
+    assert samples[1].question.startswith(
+        "Main question: How many red shapes?\nQ1: Which shapes are red?\nA1: circle, square\nQ2:"
+    )
     # images_dir: relative paths resolve there instead of next to the file.
     other = tmp_path / "elsewhere"
     (other / "imgs").mkdir(parents=True)
@@ -201,10 +242,16 @@ def test_jsonl_and_data_wrapper(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({"answer": "x", "generated": [{"subquestion": "q", "answer": "a", "cognitive_skill": "Retrieval"}]}, "main question"),
+        (
+            {"answer": "x", "generated": [{"subquestion": "q", "answer": "a", "cognitive_skill": "Retrieval"}]},
+            "main question",
+        ),
         ({"question": "q", "generated": []}, "chain"),
         ({"question": "q", "generated": [{"subquestion": "q", "answer": "a"}]}, "function"),
-        ({"question": "q", "generated": [{"subquestion": "q", "answer": "", "cognitive_skill": "Retrieval"}]}, "answer"),
+        (
+            {"question": "q", "generated": [{"subquestion": "q", "answer": "", "cognitive_skill": "Retrieval"}]},
+            "answer",
+        ),
         ({"question": "q", "generated": ["not an object"]}, "expected an object"),
     ],
 )

@@ -115,7 +115,9 @@ def test_written_file_reads_back_with_load_cogvision(items, tmp_path):
             assert np.array_equal(np.asarray(Image.open(f).convert("RGB")), np.asarray(a.image))
     prompts = subquestion_samples(back)
     assert prompts[3].question.startswith("Main question: " + back[0].question + "\nQ1: ")
-    assert prompts[3].question.endswith("A3: " + back[0].subquestions[2].answer + "\nQ4: " + back[0].subquestions[3].question)
+    assert prompts[3].question.endswith(
+        "A3: " + back[0].subquestions[2].answer + "\nQ4: " + back[0].subquestions[3].question
+    )
 
 
 def test_bad_options_are_refused():

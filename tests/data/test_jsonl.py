@@ -35,8 +35,13 @@ def test_fields_paths_and_metadata(files):
     root, other = files
     records = [
         {"image": "imgs/a.png", "question": "How many?", "answer": 3, "box": [1, 2, 20, 22], "split": "val"},
-        {"image": str(other / "b.jpg"), "question": "Which?", "choices": ["x", "y", "z"], "answer": "B",
-         "metadata": {"category": "color"}},
+        {
+            "image": str(other / "b.jpg"),
+            "question": "Which?",
+            "choices": ["x", "y", "z"],
+            "answer": "B",
+            "metadata": {"category": "color"},
+        },
         {"question": "What is 2+2?", "answer": "4"},
         {"image": None, "question": "Text only too?"},
     ]

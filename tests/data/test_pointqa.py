@@ -44,7 +44,11 @@ def looktwice(tmp_path):
     Image.new("RGB", (80, 80), GRAY).save(vg / "VG_100K" / "3.jpg")
     data = {
         "1": [
-            qa(2, {"x": 10, "y": 20, "w": 30, "h": 40, "object_id": 7, "names": ["clock"]}, {"x": 25, "y": 40, "ans": "2"}),
+            qa(
+                2,
+                {"x": 10, "y": 20, "w": 30, "h": 40, "object_id": 7, "names": ["clock"]},
+                {"x": 25, "y": 40, "ans": "2"},
+            ),
             qa(5, [50, 10, 20, 30], obj="people", sup="beings"),
         ],
         "2": [qa(1, {"X": 0, "Y": 0, "W": 10, "H": 10})],

@@ -41,8 +41,11 @@ scalars = st.one_of(
     st.text(max_size=8),
     st.sampled_from(["img.png", "A", "yes", "no", "1", "", "nan", "Retrieval"]),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                             max_size=4), max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
 boxes = st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 100), st.text(max_size=2)),
                  min_size=0, max_size=6)  # fmt: skip
 

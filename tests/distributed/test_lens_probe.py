@@ -23,7 +23,16 @@ def test_lens_and_probe_two_ranks_equal_one_process(tmp_path) -> None:
     samples = shapes(N, seed=5)
     one = logit_lens_samples(model, samples, batch_size=2)  # this process: no torchrun, one world
     two = LogitLensResult.load(tmp_path / "lens")
-    for name in ("positions", "final_ids", "final_rank", "final_prob", "top_ids", "top_probs", "answer_rank", "answer_prob"):
+    for name in (
+        "positions",
+        "final_ids",
+        "final_rank",
+        "final_prob",
+        "top_ids",
+        "top_probs",
+        "answer_rank",
+        "answer_prob",
+    ):
         assert torch.equal(getattr(one, name), getattr(two, name)), name
     assert one.top_tokens == two.top_tokens and two.final_rank.shape[1] == N
     # independent of the engine's batching: the lens of each sample alone

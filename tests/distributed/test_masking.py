@@ -20,8 +20,9 @@ def test_masking_two_ranks_equal_one_process(tmp_path) -> None:
     scores = vh_lens.scan_visual_heads(model, shapes(6, seed=1), batch_size=3, progress=False)
     samples = shapes(N, seed=5)
     for method in ("zero", "mean"):
-        one = vh_lens.masking_experiment(model, samples, scores, ks=(2, 5), control_seeds=(0, 1), method=method,
-                                         batch_size=2, progress=False)
+        one = vh_lens.masking_experiment(
+            model, samples, scores, ks=(2, 5), control_seeds=(0, 1), method=method, batch_size=2, progress=False
+        )
         two = vh_lens.MaskingResult.load(out / method)
         assert two.metadata["world_size"] == 2 and two.metadata["samples_per_rank"] == [4, 3]
         assert one.metadata["world_size"] == 1 and one.metadata["samples_per_rank"] == [N]

@@ -60,7 +60,7 @@ def test_killed_rank_resumes_bit_identical(two_ranks, tmp_path) -> None:
     check(torchrun(*args, "--log-dir", str(logs)))
     # on the rerun rank 1 read only its last sample (index 6), after skipping none: it resumed
     read = [int(x) for x in (logs / "rank1.log").read_text().split()]
-    assert read[-1] == 6 and read.count(6) == 1 and 4 not in read[read.index(6):]
+    assert read[-1] == 6 and read.count(6) == 1 and 4 not in read[read.index(6) :]
     resumed = vh_lens.VisualHeadScores.load(out)
     _assert_close(resumed, two_ranks, 0.0)  # same world size: the same bits
 

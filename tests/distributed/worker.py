@@ -49,8 +49,10 @@ def probe_samples(n: int):
 
     from vh_lens.data.shapes import shapes
 
-    return [dataclasses.replace(s, metadata={**s.metadata, "function": f"f{i % 2}", "group": i // 2})
-            for i, s in enumerate(shapes(n, seed=9))]
+    return [
+        dataclasses.replace(s, metadata={**s.metadata, "function": f"f{i % 2}", "group": i // 2})
+        for i, s in enumerate(shapes(n, seed=9))
+    ]
 
 
 def main(argv=None) -> int:
@@ -81,8 +83,13 @@ def main(argv=None) -> int:
         samples = DyingSamples(samples, die, log)
         if args.task == "scan":
             scores = vh_lens.scan_visual_heads(
-                model, samples, batch_size=args.batch_size, keep_per_sample=True, progress=False,
-                checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                model,
+                samples,
+                batch_size=args.batch_size,
+                keep_per_sample=True,
+                progress=False,
+                checkpoint_dir=args.checkpoint_dir,
+                checkpoint_every=args.checkpoint_every,
             )
             if ctx.is_main:
                 scores.save(args.out)
@@ -90,15 +97,22 @@ def main(argv=None) -> int:
             scores = vh_lens.scan_visual_heads(model, shapes(6, seed=1), batch_size=3, progress=False)
             for method in ("zero", "mean"):
                 result = vh_lens.masking_experiment(
-                    model, samples, scores, ks=(2, 5), control_seeds=(0, 1), method=method,
-                    batch_size=args.batch_size, progress=False,
+                    model,
+                    samples,
+                    scores,
+                    ks=(2, 5),
+                    control_seeds=(0, 1),
+                    method=method,
+                    batch_size=args.batch_size,
+                    progress=False,
                 )
                 if ctx.is_main:
                     result.save(os.path.join(args.out, method))
         elif args.task == "lens_probe":
             lensed = logit_lens_samples(model, samples, batch_size=args.batch_size)
-            acts = vh_lens.collect_head_activations(model, probe_samples(args.n_samples), batch_size=args.batch_size,
-                                                    progress=False)
+            acts = vh_lens.collect_head_activations(
+                model, probe_samples(args.n_samples), batch_size=args.batch_size, progress=False
+            )
             evaluated = vh_lens.evaluate(model, samples.samples, batch_size=args.batch_size, progress=False)
             if ctx.is_main:
                 lensed.save(os.path.join(args.out, "lens"))

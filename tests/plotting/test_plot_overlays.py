@@ -46,7 +46,6 @@ def test_rows_share_a_scale_unless_told_otherwise() -> None:
 
 
 def test_bad_rows_are_refused() -> None:
-    boxes = _boxes([(0, 5)], [(0, 5)])
     with pytest.raises(ValueError, match="values must be \\[2"):
         plot_attention_overlays([OverlayRow("a", torch.zeros(1, 1, 1))], ["H1", "H2"])
     with pytest.raises(ValueError, match="needs cell_boxes"):

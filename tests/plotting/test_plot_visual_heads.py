@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -87,8 +86,14 @@ def test_attention_on_image_paints_each_patch() -> None:
 
 def test_attention_on_image_from_layout_checks_sizes() -> None:
     layout = TokenLayout(
-        seq_len=8, n_pad=0, image_positions=torch.arange(3, 7), newline_positions=torch.zeros(0, dtype=torch.long),
-        text_positions=torch.tensor([0, 1, 2, 7]), query_position=7, grids=(_grid(),), image_size=(20, 10),
+        seq_len=8,
+        n_pad=0,
+        image_positions=torch.arange(3, 7),
+        newline_positions=torch.zeros(0, dtype=torch.long),
+        text_positions=torch.tensor([0, 1, 2, 7]),
+        query_position=7,
+        grids=(_grid(),),
+        image_size=(20, 10),
     )
     rows = torch.rand(1, 8)
     fig = plot_head_attention_on_image(Image.new("RGB", (20, 10)), layout, rows)

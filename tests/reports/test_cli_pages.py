@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from pagecheck import figure_specs, links
+
 from vh_lens.cli import build_parser, main
 from vh_lens.reports.page import MAX_FIGURE_WIDTH, PLOTLYJS_FILE
 

@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 import plotly.offline
 import pytest
 import torch
-
 from pagecheck import cells, figure_specs, links, long_numbers
+
 from vh_lens.reports.page import (
     INDEX_FILE,
     MAX_FIGURE_WIDTH,
@@ -121,7 +121,9 @@ def test_figures_are_capped_in_width_and_have_ids(tmp_path) -> None:
 
 def test_figures_come_before_tables(tmp_path) -> None:
     text = _page(tmp_path / "o.html", tables=[Table("t", ["a"], [[1]])], settings={"k": 1}).read_text()
-    assert text.index("<h1>") < text.index('id="settings"') < text.index("plotly-graph-div") < text.index('id="table-t"')
+    assert (
+        text.index("<h1>") < text.index('id="settings"') < text.index("plotly-graph-div") < text.index('id="table-t"')
+    )
 
 
 def test_template_renders_settings_escaped(tmp_path) -> None:

@@ -6,9 +6,9 @@ import re
 
 import pytest
 import torch
+from pagecheck import cells, figure_specs, links, long_numbers
 
 import vh_lens
-from pagecheck import cells, figure_specs, links, long_numbers
 from vh_lens.data.shapes import shapes
 from vh_lens.reports.experiments import write_lens_report, write_mask_report
 from vh_lens.reports.page import INDEX_FILE, MAX_FIGURE_WIDTH
@@ -128,7 +128,10 @@ def test_prompt_pair_orders_the_scans_and_refuses_mismatches(scores, tmp_path) -
     def scan(data: str, model: str = "toy") -> VisualHeadScores:
         return VisualHeadScores(scores.mean, scores.variance, scores.count, metadata={"data": data, "model": model})
 
-    plain, visual = scan("f.json (looktwice, general questions)"), scan("f.json (looktwice, general questions, visual prompt)")
+    plain, visual = (
+        scan("f.json (looktwice, general questions)"),
+        scan("f.json (looktwice, general questions, visual prompt)"),
+    )
     visual.save(tmp_path / "vp" / "scores")
     loaded = prompt_pair(plain, tmp_path / "vp")  # a scan's --out folder
     assert loaded[0] is plain and loaded[1].metadata["data"].endswith("visual prompt)")

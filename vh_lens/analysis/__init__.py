@@ -24,7 +24,7 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vh_lens.analysis.logit_lens import LensConfig
-    from vh_lens.analysis.lens_result import LogitLensResult
-    from vh_lens.analysis.interventions import ablate_heads, scale_heads, shift_heads, query_position_mask
     from vh_lens.analysis.head_means import HeadMeans
+    from vh_lens.analysis.interventions import ablate_heads, query_position_mask, scale_heads, shift_heads
+    from vh_lens.analysis.lens_result import LogitLensResult
+    from vh_lens.analysis.logit_lens import LensConfig

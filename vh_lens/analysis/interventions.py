@@ -34,8 +34,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from vh_lens.core.hooks import Head, HookFunction, act_name
 from vh_lens.analysis.head_means import HeadMeans, HeadMeansReducer, head_means
+from vh_lens.core.hooks import Head, HookFunction, act_name
 
 __all__ = [
     "Head",
@@ -136,7 +136,9 @@ def _as_positions(positions: Positions) -> Tensor | None:
         raise ValueError(f"positions must be ints, a tensor or None, got {positions!r}") from None
 
 
-def _position_mask(positions: Tensor | None, batch: int, seq: int, device: torch.device) -> Bool[Tensor, "batch seq"] | None:
+def _position_mask(
+    positions: Tensor | None, batch: int, seq: int, device: torch.device
+) -> Bool[Tensor, "batch seq"] | None:
     """``[batch, seq]`` mask of the positions to edit, or ``None`` for all of them."""
     if positions is None:
         return None

@@ -219,9 +219,7 @@ class LogitLensResult:
             elif isinstance(values[0], Tensor):
                 joined[f.name] = torch.cat(values, dim=0 if values[0].ndim == 1 else 1)
             elif f.name == "top_tokens":
-                joined[f.name] = tuple(
-                    tuple(t for v in values for t in v[layer]) for layer in range(first.n_layers)
-                )
+                joined[f.name] = tuple(tuple(t for v in values for t in v[layer]) for layer in range(first.n_layers))
             else:
                 joined[f.name] = tuple(t for v in values for t in v)
         return cls(**joined)

@@ -22,13 +22,14 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import apply_softcap
 
+from vh_lens.analysis.lens_result import LogitLensResult
 from vh_lens.core.config import ExperimentConfig, check_positive_int, resolve_config
 from vh_lens.core.hooks import FwdHook, act_name, query_positions
 from vh_lens.engine import PreparedBatch, Preparer, Reducer, iter_batches, run
-from vh_lens.analysis.lens_result import LogitLensResult
 from vh_lens.evaluation.candidates import answer_token_ids
 
 __all__ = ["LensConfig", "LensReducer", "LogitLensResult", "answer_token_ids", "logit_lens", "logit_lens_samples"]
+
 
 def _token_strings(tokenizer: Any | None, ids: Tensor) -> list[str]:
     flat = ids.reshape(-1).tolist()
@@ -48,7 +49,7 @@ def _grab_rows_hook(
     store[hook.layer()] = resid[rows, positions.to(resid.device)].detach()
 
 
-def _rank(logits: Float[Tensor, "... vocab"], ids: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
+def _rank(logits: Float[Tensor, "... vocab"], ids: Int[Tensor, ...]) -> Int[Tensor, ...]:
     """1-based rank of ``ids``: one plus the number of tokens with a strictly higher logit."""
     target = logits.gather(-1, ids[..., None])
     return (logits > target).sum(-1) + 1
@@ -71,7 +72,9 @@ class LensConfig(ExperimentConfig):
         check_positive_int("batch_size", self.batch_size)
 
 
-LensInputs = Callable[[PreparedBatch], tuple["Sequence[str] | Sequence[int] | Tensor | None", "Sequence[int] | Tensor | None"]]
+LensInputs = Callable[
+    [PreparedBatch], tuple["Sequence[str] | Sequence[int] | Tensor | None", "Sequence[int] | Tensor | None"]
+]
 """``inputs(item) -> (answers, positions)`` of one batch for :class:`LensReducer`."""
 
 

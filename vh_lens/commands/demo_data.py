@@ -239,11 +239,11 @@ def _readme(counts: dict[str, int], cog_source: str, n: int, seed: int) -> str:
 
 | file | records | reader | try |
 |---|---|---|---|
-| questions.jsonl | {counts['questions.jsonl']} | load_jsonl | `vh-lens scan --model toy --data questions.jsonl --format jsonl --out scan` |
-| looktwice.json | {counts['looktwice.json']} | load_looktwice, load_pointqa_counting | `vh-lens scan --model toy --data looktwice.json --format looktwice --images plain --question super --visual-prompt --out scan_lt` |
-| pointqa_twice.json | {counts['pointqa_twice.json']} | load_vip_pointqa | `vh-lens scan --model toy --data pointqa_twice.json --format vip-pointqa --images . --out scan_vip` |
-| pope_shapes.jsonl | {counts['pope_shapes.jsonl']} | load_pope | `vh-lens mask --model toy --data pope_shapes.jsonl --format pope --images images --scores scan --out mask_pope` |
-| cogvision.json | {counts['cogvision.json']} | load_cogvision | `vh-lens probe --model toy --data cogvision.json --out probe` |
+| questions.jsonl | {counts["questions.jsonl"]} | load_jsonl | `vh-lens scan --model toy --data questions.jsonl --format jsonl --out scan` |
+| looktwice.json | {counts["looktwice.json"]} | load_looktwice, load_pointqa_counting | `vh-lens scan --model toy --data looktwice.json --format looktwice --images plain --question super --visual-prompt --out scan_lt` |
+| pointqa_twice.json | {counts["pointqa_twice.json"]} | load_vip_pointqa | `vh-lens scan --model toy --data pointqa_twice.json --format vip-pointqa --images . --out scan_vip` |
+| pope_shapes.jsonl | {counts["pope_shapes.jsonl"]} | load_pope | `vh-lens mask --model toy --data pope_shapes.jsonl --format pope --images images --scores scan --out mask_pope` |
+| cogvision.json | {counts["cogvision.json"]} | load_cogvision | `vh-lens probe --model toy --data cogvision.json --out probe` |
 
 images/: every sample's image as the toy was trained on it (the pointer of the "these" and multiple-choice
 questions drawn as a white outline). plain/: the counting samples' images with nothing drawn (paper A's plain

@@ -25,12 +25,12 @@ from vh_lens.commands._inputs import (
     MODEL_HELP,
     add_input_arguments,
     add_n_ctx_argument,
+    add_report_arguments,
     check_data_file,
     check_n_ctx,
     model_path,
 )
 from vh_lens.core.io import write_json
-from vh_lens.commands._inputs import add_report_arguments
 
 FORMATS = ("mmbench", "pope", "seed", "qbench", "pointqa", "jsonl")
 QUESTION_FORMAT_REMOVED = (
@@ -154,7 +154,9 @@ def _command(args: argparse.Namespace) -> str:
     return str(getattr(args, "command", None) or "mask")
 
 
-def screen_and_record(args: argparse.Namespace, model: Any, samples: list[Any], **kwargs: Any) -> tuple[list[Any], dict]:
+def screen_and_record(
+    args: argparse.Namespace, model: Any, samples: list[Any], **kwargs: Any
+) -> tuple[list[Any], dict]:
     """Check every sample on ``model`` before anything is written; ``(kept samples, run record)``.
 
     The record (written by the command as ``inputs.json``) holds the fingerprints of the

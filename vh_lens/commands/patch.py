@@ -71,8 +71,12 @@ def register(subparsers: Any) -> None:
         "and per image region; normalised effects (1 = the full clean effect).",
     )
     src = parser.add_argument_group("model and data (leave out for the toy model on generated samples)")
-    src.add_argument("--model", type=model_path, default=None, help=f"{MODEL_HELP} (the default, on generated "
-                     "samples, when --data is not given)")
+    src.add_argument(
+        "--model",
+        type=model_path,
+        default=None,
+        help=f"{MODEL_HELP} (the default, on generated samples, when --data is not given)",
+    )
     src.add_argument("--data", type=Path, default=None, help="the benchmark's annotation file")
     src.add_argument("--format", choices=FORMATS, default=None, help="the data file's format")
     src.add_argument("--images", type=Path, default=None, help="folder of the images (see vh-lens mask)")
@@ -83,12 +87,22 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--kinds", default="count_super", help="comma-separated question kinds (default count_super)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the samples and of the noise (default 0)")
     run = parser.add_argument_group("patching")
-    run.add_argument("--corruption", choices=CORRUPTIONS, default="embed-noise", help="the corrupted run (default embed-noise)")
-    run.add_argument("--noise-scale", type=float, default=3.0, help="embed-noise std in units of the features' std (default 3)")
+    run.add_argument(
+        "--corruption", choices=CORRUPTIONS, default="embed-noise", help="the corrupted run (default embed-noise)"
+    )
+    run.add_argument(
+        "--noise-scale", type=float, default=3.0, help="embed-noise std in units of the features' std (default 3)"
+    )
     run.add_argument("--metric", choices=("logit_diff", "logprob"), default="logit_diff", help="default logit_diff")
-    run.add_argument("--grids", default="heads,positions,regions", help="comma-separated subset of heads,positions,regions")
-    run.add_argument("--head-positions", choices=("query", "all"), default="query", help="heads: patch hook_z where (default query)")
-    run.add_argument("--activation", default="resid_pre", help="positions and regions: the activation (default resid_pre)")
+    run.add_argument(
+        "--grids", default="heads,positions,regions", help="comma-separated subset of heads,positions,regions"
+    )
+    run.add_argument(
+        "--head-positions", choices=("query", "all"), default="query", help="heads: patch hook_z where (default query)"
+    )
+    run.add_argument(
+        "--activation", default="resid_pre", help="positions and regions: the activation (default resid_pre)"
+    )
     run.add_argument("--layers", default=None, help="comma-separated layers for positions and regions (default all)")
     run.add_argument("--no-attribution", action="store_true", help="skip attribution patching")
     run.add_argument("--batch-size", type=int, default=8, help="samples per batch (default 8)")
@@ -171,7 +185,9 @@ def _formatter(args: argparse.Namespace) -> Any:
     return format_question
 
 
-def _corrupt(model: Any, args: argparse.Namespace, clean: Any, samples: Sequence[Any], nexts: Sequence[Any], fmt: Any) -> Any:
+def _corrupt(
+    model: Any, args: argparse.Namespace, clean: Any, samples: Sequence[Any], nexts: Sequence[Any], fmt: Any
+) -> Any:
     from vh_lens import patching
 
     if args.corruption == "embed-noise":
@@ -206,7 +222,9 @@ def _metric(model: Any, args: argparse.Namespace, clean: Any, corrupt: Any, samp
         candidates = candidate_strings(s)
         prefix, ids = candidate_token_ids(model.tokenizer, clean.prompts[i], candidates)
         if prefix:
-            raise ValueError(f"sample {i}: the candidates {candidates!r} share leading tokens; the metric reads one token")
+            raise ValueError(
+                f"sample {i}: the candidates {candidates!r} share leading tokens; the metric reads one token"
+            )
         g = gold_index(s)
         others = [j for j in range(len(ids)) if j != g]
         best = max(others, key=lambda j: float(corrupt_logits[i, ids[j]]))
@@ -217,8 +235,16 @@ def _metric(model: Any, args: argparse.Namespace, clean: Any, corrupt: Any, samp
     return patching.logit_diff_metric(clean, gold, foil)
 
 
-def _chunk_results(model: Any, args: argparse.Namespace, clean: Any, corrupt: Any, metric: Any,
-                   samples: Sequence[Any], grids: list[str], layers: list[int] | None) -> dict[str, Any]:
+def _chunk_results(
+    model: Any,
+    args: argparse.Namespace,
+    clean: Any,
+    corrupt: Any,
+    metric: Any,
+    samples: Sequence[Any],
+    grids: list[str],
+    layers: list[int] | None,
+) -> dict[str, Any]:
     from vh_lens import patching
 
     sites = {}
@@ -229,16 +255,22 @@ def _chunk_results(model: Any, args: argparse.Namespace, clean: Any, corrupt: An
     if "regions" in grids:
         if any(s.box is None for s in samples):
             raise ValueError("--grids regions needs a box in every sample (leave regions out of --grids)")
-        region = patching.region_sites(clean, [[s.box for s in samples]], ["box"], activation=args.activation, rest=True)
+        region = patching.region_sites(
+            clean, [[s.box for s in samples]], ["box"], activation=args.activation, rest=True
+        )
         sites["regions"] = (region, layers)
     out = {}
-    description = f"corruption {args.corruption}" + (f", head positions {args.head_positions}" if "heads" in grids else "")
+    description = f"corruption {args.corruption}" + (
+        f", head positions {args.head_positions}" if "heads" in grids else ""
+    )
     for grid, (site, lay) in sites.items():
-        out[f"{grid}_activation"] = patching.activation_patch(model, clean, corrupt, metric, site, layers=lay,
-                                                              description=description)
+        out[f"{grid}_activation"] = patching.activation_patch(
+            model, clean, corrupt, metric, site, layers=lay, description=description
+        )
         if not args.no_attribution:
-            out[f"{grid}_attribution"] = patching.attribution_patch(model, clean, corrupt, metric, site, layers=lay,
-                                                                    description=description)
+            out[f"{grid}_attribution"] = patching.attribution_patch(
+                model, clean, corrupt, metric, site, layers=lay, description=description
+            )
     return out
 
 
@@ -333,4 +365,3 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines += ["", "| layer row | box effect | rest effect |", "|---|---|---|"]
         lines += [f"| {i} | {b:.3f} | {r:.3f} |" for i, (b, r) in enumerate(zip(e["box_effect"], e["rest_effect"]))]
     return "\n".join(lines) + "\n"
-

@@ -69,40 +69,76 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--data", required=True, type=Path, help="CogVision/CogQA file (.json or .jsonl)")
     parser.add_argument("--images", type=Path, default=None, help="folder of the items' images (default: the file's)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N items (main questions)")
-    parser.add_argument("--functions", nargs="+", default=None,
-                        help="labels to probe (default: every label with subquestions on both sides of the split)")
-    parser.add_argument("--context", choices=("chain", "none"), default="chain",
-                        help="subquestion prompt: with the earlier steps and answers (default) or bare")
-    parser.add_argument("--position", choices=("last_prompt", "answer_mean"), default="last_prompt",
-                        help="where hook_z is read: the last prompt token (default) or the mean over the positions "
-                             "predicting the gold answer")
+    parser.add_argument(
+        "--functions",
+        nargs="+",
+        default=None,
+        help="labels to probe (default: every label with subquestions on both sides of the split)",
+    )
+    parser.add_argument(
+        "--context",
+        choices=("chain", "none"),
+        default="chain",
+        help="subquestion prompt: with the earlier steps and answers (default) or bare",
+    )
+    parser.add_argument(
+        "--position",
+        choices=("last_prompt", "answer_mean"),
+        default="last_prompt",
+        help="where hook_z is read: the last prompt token (default) or the mean over the positions "
+        "predicting the gold answer",
+    )
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split by main question")
     parser.add_argument("--test-fraction", type=float, default=0.3, help="fraction of main questions held out")
-    parser.add_argument("--mode", choices=("ovr", "multiclass", "both"), default="both",
-                        help="probes: function-vs-rest, multiclass, or both (default)")
+    parser.add_argument(
+        "--mode",
+        choices=("ovr", "multiclass", "both"),
+        default="both",
+        help="probes: function-vs-rest, multiclass, or both (default)",
+    )
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--k", type=int, default=None, help="functional heads per function: the top K")
-    selection.add_argument("--elbow", action="store_true", help="functional heads at the elbow of the sorted scores "
-                                                                "(the default)")
-    parser.add_argument("--intervene", choices=("remove", "emphasise", "none"), default="none",
-                        help="intervene on each function's heads vs random heads (default none)")
+    selection.add_argument(
+        "--elbow", action="store_true", help="functional heads at the elbow of the sorted scores (the default)"
+    )
+    parser.add_argument(
+        "--intervene",
+        choices=("remove", "emphasise", "none"),
+        default="none",
+        help="intervene on each function's heads vs random heads (default none)",
+    )
     parser.add_argument("--removal", choices=("zero", "mean", "scale"), default="zero", help="how heads are removed")
     parser.add_argument("--emphasis", choices=("scale", "shift"), default="shift", help="how heads are emphasised")
-    parser.add_argument("--alpha", type=float, default=None,
-                        help="factor (scale) or strength in sigmas (shift); defaults 1e-5 / 2 / 5")
+    parser.add_argument(
+        "--alpha", type=float, default=None, help="factor (scale) or strength in sigmas (shift); defaults 1e-5 / 2 / 5"
+    )
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the random controls")
-    parser.add_argument("--eval-method", choices=("generate", "score"), default="generate",
-                        help="read answers by greedy generation (default; open answers) or first-token logits")
+    parser.add_argument(
+        "--eval-method",
+        choices=("generate", "score"),
+        default="generate",
+        help="read answers by greedy generation (default; open answers) or first-token logits",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=16, help="generation length (default 16)")
-    parser.add_argument("--main-answer", choices=("final_step", "item"), default="final_step",
-                        help="gold answer of a main question: its chain's last subquestion answer (default) or the "
-                             "item's answer field")
-    parser.add_argument("--cross-function", action="store_true",
-                        help="with --intervene remove: the cross-function matrix (remove function i's heads, score "
-                             "function j, vs the random controls) in OUT/cross_function, a heatmap and a table")
+    parser.add_argument(
+        "--main-answer",
+        choices=("final_step", "item"),
+        default="final_step",
+        help="gold answer of a main question: its chain's last subquestion answer (default) or the item's answer field",
+    )
+    parser.add_argument(
+        "--cross-function",
+        action="store_true",
+        help="with --intervene remove: the cross-function matrix (remove function i's heads, score "
+        "function j, vs the random controls) in OUT/cross_function, a heatmap and a table",
+    )
     parser.add_argument("--save-activations", action="store_true", help="keep the activations in OUT/activations")
-    parser.add_argument("--stream-mb", type=float, default=512.0,
-                        help="stream the activations to OUT/activations when larger than this (MiB, default 512)")
+    parser.add_argument(
+        "--stream-mb",
+        type=float,
+        default=512.0,
+        help="stream the activations to OUT/activations when larger than this (MiB, default 512)",
+    )
     add_output_arguments(parser)
     add_input_arguments(parser)
     parser.set_defaults(func=run)  # fmt: skip

@@ -52,11 +52,11 @@ from vh_lens.commands._inputs import (
     MODEL_HELP,
     add_input_arguments,
     add_n_ctx_argument,
+    add_report_arguments,
     check_data_file,
     check_n_ctx,
     model_path,
 )
-from vh_lens.commands._inputs import add_report_arguments
 
 FORMATS = ("looktwice", "vip-pointqa", "jsonl")
 QUESTIONS = ("general", "object", "super")
@@ -259,7 +259,9 @@ def load_data_samples(args: argparse.Namespace) -> Any:
     if not len(samples):
         raise ValueError(f"{args.data} holds no samples")
     if samples.n_skipped:
-        print(f"vh-lens scan: left out {samples.n_skipped} samples whose image is missing (--skip-bad)", file=sys.stderr)
+        print(
+            f"vh-lens scan: left out {samples.n_skipped} samples whose image is missing (--skip-bad)", file=sys.stderr
+        )
     return samples
 
 
@@ -372,7 +374,9 @@ def prepare_checkpoint(
         diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         diff |= {k: (v, None) for k, v in saved.items() if k not in wanted}
         problem = f"{ckpt} is a checkpoint of a run with other settings (then, now): {diff}"
-    elif saved is not None and inputs is not None and (ckpt / "checkpoint.json").is_file() and not inputs_file.is_file():
+    elif (
+        saved is not None and inputs is not None and (ckpt / "checkpoint.json").is_file() and not inputs_file.is_file()
+    ):
         problem = f"{ckpt} does not record what its run read (written by an older vh_lens), so it cannot be checked"
     elif saved is not None and inputs is not None and inputs_file.is_file():
         changes = changed_inputs(json.loads(inputs_file.read_text(encoding="utf-8")), dict(inputs))

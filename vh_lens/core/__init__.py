@@ -38,11 +38,11 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vh_lens.core.loading import load_llava, load_llava_no_processing, SUPPORTED_MODELS, SUPPORTED_BACKBONES
-    from vh_lens.core.conformance import UnsupportedModelError, check_conformance, conformance_table
-    from vh_lens.core.tensor_source import CheckpointError
-    from vh_lens.core.model import LlavaLens, LlavaBatch
-    from vh_lens.core.layout import TokenLayout, ImageGrid, ImageLayout
-    from vh_lens.core.onevision import LlavaOnevisionImageOnlyProcessor
-    from vh_lens.core.hooks import Head, HookFunction, FwdHook, act_name, random_heads
     from vh_lens.core.config import ExperimentConfig
+    from vh_lens.core.conformance import UnsupportedModelError, check_conformance, conformance_table
+    from vh_lens.core.hooks import FwdHook, Head, HookFunction, act_name, random_heads
+    from vh_lens.core.layout import ImageGrid, ImageLayout, TokenLayout
+    from vh_lens.core.loading import SUPPORTED_BACKBONES, SUPPORTED_MODELS, load_llava, load_llava_no_processing
+    from vh_lens.core.model import LlavaBatch, LlavaLens
+    from vh_lens.core.onevision import LlavaOnevisionImageOnlyProcessor
+    from vh_lens.core.tensor_source import CheckpointError

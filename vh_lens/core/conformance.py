@@ -167,49 +167,118 @@ def _text_rules(cls: str) -> list[FieldRule]:
         FieldRule(cls, "intermediate_size", "honoured", "conversion: d_mlp", _FAMILY),
         FieldRule(cls, "num_hidden_layers", "honoured", "conversion: n_layers", _FAMILY),
         FieldRule(cls, "num_attention_heads", "honoured", "conversion: n_heads", _FAMILY),
-        FieldRule(cls, "num_key_value_heads", "honoured", "conversion: n_key_value_heads (grouped-query attention)", _T),
-        FieldRule(cls, "head_dim", "honoured", "conversion: d_head (and the 1/sqrt(d_head) scale, the rotary size)", _T),
-        FieldRule(cls, "hidden_act", "honoured", "conversion: act_fn (the TransformerLens function equal to ACT2FN's)", _T, _activation),
+        FieldRule(
+            cls, "num_key_value_heads", "honoured", "conversion: n_key_value_heads (grouped-query attention)", _T
+        ),
+        FieldRule(
+            cls, "head_dim", "honoured", "conversion: d_head (and the 1/sqrt(d_head) scale, the rotary size)", _T
+        ),
+        FieldRule(
+            cls,
+            "hidden_act",
+            "honoured",
+            "conversion: act_fn (the TransformerLens function equal to ACT2FN's)",
+            _T,
+            _activation,
+        ),
         FieldRule(cls, "rms_norm_eps", "honoured", "conversion: eps of every RMS norm", _T),
-        FieldRule(cls, "max_position_embeddings", "honoured",
-                  "conversion: n_ctx = min(it, 4096) unless given (longer batches are refused); the accepted rope types do not read it", _T),
-        FieldRule(cls, "rope_parameters", "honoured",
-                  "conversion: rope_theta -> rotary_base; rope_type 'llama3' -> NTK-by-parts; Phi-3 partial_rotary_factor -> "
-                  "rotary_dim; refused: other rope types (linear, dynamic, yarn, longrope/su), other keys, a partial factor "
-                  "outside Phi-3", _T, _rope_parameters),
+        FieldRule(
+            cls,
+            "max_position_embeddings",
+            "honoured",
+            "conversion: n_ctx = min(it, 4096) unless given (longer batches are refused); the accepted rope types do not read it",
+            _T,
+        ),
+        FieldRule(
+            cls,
+            "rope_parameters",
+            "honoured",
+            "conversion: rope_theta -> rotary_base; rope_type 'llama3' -> NTK-by-parts; Phi-3 partial_rotary_factor -> "
+            "rotary_dim; refused: other rope types (linear, dynamic, yarn, longrope/su), other keys, a partial factor "
+            "outside Phi-3",
+            _T,
+            _rope_parameters,
+        ),
         FieldRule(cls, "attention_dropout", "honoured", _EVAL, _T),
-        FieldRule(cls, "tie_word_embeddings", "inert",
-                  "Hugging Face's LLaVA ties by the LLaVA-level flag (LlavaConfig copies a True text flag up when built)"),
+        FieldRule(
+            cls,
+            "tie_word_embeddings",
+            "inert",
+            "Hugging Face's LLaVA ties by the LLaVA-level flag (LlavaConfig copies a True text flag up when built)",
+        ),
     ]
     if cls == "LlamaConfig":
         family += [
             FieldRule(cls, "attention_bias", "honoured", "conversion: q/k/v/o_proj biases -> b_Q, b_K, b_V, b_O", _T),
-            FieldRule(cls, "mlp_bias", "refused", "TransformerLens' gated MLP has no gate/up bias",
-                      check=_refuse_if(bool, "TransformerLens' gated MLP has no gate/up bias")),
+            FieldRule(
+                cls,
+                "mlp_bias",
+                "refused",
+                "TransformerLens' gated MLP has no gate/up bias",
+                check=_refuse_if(bool, "TransformerLens' gated MLP has no gate/up bias"),
+            ),
             FieldRule(cls, "pretraining_tp", "honoured", "not read by transformers 5's Llama forward", _T),
         ]
     elif cls == "MistralConfig":
         family += [
-            FieldRule(cls, "sliding_window", "honoured",
-                      "conversion: every layer local attention with window_size (Mistral windows all layers)", _T, _window),
+            FieldRule(
+                cls,
+                "sliding_window",
+                "honoured",
+                "conversion: every layer local attention with window_size (Mistral windows all layers)",
+                _T,
+                _window,
+            ),
         ]
     elif cls == "Qwen2Config":
         family += [
-            FieldRule(cls, "layer_types", "honoured",
-                      "conversion: attn_types per layer ('sliding_attention' -> local with sliding_window), as Qwen2's "
-                      "attention and masks read it", _T, _layer_types),
-            FieldRule(cls, "sliding_window", "honoured", "conversion: window_size of the layers layer_types marks sliding", _T, _window),
-            FieldRule(cls, "use_sliding_window", "honoured",
-                      "through layer_types and sliding_window, which Qwen2Config derives from it (window on layers >= max_window_layers)", _T),
-            FieldRule(cls, "max_window_layers", "honoured", "through layer_types, which Qwen2Config derives from it", _T),
+            FieldRule(
+                cls,
+                "layer_types",
+                "honoured",
+                "conversion: attn_types per layer ('sliding_attention' -> local with sliding_window), as Qwen2's "
+                "attention and masks read it",
+                _T,
+                _layer_types,
+            ),
+            FieldRule(
+                cls,
+                "sliding_window",
+                "honoured",
+                "conversion: window_size of the layers layer_types marks sliding",
+                _T,
+                _window,
+            ),
+            FieldRule(
+                cls,
+                "use_sliding_window",
+                "honoured",
+                "through layer_types and sliding_window, which Qwen2Config derives from it (window on layers >= max_window_layers)",
+                _T,
+            ),
+            FieldRule(
+                cls, "max_window_layers", "honoured", "through layer_types, which Qwen2Config derives from it", _T
+            ),
         ]
     elif cls == "Phi3Config":
         family += [
-            FieldRule(cls, "sliding_window", "honoured", "conversion: every layer local attention with window_size", _T, _window),
+            FieldRule(
+                cls,
+                "sliding_window",
+                "honoured",
+                "conversion: every layer local attention with window_size",
+                _T,
+                _window,
+            ),
             FieldRule(cls, "resid_pdrop", "honoured", _EVAL, _T),
             FieldRule(cls, "embd_pdrop", "honoured", _EVAL, _T),
-            FieldRule(cls, "original_max_position_embeddings", "honoured",
-                      "read only by the longrope rotary (refused); no effect with the accepted rope types", _T),
+            FieldRule(
+                cls,
+                "original_max_position_embeddings",
+                "honoured",
+                "read only by the longrope rotary (refused); no effect with the accepted rope types",
+                _T,
+            ),
         ]
     return family
 
@@ -220,13 +289,28 @@ def _llava_rules(cls: str) -> list[FieldRule]:
     rules = [
         FieldRule(cls, "text_config", "honoured", "sub-config, checked field by field", _FAMILY),
         FieldRule(cls, "vision_config", "honoured", "sub-config, checked field by field", _FAMILY),
-        FieldRule(cls, "image_token_index", "honoured", "vh_lens splices the image features at this token, as Hugging Face does",
-                  _FAMILY),
-        FieldRule(cls, "tie_word_embeddings", "honoured",
-                  "conversion: tied -> the unembedding is the token embedding; untied -> lm_head.weight is required", test),
+        FieldRule(
+            cls,
+            "image_token_index",
+            "honoured",
+            "vh_lens splices the image features at this token, as Hugging Face does",
+            _FAMILY,
+        ),
+        FieldRule(
+            cls,
+            "tie_word_embeddings",
+            "honoured",
+            "conversion: tied -> the unembedding is the token embedding; untied -> lm_head.weight is required",
+            test,
+        ),
         FieldRule(cls, "projector_hidden_act", "honoured", _HF + " (projector)", test),
         FieldRule(cls, "vision_feature_layer", "honoured", _HF + " (vision tower output selection)", test),
-        FieldRule(cls, "image_seq_length", "inert", "read by the processor only; the layout counts the features the model makes"),
+        FieldRule(
+            cls,
+            "image_seq_length",
+            "inert",
+            "read by the processor only; the layout counts the features the model makes",
+        ),
         FieldRule(cls, "vocab_size", "inert", "legacy LLaVA-level key; transformers 5 reads text_config.vocab_size"),
     ]
     if cls != "VipLlavaConfig":
@@ -234,20 +318,43 @@ def _llava_rules(cls: str) -> list[FieldRule]:
     if cls == "VipLlavaConfig":
         rules.append(FieldRule(cls, "projector_layernorm_eps", "honoured", _HF + " (projector norm)", test))
     if cls == "LlavaConfig":
-        rules.append(FieldRule(cls, "vision_feature_select_strategy", "honoured",
-                               _HF + " and vh_lens layout ('full' keeps the CLS feature ahead of the grid)", test))
+        rules.append(
+            FieldRule(
+                cls,
+                "vision_feature_select_strategy",
+                "honoured",
+                _HF + " and vh_lens layout ('full' keeps the CLS feature ahead of the grid)",
+                test,
+            )
+        )
     if cls == "LlavaNextConfig":
-        rules.append(FieldRule(cls, "vision_feature_select_strategy", "honoured",
-                               _HF + " and vh_lens layout; refused: anything but 'default'", _FAMILY, _feature_strategy_next))
+        rules.append(
+            FieldRule(
+                cls,
+                "vision_feature_select_strategy",
+                "honoured",
+                _HF + " and vh_lens layout; refused: anything but 'default'",
+                _FAMILY,
+                _feature_strategy_next,
+            )
+        )
     if cls in ("LlavaNextConfig", "LlavaOnevisionConfig"):
-        rules.append(FieldRule(cls, "image_grid_pinpoints", "honoured", _HF + " and vh_lens layout (anyres tiles)",
-                               _FAMILY))
+        rules.append(
+            FieldRule(cls, "image_grid_pinpoints", "honoured", _HF + " and vh_lens layout (anyres tiles)", _FAMILY)
+        )
     if onevision:
         rules += [
-            FieldRule(cls, "vision_feature_select_strategy", "honoured",
-                      _HF + " and vh_lens layout; refused: anything but 'full' (SigLIP has no CLS token)", _FAMILY,
-                      _feature_strategy_full),
-            FieldRule(cls, "vision_aspect_ratio", "honoured", _HF + " and vh_lens layout (anyres_max_N)", _ONEVISION_TILES),
+            FieldRule(
+                cls,
+                "vision_feature_select_strategy",
+                "honoured",
+                _HF + " and vh_lens layout; refused: anything but 'full' (SigLIP has no CLS token)",
+                _FAMILY,
+                _feature_strategy_full,
+            ),
+            FieldRule(
+                cls, "vision_aspect_ratio", "honoured", _HF + " and vh_lens layout (anyres_max_N)", _ONEVISION_TILES
+            ),
             FieldRule(cls, "video_token_index", "inert", "vh_lens passes images only"),
         ]
     return rules
@@ -272,10 +379,16 @@ def _vision_rules(cls: str) -> list[FieldRule]:
         rules += [
             FieldRule(cls, "projection_dim", "inert", "the projection head is not part of the vision tower LLaVA runs"),
             FieldRule(cls, "initializer_factor", "inert", "initialisation only"),
-            FieldRule(cls, "vocab_size", "inert", "legacy key (CLIP's text vocabulary); the vision tower does not read it"),
+            FieldRule(
+                cls, "vocab_size", "inert", "legacy key (CLIP's text vocabulary); the vision tower does not read it"
+            ),
         ]
     else:
-        rules.append(FieldRule(cls, "vision_use_head", "honoured", _HF + " (LLaVA reads hidden states, not the pooled head)", test))
+        rules.append(
+            FieldRule(
+                cls, "vision_use_head", "honoured", _HF + " (LLaVA reads hidden states, not the pooled head)", test
+            )
+        )
     return rules
 
 
@@ -294,23 +407,49 @@ FIELD_RULES: dict[tuple[str, str], FieldRule] = {
 """``(config class, field) -> rule``: every field that can change the forward pass."""
 
 INERT_FIELDS: dict[str, str] = {
-    **dict.fromkeys(("_name_or_path", "architectures", "transformers_version", "model_type", "auto_map", "_commit_hash"),
-                    "bookkeeping"),
+    **dict.fromkeys(
+        ("_name_or_path", "architectures", "transformers_version", "model_type", "auto_map", "_commit_hash"),
+        "bookkeeping",
+    ),
     "dtype": "storage dtype of the checkpoint; load_llava(dtype=...) chooses the working dtype",
     "torch_dtype": "legacy name of dtype",
-    **dict.fromkeys(("output_attentions", "output_hidden_states", "return_dict", "use_cache", "torchscript"),
-                    "what the Hugging Face forward returns, not what it computes"),
-    **dict.fromkeys(("id2label", "label2id", "problem_type", "finetuning_task", "task_specific_params", "prefix",
-                     "tokenizer_class"), "task and tokenizer metadata"),
-    **dict.fromkeys(("bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id"),
-                    "token ids the forward does not read"),
+    **dict.fromkeys(
+        ("output_attentions", "output_hidden_states", "return_dict", "use_cache", "torchscript"),
+        "what the Hugging Face forward returns, not what it computes",
+    ),
+    **dict.fromkeys(
+        (
+            "id2label",
+            "label2id",
+            "problem_type",
+            "finetuning_task",
+            "task_specific_params",
+            "prefix",
+            "tokenizer_class",
+        ),
+        "task and tokenizer metadata",
+    ),
+    **dict.fromkeys(
+        ("bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id"),
+        "token ids the forward does not read",
+    ),
     "pad_token_id": "the embedding's padding_idx changes initialisation and gradients only; vh_lens masks padding",
     "ignore_index": "label value for the loss",
     "initializer_range": "initialisation only",
     "chunk_size_feed_forward": "not read by these models' forward",
-    **dict.fromkeys(("is_encoder_decoder", "is_decoder", "add_cross_attention", "cross_attention_hidden_size",
-                     "tie_encoder_decoder"), "encoder-decoder flags, not read by these decoder-only models"),
-    **dict.fromkeys(("use_bfloat16", "tf_legacy_loss", "pruned_heads"), "legacy keys transformers 5 keeps but never reads"),
+    **dict.fromkeys(
+        (
+            "is_encoder_decoder",
+            "is_decoder",
+            "add_cross_attention",
+            "cross_attention_hidden_size",
+            "tie_encoder_decoder",
+        ),
+        "encoder-decoder flags, not read by these decoder-only models",
+    ),
+    **dict.fromkeys(
+        ("use_bfloat16", "tf_legacy_loss", "pruned_heads"), "legacy keys transformers 5 keeps but never reads"
+    ),
     "ignore_keys_at_rope_validation": "transformers' own rope-validation bookkeeping",
     "use_image_newline_parameter": "legacy LLaVA-NeXT key; transformers 5 always has the image newline",
 }

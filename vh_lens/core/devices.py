@@ -21,13 +21,17 @@ def check_n_devices(n_devices: object, device: torch.device, n_layers: int) -> i
     if n_devices == 1:
         return 1
     if device.type != "cuda":
-        raise ValueError(f"n_devices={n_devices} splits the layers over CUDA devices; device is {device}: pass device='cuda'")
+        raise ValueError(
+            f"n_devices={n_devices} splits the layers over CUDA devices; device is {device}: pass device='cuda'"
+        )
     if n_devices > n_layers:
         raise ValueError(f"n_devices={n_devices} is more than the model's {n_layers} layers")
     first = device.index or 0
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if first + n_devices > available:
-        raise ValueError(f"n_devices={n_devices} from cuda:{first} needs {first + n_devices} CUDA devices, {available} available")
+        raise ValueError(
+            f"n_devices={n_devices} from cuda:{first} needs {first + n_devices} CUDA devices, {available} available"
+        )
     return n_devices
 
 

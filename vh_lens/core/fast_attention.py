@@ -93,8 +93,11 @@ def _fast_forward(
     attention_mask: Tensor | None = None,
     position_bias: Tensor | None = None,
 ) -> Tensor:
-    if past_kv_cache_entry is not None or additive_attention_mask is not None or position_bias is not None or not (
-        takes_fast_path(attn)
+    if (
+        past_kv_cache_entry is not None
+        or additive_attention_mask is not None
+        or position_bias is not None
+        or not (takes_fast_path(attn))
     ):
         return attn._vh_tl_forward(
             query_input,

@@ -93,7 +93,9 @@ def _sampled_safetensors(path: Path, size: int) -> dict[str, Any]:
     }
 
 
-def fingerprint_checkpoint(folder: str | os.PathLike[str], mode: Literal["sample", "full"] = "sample") -> dict[str, Any]:
+def fingerprint_checkpoint(
+    folder: str | os.PathLike[str], mode: Literal["sample", "full"] = "sample"
+) -> dict[str, Any]:
     """A fingerprint of every file of a checkpoint folder (top level; hidden files left out).
 
     Args:

@@ -28,9 +28,9 @@ torchvision backend pads a too small image for centre cropping differently.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-import math
 from fractions import Fraction
 from typing import Any
 
@@ -160,9 +160,7 @@ def _resize_output(height: int, width: int, size: Any) -> tuple[int, int]:
     return int(out[0]), int(out[1])
 
 
-def _resize_crop_steps(
-    height: int, width: int, image_processor: Any
-) -> tuple[list[_Step], list[_Step], int, int]:
+def _resize_crop_steps(height: int, width: int, image_processor: Any) -> tuple[list[_Step], list[_Step], int, int]:
     """Steps (y, x) of the processor's ``do_resize`` and ``do_center_crop``, and the size after them."""
     default_to_square = bool(getattr(image_processor, "default_to_square", False))
     ys: list[_Step] = []
@@ -413,7 +411,7 @@ def onevision_max_patches(vision_aspect_ratio: str) -> int:
 
     if not isinstance(vision_aspect_ratio, str) or re.fullmatch(r"anyres_max_[1-9][0-9]*", vision_aspect_ratio) is None:
         raise ValueError(f"vision_aspect_ratio must be 'anyres_max_N' with N >= 1, got {vision_aspect_ratio!r}")
-    return int(vision_aspect_ratio[len("anyres_max_"):])
+    return int(vision_aspect_ratio[len("anyres_max_") :])
 
 
 def _bilinear_sources(n_in: int, n_out: int) -> list[tuple[int, int]]:
@@ -425,7 +423,9 @@ def _bilinear_sources(n_in: int, n_out: int) -> list[tuple[int, int]]:
     matrix, so an output that lands exactly on one input index mixes only that one.
     """
     if n_in < 1 or n_out < 1:
-        raise ValueError(f"a bilinear resize of {n_in} cells to {n_out} has no cells (Hugging Face cannot run it either)")
+        raise ValueError(
+            f"a bilinear resize of {n_in} cells to {n_out} has no cells (Hugging Face cannot run it either)"
+        )
     eye = torch.eye(n_in, dtype=torch.float32)[None, :, :, None]  # channel c = one-hot input c
     weights = torch.nn.functional.interpolate(eye, size=[n_out, 1], mode="bilinear")[0, :, :, 0]  # [in, out]
     out = []

@@ -81,7 +81,9 @@ def leading_image_tokens(config: Any) -> int:
         )
     lead = cls if strategy == "full" else 0
     if lead and config.model_type != "llava":
-        raise ValueError(f"a {config.model_type} model cannot keep the CLS token (strategy 'full' with a {tower} tower)")
+        raise ValueError(
+            f"a {config.model_type} model cannot keep the CLS token (strategy 'full' with a {tower} tower)"
+        )
     return lead
 
 
@@ -97,7 +99,11 @@ def _image_geometry(config: Any, image_processor: Any, image_size: tuple[int, in
             )
         else:
             base, tiles = _geometry.cell_boxes_onevision(
-                image_size, image_processor, config.image_grid_pinpoints, vc.image_size, vc.patch_size,
+                image_size,
+                image_processor,
+                config.image_grid_pinpoints,
+                vc.image_size,
+                vc.patch_size,
                 config.vision_aspect_ratio,
             )
         g = base.shape[0] * base.shape[1]
@@ -107,7 +113,9 @@ def _image_geometry(config: Any, image_processor: Any, image_size: tuple[int, in
         grids = (("base", torch.arange(g).view(base.shape[:2]), base), ("tiles", rest[:, :cols], tiles))
         return n, grids, rest[:, cols].clone()
     several = kind == "llava_onevision"  # OneVision pads each of several images to a square, always
-    boxes = _geometry.cell_boxes_llava(image_size, image_processor, vc.patch_size, pad_to_square=True if several else None)
+    boxes = _geometry.cell_boxes_llava(
+        image_size, image_processor, vc.patch_size, pad_to_square=True if several else None
+    )
     cells = boxes.shape[0] * boxes.shape[1]
     grids = (("base", torch.arange(lead, lead + cells).view(boxes.shape[:2]), boxes),)
     if kind == "llava_onevision":  # one image of several: one image-newline token after the grid

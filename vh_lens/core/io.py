@@ -241,7 +241,9 @@ def check_format_version(info: Any, path: PathLike, *, what: str, current: int, 
     if found is None:
         return 0
     if isinstance(found, bool) or not isinstance(found, int) or found < 0:
-        raise ValueError(f"{path}: unknown {what} format version {found!r} (this vh_lens reads versions up to {current})")
+        raise ValueError(
+            f"{path}: unknown {what} format version {found!r} (this vh_lens reads versions up to {current})"
+        )
     if found > current:
         raise ValueError(
             f"{path}: {what} format version {found} is newer than this vh_lens reads (up to {current}); upgrade vh_lens"

@@ -59,7 +59,7 @@ def _threshold(min_overlap: float) -> float:
     return min_overlap if min_overlap > 0 else 1e-9
 
 
-def cell_overlap(cell_boxes: Float[Tensor, "... 4"], box: Box) -> Float[Tensor, "..."]:
+def cell_overlap(cell_boxes: Float[Tensor, "... 4"], box: Box) -> Float[Tensor, ...]:
     """Fraction of each cell's area covered by ``box`` (0 for cells of zero area)."""
     left, top, right, bottom = (float(v) for v in box)
     ix = (torch.clamp(cell_boxes[..., 2], max=right) - torch.clamp(cell_boxes[..., 0], min=left)).clamp(min=0)
@@ -138,7 +138,9 @@ class TokenLayout:
 
     def __post_init__(self) -> None:
         if not self.images and self.image_size is not None:
-            one = ImageLayout(0, self.image_positions, self.newline_positions, tuple(self.grids), tuple(self.image_size))
+            one = ImageLayout(
+                0, self.image_positions, self.newline_positions, tuple(self.grids), tuple(self.image_size)
+            )
             object.__setattr__(self, "images", (one,))
 
     @property

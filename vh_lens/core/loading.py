@@ -185,7 +185,9 @@ def _rope(text_config: PretrainedConfig) -> dict:
     elif rope_type not in ("default", None):
         raise UnsupportedModelError(f"rope scaling {rope_type!r} is not supported (supported: default, llama3)")
     # only Phi-3 rotates part of each head (Llama, Mistral and Qwen2 rotate all of it)
-    out["partial_rotary_factor"] = float(params.get("partial_rotary_factor", 1.0)) if text_config.model_type == "phi3" else 1.0
+    out["partial_rotary_factor"] = (
+        float(params.get("partial_rotary_factor", 1.0)) if text_config.model_type == "phi3" else 1.0
+    )
     return out
 
 
@@ -312,9 +314,7 @@ def convert_layer(
     return sd
 
 
-def _outer_groups(
-    src: TensorSource, cfg: HookedTransformerConfig
-) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
+def _outer_groups(src: TensorSource, cfg: HookedTransformerConfig) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
     """Final norm with unembedding in TransformerLens keys and layout (views of the checkpoint's
     tensors), one group at a time, each with the processing flags it overrides.
 
@@ -337,11 +337,14 @@ def _outer_groups(
         raise UnsupportedModelError(
             f"unembedding has shape {tuple(head.shape)}, the config says vocab_size x hidden_size = {(cfg.d_vocab, cfg.d_model)}"
         )
-    yield {
-        "ln_final.w": src.get("lm.norm.weight"),
-        "unembed.W_U": head.T,
-        "unembed.b_U": torch.zeros(cfg.d_vocab, dtype=working_dtype(cfg.dtype)),
-    }, {}
+    yield (
+        {
+            "ln_final.w": src.get("lm.norm.weight"),
+            "unembed.W_U": head.T,
+            "unembed.b_U": torch.zeros(cfg.d_vocab, dtype=working_dtype(cfg.dtype)),
+        },
+        {},
+    )
 
 
 def load_backbone(
@@ -368,18 +371,29 @@ def load_backbone(
     if split:
         place_layers(lm)
     target = _Filled(lm.state_dict())
-    flags = dict(fold_ln=fold_ln, center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                 work=working_dtype(cfg.dtype))
+    flags = dict(
+        fold_ln=fold_ln,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+        work=working_dtype(cfg.dtype),
+    )
     for layer in range(cfg.n_layers):
         for part in ("attn", "mlp"):
             group = convert_layer(src, layer, cfg, config.text_config, part)
-            _copy_into(target, process_group(group, cfg, **{**flags, "center_unembed": False}), flags["work"], f"blocks.{layer}.")
+            _copy_into(
+                target,
+                process_group(group, cfg, **{**flags, "center_unembed": False}),
+                flags["work"],
+                f"blocks.{layer}.",
+            )
             del group
             src.release()
     write(target["embed.W_E"], src.get("lm.embed_tokens.weight"), None, False, flags["work"])  # RMS: W_E unprocessed
     src.release()
     for group, overrides in _outer_groups(src, cfg):
-        _copy_into(target, process_group(group, cfg, **{**flags, "fold_value_biases": False, **overrides}), flags["work"])
+        _copy_into(
+            target, process_group(group, cfg, **{**flags, "fold_value_biases": False, **overrides}), flags["work"]
+        )
         del group
         src.release()
     unfilled = [name for name, _ in lm.named_parameters() if name not in target.read]
@@ -532,7 +546,9 @@ def load_llava(
         with _single_threaded():
             vision = build_vision(config, src, dtype)
     else:
-        raise TypeError(f"load_llava: source must be a folder path or a Hugging Face LLaVA model, got {type(source).__name__}")
+        raise TypeError(
+            f"load_llava: source must be a folder path or a Hugging Face LLaVA model, got {type(source).__name__}"
+        )
     n_devices = check_n_devices(n_devices, device, int(config.text_config.num_hidden_layers))
     cfg = hooked_config(config, dtype=dtype, device=device, n_ctx=n_ctx, fold_ln=fold_ln)
     cfg.n_devices = n_devices  # checked above (TransformerLens' config checks only at construction)
@@ -580,7 +596,10 @@ def load_processor(folder: Path):
     """The checkpoint's processor with the PIL image backend (never torchvision)."""
     from transformers import AutoProcessor
 
-    if not any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json")):
+    if not any(
+        (folder / f).is_file()
+        for f in ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json")
+    ):
         raise FileNotFoundError(f"no processor files (preprocessor_config.json, tokenizer files) in {folder}")
     config_file = folder / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "llava_onevision":

@@ -17,13 +17,12 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PretrainedConfig, ProcessorMixin
 
-from vh_lens.core import image_tokens
 from vh_lens.core import fast_attention as fast_attention_module
-from vh_lens.core import tl_native
-from vh_lens.data.sample import ImageSource, Sample, load_rgb
+from vh_lens.core import image_tokens, tl_native
 from vh_lens.core.image_tokens import ImageTokens
 from vh_lens.core.layout import ImageGrid, ImageLayout, TokenLayout
 from vh_lens.core.prompts import build_prompt, known_format
+from vh_lens.data.sample import ImageSource, Sample, load_rgb
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
 ImageInput = ImageSource  # what vh_lens.data.sample.load_rgb opens
@@ -85,8 +84,13 @@ class LlavaBatch:
     def with_embeds(self, embeds: Float[Tensor, "batch pos d_model"]) -> LlavaBatch:
         """The same batch with other spliced embeddings (e.g. noised image features); ids and layout kept."""
         if embeds.shape != self.embeds.shape:
-            raise ValueError(f"with_embeds: got shape {tuple(embeds.shape)}, the batch's embeddings are {tuple(self.embeds.shape)}")
-        seqs = tuple(replace(s, embeds=embeds[i, lay.n_pad :].to(s.embeds)) for i, (s, lay) in enumerate(zip(self._seqs, self.layout)))
+            raise ValueError(
+                f"with_embeds: got shape {tuple(embeds.shape)}, the batch's embeddings are {tuple(self.embeds.shape)}"
+            )
+        seqs = tuple(
+            replace(s, embeds=embeds[i, lay.n_pad :].to(s.embeds))
+            for i, (s, lay) in enumerate(zip(self._seqs, self.layout))
+        )
         return replace(self, embeds=embeds, _seqs=seqs)
 
     def to(self, device: torch.device | str) -> LlavaBatch:
@@ -387,9 +391,13 @@ class LlavaLens(nn.Module):
         if count == n_images:
             return
         if n_images == 0:
-            raise ValueError(f"prompt {i} holds {count} image placeholder(s) {self.image_token!r} but no image was given")
+            raise ValueError(
+                f"prompt {i} holds {count} image placeholder(s) {self.image_token!r} but no image was given"
+            )
         if count == 0:
-            raise ValueError(f"prompt {i} has {n_images} image(s) but no image placeholder {self.image_token!r}: {prompt!r}")
+            raise ValueError(
+                f"prompt {i} has {n_images} image(s) but no image placeholder {self.image_token!r}: {prompt!r}"
+            )
         given = "1 image was" if n_images == 1 else f"{n_images} images were"
         raise ValueError(f"prompt {i} holds {count} image placeholders {self.image_token!r} but {given} given")
 
@@ -473,9 +481,13 @@ class LlavaLens(nn.Module):
         mask = batch.attention_mask.to(self.device)
         # Without padding the mask changes nothing: leave it out, and TransformerLens takes its
         # faster path (plain causal mask, positions 0..n-1).
-        return batch.input_ids.to(self.device), batch.embeds.to(self.device), {
-            "attention_mask": None if bool(mask.all()) else mask,
-        }
+        return (
+            batch.input_ids.to(self.device),
+            batch.embeds.to(self.device),
+            {
+                "attention_mask": None if bool(mask.all()) else mask,
+            },
+        )
 
     def _splice(self, ids: Tensor, embeds: Tensor):
         """Context: the next ``lm`` run on ``ids`` gets ``embeds`` out of ``lm.embed`` (:mod:`vh_lens.core.tl_native`)."""
@@ -530,7 +542,9 @@ class LlavaLens(nn.Module):
             yield self
 
     @torch.no_grad()
-    def generate_tokens(self, batch: LlavaBatch, max_new_tokens: int = 8, *, stop_at_eos: bool = True) -> Int[Tensor, "batch new"]:
+    def generate_tokens(
+        self, batch: LlavaBatch, max_new_tokens: int = 8, *, stop_at_eos: bool = True
+    ) -> Int[Tensor, "batch new"]:
         """Greedy decoding with a key-value cache; ``[batch, max_new_tokens]`` new token ids.
 
         After a sample emits EOS its remaining tokens are the pad id.

@@ -78,5 +78,7 @@ def load_onevision_processor(folder: str | Path) -> LlavaOnevisionImageOnlyProce
         raise FileNotFoundError(f"no processor_config.json in {folder}: cannot tell how many tokens an image takes")
     processor = LlavaOnevisionImageOnlyProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
     if processor.num_image_tokens is None:
-        raise ValueError(f"{folder / 'processor_config.json'} has no num_image_tokens: cannot expand the image placeholder")
+        raise ValueError(
+            f"{folder / 'processor_config.json'} has no num_image_tokens: cannot expand the image placeholder"
+        )
     return processor

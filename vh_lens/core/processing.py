@@ -141,6 +141,9 @@ def _copy(out: torch.Tensor, value: torch.Tensor) -> None:
 
 def _lossless(src: torch.dtype, dst: torch.dtype) -> bool:
     """Whether every ``src`` value is exactly a ``dst`` value."""
-    wider = {torch.float16: (torch.float32, torch.float64), torch.bfloat16: (torch.float32, torch.float64),
-             torch.float32: (torch.float64,)}
+    wider = {
+        torch.float16: (torch.float32, torch.float64),
+        torch.bfloat16: (torch.float32, torch.float64),
+        torch.float32: (torch.float64,),
+    }
     return src == dst or dst in wider.get(src, ())

@@ -22,8 +22,15 @@ import torch
 from torch import nn
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 """safetensors dtype codes that can be read, and their torch dtypes."""
@@ -77,22 +84,31 @@ def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         if size < 8:
-            raise CheckpointError(f"broken safetensors file {path}: {size} bytes, too short for the 8-byte header length")
+            raise CheckpointError(
+                f"broken safetensors file {path}: {size} bytes, too short for the 8-byte header length"
+            )
         n = int.from_bytes(f.read(8), "little")
         if n > min(size - 8, _MAX_HEADER_BYTES):
             raise CheckpointError(
                 f"broken safetensors file {path}: header length {n} bytes exceeds the file ({size} bytes)"
-                if n > size - 8 else f"broken safetensors file {path}: header length {n} bytes exceeds the 100 MB limit"
+                if n > size - 8
+                else f"broken safetensors file {path}: header length {n} bytes exceeds the 100 MB limit"
             )
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise CheckpointError(f"broken safetensors file {path}: header is not UTF-8 ({err.reason} at byte {err.start})") from None
+        raise CheckpointError(
+            f"broken safetensors file {path}: header is not UTF-8 ({err.reason} at byte {err.start})"
+        ) from None
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"broken safetensors file {path}: header is not JSON ({err.msg} at char {err.pos})") from None
+        raise CheckpointError(
+            f"broken safetensors file {path}: header is not JSON ({err.msg} at char {err.pos})"
+        ) from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"broken safetensors file {path}: header is a JSON {type(header).__name__}, not an object")
+        raise CheckpointError(
+            f"broken safetensors file {path}: header is a JSON {type(header).__name__}, not an object"
+        )
     start, entries = 8 + n, {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -107,7 +123,9 @@ def _entry(path: Path, name: str, info, start: int, size: int) -> TensorEntry:
         raise CheckpointError(f"broken safetensors file: {where} lacks dtype, shape or data_offsets: {str(info)[:200]}")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if code not in SAFETENSORS_DTYPES:
-        raise CheckpointError(f"{where} has dtype {code!r}, which is not supported (supported: {', '.join(SAFETENSORS_DTYPES)})")
+        raise CheckpointError(
+            f"{where} has dtype {code!r}, which is not supported (supported: {', '.join(SAFETENSORS_DTYPES)})"
+        )
     if not _sizes(shape):
         raise CheckpointError(f"broken safetensors file: {where} has shape {shape!r}, not a list of sizes")
     if not _sizes(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
@@ -206,7 +224,9 @@ class TensorSource:
     def get(self, key: str) -> torch.Tensor:
         """The tensor ``key`` (normalised name): a view of the checkpoint's data, never to be written."""
         if key not in self.names:
-            raise CheckpointError(f"checkpoint has no tensor {_original_name(key, self.names.values())} (searched {self.searched or 'the model'})")
+            raise CheckpointError(
+                f"checkpoint has no tensor {_original_name(key, self.names.values())} (searched {self.searched or 'the model'})"
+            )
         name = self.names[key]
         tensor = self._get(name)
         if self.check_finite and name not in self._checked:
@@ -247,8 +267,13 @@ class TensorSource:
     def from_module(cls, model: nn.Module, *, check_finite: bool = True) -> TensorSource:
         state = dict(model.state_dict(keep_vars=False))
         names = {n: k for k in state if (n := normalise_key(k)) is not None}
-        return cls(state.__getitem__, names, describe=lambda name: " of the in-memory model", check_finite=check_finite,
-                   searched=f"the in-memory {type(model).__name__}")
+        return cls(
+            state.__getitem__,
+            names,
+            describe=lambda name: " of the in-memory model",
+            check_finite=check_finite,
+            searched=f"the in-memory {type(model).__name__}",
+        )
 
     @classmethod
     def from_folder(cls, folder: Path, *, check_finite: bool = True) -> TensorSource:
@@ -264,12 +289,16 @@ class TensorSource:
         for path in files:
             for name, entry in read_safetensors_header(path).items():
                 if name in entries:
-                    raise CheckpointError(f"tensor {name} is in both {entries[name].path.name} and {path.name} in {folder}")
+                    raise CheckpointError(
+                        f"tensor {name} is in both {entries[name].path.name} and {path.name} in {folder}"
+                    )
                 entries[name] = entry
         for name, file in claimed.items():
             if name not in entries or entries[name].path.name != file:
                 where = f"is in {entries[name].path.name}" if name in entries else "is in no shard"
-                raise CheckpointError(f"model.safetensors.index.json in {folder} puts tensor {name} in {file}, but it {where}")
+                raise CheckpointError(
+                    f"model.safetensors.index.json in {folder} puts tensor {name} in {file}, but it {where}"
+                )
         maps: dict[Path, _MappedFile] = {}
         # Where the page cache cannot hold the files beside the loaded model, the kernel would
         # reclaim it under pressure while the model's pages are first written (measured at 7B on a
@@ -312,7 +341,9 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str]]:
         for path in files:
             if not path.is_file():
                 n = sum(1 for v in weight_map.values() if v == path.name)
-                raise CheckpointError(f"{index.name} in {folder} names shard {path.name} ({n} tensors), which is not in the folder")
+                raise CheckpointError(
+                    f"{index.name} in {folder} names shard {path.name} ({n} tensors), which is not in the folder"
+                )
         return files, weight_map
     if (folder / "model.safetensors").is_file():
         return [folder / "model.safetensors"], {}
@@ -355,4 +386,3 @@ def _check_finite(tensor: torch.Tensor, what: str) -> None:
     inf = sum(int(torch.isinf(c).sum()) for c in flat.split(1 << 24))
     counts = " and ".join(f"{n} {kind} values" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
     raise CheckpointError(f"{what} holds {counts}")
-

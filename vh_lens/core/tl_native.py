@@ -231,7 +231,9 @@ def to_tokens(model: LlavaLens, x: LlavaBatch | str | Sequence[str]) -> Int[Tens
     texts = [x] if isinstance(x, str) else list(x)
     for i, t in enumerate(texts):
         if model.image_token in t:
-            raise ValueError(f"text {i} holds the image placeholder {model.image_token!r}: use model.prepare(images=...)")
+            raise ValueError(
+                f"text {i} holds the image placeholder {model.image_token!r}: use model.prepare(images=...)"
+            )
     tok = model.tokenizer
     seqs = [tok(t).input_ids for t in texts]
     n = max(len(s) for s in seqs)

@@ -195,8 +195,13 @@ def load_cogvision(
     if problems and on_missing == "error":
         raise MissingImagesError(problems, n_checked=len(records), source=f"{path} (images under {root})")
     if problems:
-        logger.warning("skipped %d of %d items from %s: missing or unreadable image (first: %s)",
-                       len(problems), len(records), path, problems[0][0])
+        logger.warning(
+            "skipped %d of %d items from %s: missing or unreadable image (first: %s)",
+            len(problems),
+            len(records),
+            path,
+            problems[0][0],
+        )
     return items
 
 

@@ -300,7 +300,11 @@ def looktwice_candidates(
         raise ValueError(
             f"{path}: expected a JSON object mapping image ids to QA lists ({{image_id: [qa, ...]}}, "
             f"LookTwice-QA's format), got {type(data).__name__}"
-            + (" (a list: is this ViP-LLaVA's pointQA_twice file? use load_vip_pointqa)" if isinstance(data, list) else "")
+            + (
+                " (a list: is this ViP-LLaVA's pointQA_twice file? use load_vip_pointqa)"
+                if isinstance(data, list)
+                else ""
+            )
         )
     keep_ids = _read_image_ids(image_ids)
 

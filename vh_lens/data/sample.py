@@ -161,7 +161,9 @@ def _to_rgb(image: Image.Image, where: str = "image") -> Image.Image:
         scaled = np.round(values * (255 / 65535)).astype(np.uint8)
         return Image.fromarray(scaled, mode="L").convert("RGB")
     if image.mode == "F":
-        raise ValueError(f"{where}: floating-point image (PIL mode 'F') has no fixed range: scale it to 8 bits yourself")
+        raise ValueError(
+            f"{where}: floating-point image (PIL mode 'F') has no fixed range: scale it to 8 bits yourself"
+        )
     return image.convert("RGB")
 
 

@@ -225,8 +225,10 @@ def _check(
         raise ValueError(f"max_count * (1 + max_groups) shapes do not fit on a {grid}x{grid} grid")
     if len(colors) < 2 or any(c not in COLORS for c in colors) or len(set(colors)) != len(colors):
         raise ValueError(f"colors must be >= 2 distinct names from {tuple(COLORS)}, got {colors}")
-    if len(shape_kinds) < 2 or any(k not in SHAPE_KINDS for k in shape_kinds) or len(set(shape_kinds)) != len(
-        shape_kinds
+    if (
+        len(shape_kinds) < 2
+        or any(k not in SHAPE_KINDS for k in shape_kinds)
+        or len(set(shape_kinds)) != len(shape_kinds)
     ):
         raise ValueError(f"shape_kinds must be >= 2 distinct names from {SHAPE_KINDS}, got {shape_kinds}")
 

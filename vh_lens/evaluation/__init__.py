@@ -25,6 +25,6 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vh_lens.evaluation.scoring import evaluate, EvalConfig, EvalResult, Prediction
-    from vh_lens.evaluation.answers import format_question, parse_answer, is_correct, candidate_strings
+    from vh_lens.evaluation.answers import candidate_strings, format_question, is_correct, parse_answer
     from vh_lens.evaluation.candidates import answer_token_ids, candidate_token_ids
+    from vh_lens.evaluation.scoring import EvalConfig, EvalResult, Prediction, evaluate

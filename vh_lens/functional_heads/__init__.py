@@ -35,9 +35,14 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vh_lens.functional_heads.activations import collect_head_activations, HeadActivations
-    from vh_lens.functional_heads.probes import probe_heads, ProbeResult
-    from vh_lens.functional_heads.selection import FunctionDirections, mean_difference_directions, split_by_group, elbow_index
-    from vh_lens.functional_heads.interventions import intervene_on_functions, function_hooks
+    from vh_lens.functional_heads.activations import HeadActivations, collect_head_activations
+    from vh_lens.functional_heads.config import CollectionConfig, InterventionConfig, ProbeConfig
+    from vh_lens.functional_heads.interventions import function_hooks, intervene_on_functions
+    from vh_lens.functional_heads.probes import ProbeResult, probe_heads
     from vh_lens.functional_heads.report import FunctionInterventionReport, InterventionRun
-    from vh_lens.functional_heads.config import CollectionConfig, ProbeConfig, InterventionConfig
+    from vh_lens.functional_heads.selection import (
+        FunctionDirections,
+        elbow_index,
+        mean_difference_directions,
+        split_by_group,
+    )

@@ -88,7 +88,9 @@ class HeadActivations:
     def d_head(self) -> int:
         return int(self.acts.shape[3])
 
-    def layers(self, start: int, stop: int, device: torch.device | str | None = None) -> Float[Tensor, "n layer head d_head"]:
+    def layers(
+        self, start: int, stop: int, device: torch.device | str | None = None
+    ) -> Float[Tensor, "n layer head d_head"]:
         """Layers ``start:stop`` of every sample as a float32 tensor (read from disk if a memmap)."""
         chunk = self.acts[:, start:stop]
         tensor = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))  # a writable copy
@@ -123,8 +125,13 @@ class HeadActivations:
         return directory
 
     def _write_meta(self, directory: Path) -> None:
-        meta = {"labels": list(self.labels), "groups": list(self.groups), "metadata": dict(self.metadata),
-                "shape": list(self.acts.shape), "format": 1}
+        meta = {
+            "labels": list(self.labels),
+            "groups": list(self.groups),
+            "metadata": dict(self.metadata),
+            "shape": list(self.acts.shape),
+            "format": 1,
+        }
         write_json(directory / _ACTS_META, meta)
 
     @classmethod
@@ -209,7 +216,10 @@ class HeadActivationsReducer(Reducer):
         weights = _position_weights(layouts, self.position, int(layouts[0].seq_len))
         n_layers, n_heads, d_head = self.store.shape[1:]
         self._out = out = torch.empty(len(item), n_layers, n_heads, d_head)
-        return [(act_name("z", layer), partial(_store_z, layer=layer, weights=weights, out=out)) for layer in range(n_layers)]
+        return [
+            (act_name("z", layer), partial(_store_z, layer=layer, weights=weights, out=out))
+            for layer in range(n_layers)
+        ]
 
     def update(self, output: Any, item: PreparedBatch) -> None:
         self._write(item.start, self._out)
@@ -351,6 +361,8 @@ def collect_head_activations(
             store.flush()
         finally:
             del store  # drop the memmap before its file is renamed (or removed on error)
-    result = HeadActivations(acts=np.load(out_dir / _ACTS_FILE, mmap_mode="r"), labels=labels, groups=groups, metadata=metadata)
+    result = HeadActivations(
+        acts=np.load(out_dir / _ACTS_FILE, mmap_mode="r"), labels=labels, groups=groups, metadata=metadata
+    )
     result._write_meta(out_dir)
     return result

@@ -113,7 +113,12 @@ class ProbeConfig(ExperimentConfig):
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.mode not in PROBE_MODES:
             raise ValueError(f"mode must be 'ovr', 'multiclass' or 'both', got {self.mode!r}")
-        if isinstance(self.l2, bool) or not isinstance(self.l2, int | float) or not math.isfinite(self.l2) or self.l2 < 0:
+        if (
+            isinstance(self.l2, bool)
+            or not isinstance(self.l2, int | float)
+            or not math.isfinite(self.l2)
+            or self.l2 < 0
+        ):
             raise ValueError(f"l2 must be a finite number >= 0, got {self.l2!r}")
         check_positive_int("steps", self.steps)
         if not isinstance(self.balanced, bool):

@@ -168,7 +168,9 @@ class CrossFunctionMatrix:
         return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
-def cross_function_matrix(report: FunctionInterventionReport, measured: Sequence[str] | None = None) -> CrossFunctionMatrix:
+def cross_function_matrix(
+    report: FunctionInterventionReport, measured: Sequence[str] | None = None
+) -> CrossFunctionMatrix:
     """The cross-function matrix of a removal report (rows: ``report.functions``).
 
     Args:
@@ -243,7 +245,11 @@ def plot_cross_function(matrix: CrossFunctionMatrix, value: str = "effect") -> g
         colorscale="RdBu_r" if diverging else "Viridis", zmid=0 if diverging else None,
         colorbar={"title": "pp" if diverging else "%"},
     ))  # fmt: skip
-    titles = {"effect": "extra accuracy lost vs random heads", "drop": "accuracy lost vs baseline", "functional": "accuracy"}
+    titles = {
+        "effect": "extra accuracy lost vs random heads",
+        "drop": "accuracy lost vs baseline",
+        "functional": "accuracy",
+    }
     fig.update_layout(title=f"Cross-function removal: {titles[value]} (rows: heads removed, columns: function scored)",
                       xaxis_title="function scored", yaxis_title="function whose heads are removed",
                       yaxis={"autorange": "reversed"})  # fmt: skip

@@ -163,12 +163,17 @@ def _split_samples(
             if answer is None or not str(answer).strip():
                 continue
             meta = {"group": group, "item_id": last.metadata.get("item_id"), "role": "main"}
-            mains.append(Sample(image=last.image, question=str(last.metadata["main_question"]), answer=str(answer),
-                                metadata=meta))
+            mains.append(
+                Sample(
+                    image=last.image, question=str(last.metadata["main_question"]), answer=str(answer), metadata=meta
+                )
+            )
     return subs, mains, len(data) - len(subs)
 
 
-def _check_inputs(model_cfg: Any, probes: ProbeResult, acts: HeadActivations | None, conf: InterventionConfig) -> tuple[str, ...]:
+def _check_inputs(
+    model_cfg: Any, probes: ProbeResult, acts: HeadActivations | None, conf: InterventionConfig
+) -> tuple[str, ...]:
     """The functions to intervene on, after checking the probes' and activations' shapes."""
     cfg = model_cfg
     if (probes.n_layers, probes.n_heads) != (cfg.n_layers, cfg.n_heads):
@@ -185,7 +190,10 @@ def _check_inputs(model_cfg: Any, probes: ProbeResult, acts: HeadActivations | N
 
 
 def _hook_inputs(
-    conf: InterventionConfig, probes: ProbeResult, fns: tuple[str, ...], acts: HeadActivations | None,
+    conf: InterventionConfig,
+    probes: ProbeResult,
+    fns: tuple[str, ...],
+    acts: HeadActivations | None,
     directions: FunctionDirections | None,
 ) -> tuple[Tensor | None, FunctionDirections | None]:
     """The head means (mean removal) and the directions (shift emphasis) the hooks need."""
@@ -206,8 +214,12 @@ def _hook_inputs(
 
 
 def _plan(
-    model_cfg: Any, probes: ProbeResult, fns: tuple[str, ...], conf: InterventionConfig,
-    means: Tensor | None, directions: FunctionDirections | None,
+    model_cfg: Any,
+    probes: ProbeResult,
+    fns: tuple[str, ...],
+    conf: InterventionConfig,
+    means: Tensor | None,
+    directions: FunctionDirections | None,
 ) -> tuple[list[engine.Condition], list[str]]:
     """One condition per function and head set (its functional heads, then one random draw per seed).
 

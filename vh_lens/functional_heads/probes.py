@@ -152,13 +152,21 @@ def probe_heads(
 
     out: dict[str, Tensor] = {}
     if do_ovr:
-        for name, shape in [("ovr_accuracy", (n_f, n_l, n_h)), ("ovr_balanced_accuracy", (n_f, n_l, n_h)),
-                            ("ovr_weights", (n_f, n_l, n_h, d)), ("ovr_bias", (n_f, n_l, n_h))]:
+        for name, shape in [
+            ("ovr_accuracy", (n_f, n_l, n_h)),
+            ("ovr_balanced_accuracy", (n_f, n_l, n_h)),
+            ("ovr_weights", (n_f, n_l, n_h, d)),
+            ("ovr_bias", (n_f, n_l, n_h)),
+        ]:
             out[name] = torch.empty(shape)
     if do_mc:
-        for name, shape in [("multiclass_accuracy", (n_l, n_h)), ("multiclass_balanced_accuracy", (n_l, n_h)),
-                            ("multiclass_recall", (n_f, n_l, n_h)), ("multiclass_weights", (n_f, n_l, n_h, d)),
-                            ("multiclass_bias", (n_f, n_l, n_h))]:
+        for name, shape in [
+            ("multiclass_accuracy", (n_l, n_h)),
+            ("multiclass_balanced_accuracy", (n_l, n_h)),
+            ("multiclass_recall", (n_f, n_l, n_h)),
+            ("multiclass_weights", (n_f, n_l, n_h, d)),
+            ("multiclass_bias", (n_f, n_l, n_h)),
+        ]:
             out[name] = torch.empty(shape)
 
     step = conf.chunk_layers or acts.layers_per_chunk()
@@ -212,8 +220,17 @@ def probe_heads(
 # --- the result ----------------------------------------------------------------------------
 
 
-_RESULT_TENSORS = ("ovr_accuracy", "ovr_balanced_accuracy", "ovr_weights", "ovr_bias", "multiclass_accuracy",
-                   "multiclass_balanced_accuracy", "multiclass_recall", "multiclass_weights", "multiclass_bias")
+_RESULT_TENSORS = (
+    "ovr_accuracy",
+    "ovr_balanced_accuracy",
+    "ovr_weights",
+    "ovr_bias",
+    "multiclass_accuracy",
+    "multiclass_balanced_accuracy",
+    "multiclass_recall",
+    "multiclass_weights",
+    "multiclass_bias",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -265,8 +282,13 @@ class ProbeResult:
         for name in _RESULT_TENSORS:
             value = getattr(self, name)
             expected = (n_l, n_h) if name.startswith("multiclass_") and "accuracy" in name else (n_f, n_l, n_h)
-            if value is not None and (tuple(value.shape[: len(expected)]) != expected or value.dim() != len(expected) + name.endswith("weights")):
-                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {expected}{' + (d_head,)' if name.endswith('weights') else ''}")
+            if value is not None and (
+                tuple(value.shape[: len(expected)]) != expected
+                or value.dim() != len(expected) + name.endswith("weights")
+            ):
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)}, expected {expected}{' + (d_head,)' if name.endswith('weights') else ''}"
+                )
         if set(self.train_index.tolist()) & set(self.test_index.tolist()):
             raise ValueError("train_index and test_index overlap")
 
@@ -293,7 +315,9 @@ class ProbeResult:
         except ValueError:
             raise KeyError(f"unknown function {function!r}; known: {list(self.functions)}") from None
 
-    def scores(self, function: str, metric: Metric = "balanced_accuracy", source: Source | None = None) -> Float[Tensor, "layer head"]:
+    def scores(
+        self, function: str, metric: Metric = "balanced_accuracy", source: Source | None = None
+    ) -> Float[Tensor, "layer head"]:
         """One function's score per head.
 
         Args:
@@ -365,25 +389,42 @@ class ProbeResult:
         layer, head = torch.meshgrid(torch.arange(self.n_layers), torch.arange(self.n_heads), indexing="ij")
         tables: list[tuple[str, str | None, Tensor, Tensor]] = []
         if self.ovr_accuracy is not None:
-            tables += [("ovr", f, self.ovr_accuracy[i], self.ovr_balanced_accuracy[i]) for i, f in enumerate(self.functions)]
+            tables += [
+                ("ovr", f, self.ovr_accuracy[i], self.ovr_balanced_accuracy[i]) for i, f in enumerate(self.functions)
+            ]
         if self.multiclass_accuracy is not None:
             tables.append(("multiclass", None, self.multiclass_accuracy, self.multiclass_balanced_accuracy))
         for probe, function, acc, bal in tables:
             rank = torch.empty(bal.numel(), dtype=torch.long)
             rank[torch.sort(bal.flatten(), descending=True, stable=True).indices] = torch.arange(1, bal.numel() + 1)
-            rows += [{"probe": probe, "function": function, "layer": int(l_), "head": int(h_), "accuracy": float(a),
-                      "balanced_accuracy": float(b), "rank": int(r)}
-                     for l_, h_, a, b, r in zip(layer.flatten(), head.flatten(), acc.flatten(), bal.flatten(), rank, strict=True)]
+            rows += [
+                {
+                    "probe": probe,
+                    "function": function,
+                    "layer": int(l_),
+                    "head": int(h_),
+                    "accuracy": float(a),
+                    "balanced_accuracy": float(b),
+                    "rank": int(r),
+                }
+                for l_, h_, a, b, r in zip(
+                    layer.flatten(), head.flatten(), acc.flatten(), bal.flatten(), rank, strict=True
+                )
+            ]
         return rows
 
     def save(self, directory: str | Path) -> Path:
         """Write ``probe.safetensors`` and ``probe.json`` (each atomically; JSON last)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: getattr(self, name).contiguous() for name in _RESULT_TENSORS if getattr(self, name) is not None}
+        tensors = {
+            name: getattr(self, name).contiguous() for name in _RESULT_TENSORS if getattr(self, name) is not None
+        }
         tensors |= {"train_index": self.train_index.contiguous(), "test_index": self.test_index.contiguous()}
         save_tensors(directory / _PROBE_TENSORS, tensors)
-        write_json(directory / _PROBE_META, {"functions": list(self.functions), "config": dict(self.config), "format": 1})
+        write_json(
+            directory / _PROBE_META, {"functions": list(self.functions), "config": dict(self.config), "format": 1}
+        )
         return directory
 
     @classmethod

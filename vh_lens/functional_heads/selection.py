@@ -151,7 +151,9 @@ class FunctionDirections:
     def __post_init__(self) -> None:
         object.__setattr__(self, "functions", tuple(self.functions))
         if self.u.dim() != 4 or self.u.shape[:3] != self.sigma.shape or self.u.shape[0] != len(self.functions):
-            raise ValueError(f"u {tuple(self.u.shape)} and sigma {tuple(self.sigma.shape)} do not match {len(self.functions)} functions")
+            raise ValueError(
+                f"u {tuple(self.u.shape)} and sigma {tuple(self.sigma.shape)} do not match {len(self.functions)} functions"
+            )
 
     def __getitem__(self, function: str) -> tuple[Tensor, Tensor]:
         """``(u [layer, head, d_head], sigma [layer, head])`` of one function."""
@@ -203,7 +205,9 @@ def mean_difference_directions(
     for l0 in range(0, acts.n_layers, step):
         l1 = min(acts.n_layers, l0 + step)
         z = acts.layers(l0, l1)[idx]
-        diff = einops.einsum(pos / pos.sum(0), z, "n f, n l h d -> f l h d") - einops.einsum(neg / neg.sum(0), z, "n f, n l h d -> f l h d")
+        diff = einops.einsum(pos / pos.sum(0), z, "n f, n l h d -> f l h d") - einops.einsum(
+            neg / neg.sum(0), z, "n f, n l h d -> f l h d"
+        )
         unit = diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         proj = einops.einsum(z, unit, "n l h d, f l h d -> f n l h")
         u[:, l0:l1], sigma[:, l0:l1] = unit, proj.std(1, unbiased=False)

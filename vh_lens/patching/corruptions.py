@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from vh_lens.data.sample import Box
 from vh_lens.core.layout import check_box
+from vh_lens.data.sample import Box
 
 if TYPE_CHECKING:
     from vh_lens.core.model import LlavaBatch

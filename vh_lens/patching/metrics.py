@@ -69,7 +69,9 @@ def _ids(ids: Sequence[int] | Tensor, what: str, n: int) -> Tensor:
     return t
 
 
-def logit_diff_metric(batch: LlavaBatch, answer_ids: Sequence[int] | Tensor, foil_ids: Sequence[int] | Tensor) -> AnswerMetric:
+def logit_diff_metric(
+    batch: LlavaBatch, answer_ids: Sequence[int] | Tensor, foil_ids: Sequence[int] | Tensor
+) -> AnswerMetric:
     """Mean over the batch of ``logit[answer] - logit[foil]`` at each sample's query position.
 
     Example:
@@ -77,7 +79,9 @@ def logit_diff_metric(batch: LlavaBatch, answer_ids: Sequence[int] | Tensor, foi
         >>> metric(model(batch))  # doctest: +SKIP
     """
     n = len(batch)
-    return AnswerMetric("logit_diff", batch.query_positions, _ids(answer_ids, "answer ids", n), _ids(foil_ids, "foil ids", n))
+    return AnswerMetric(
+        "logit_diff", batch.query_positions, _ids(answer_ids, "answer ids", n), _ids(foil_ids, "foil ids", n)
+    )
 
 
 def answer_logprob_metric(batch: LlavaBatch, answer_ids: Sequence[int] | Tensor) -> AnswerMetric:

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from vh_lens.core.hooks import act_name
 
+from vh_lens.core.hooks import act_name
 from vh_lens.patching.corruptions import check_aligned
 from vh_lens.patching.metrics import normalise
 from vh_lens.patching.result import PatchingResult
@@ -59,8 +59,17 @@ def _metrics(model: Any, clean: Any, corrupt: Any, metric: Metric, names: list[s
     return m_c, m_r, cache
 
 
-def _result(sites: Sites, method: str, layers: tuple[int, ...], effect: Tensor, m_c: float, m_r: float,
-            metric: Metric, clean: Any, description: str) -> PatchingResult:
+def _result(
+    sites: Sites,
+    method: str,
+    layers: tuple[int, ...],
+    effect: Tensor,
+    m_c: float,
+    m_r: float,
+    metric: Metric,
+    clean: Any,
+    description: str,
+) -> PatchingResult:
     lay0 = clean.layout[0]
     return PatchingResult(
         effect=effect.float().cpu(),
@@ -114,7 +123,7 @@ def activation_patch(
     normalise(m_c, m_c, m_r)  # refuse a corruption that changes nothing, before the loop
     out = torch.zeros(len(layers), len(sites.labels), dtype=torch.float64)
     with torch.no_grad():
-        for i, (layer, name) in enumerate(zip(layers, names)):
+        for i, name in enumerate(names):
             for j, (mask, head) in enumerate(zip(sites.masks, sites.heads)):
                 hook = partial(_patch_hook, clean=cache[name], mask=mask, head=head)
                 out[i, j] = float(metric(model.run_with_hooks(corrupt, fwd_hooks=[(name, hook)])))

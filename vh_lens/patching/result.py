@@ -63,7 +63,9 @@ class PatchingResult:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.effect.shape != (len(self.layers), len(self.labels)):
-            raise ValueError(f"effect has shape {tuple(self.effect.shape)}, expected [{len(self.layers)}, {len(self.labels)}]")
+            raise ValueError(
+                f"effect has shape {tuple(self.effect.shape)}, expected [{len(self.layers)}, {len(self.labels)}]"
+            )
         if self.boxes is not None and self.boxes.shape != (len(self.labels), 4):
             raise ValueError(f"boxes must have shape [{len(self.labels)}, 4], got {tuple(self.boxes.shape)}")
 
@@ -178,7 +180,9 @@ def merge(results: list[PatchingResult]) -> PatchingResult:
     delta = sum(r.delta.double() * r.n_samples for r in results) / n
     gap = clean - corrupt
     if not abs(gap) > 1e-6 * max(1.0, abs(clean)):
-        raise ValueError(f"merge: the merged clean and corrupted metrics are equal ({clean:.6g}): nothing to normalise by")
+        raise ValueError(
+            f"merge: the merged clean and corrupted metrics are equal ({clean:.6g}): nothing to normalise by"
+        )
     return PatchingResult(
         effect=(delta / gap).float(),
         grid=first.grid,

@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from vh_lens.data.sample import Box
 from vh_lens.core.tl_native import image_token_labels
+from vh_lens.data.sample import Box
 
 if TYPE_CHECKING:
     from vh_lens.core.model import LlavaBatch
@@ -86,7 +86,10 @@ def position_sites(batch: LlavaBatch, activation: str = "resid_pre") -> Sites:
     boxes = torch.full((first.n_image_tokens, 4), math.nan)
     where = {int(p): k for k, p in enumerate(first.image_positions.tolist())}
     for g in first.grids:
-        for (r, c), p in zip(torch.cartesian_prod(torch.arange(g.shape[0]), torch.arange(g.shape[1])).tolist(), g.positions.flatten().tolist()):
+        for (r, c), p in zip(
+            torch.cartesian_prod(torch.arange(g.shape[0]), torch.arange(g.shape[1])).tolist(),
+            g.positions.flatten().tolist(),
+        ):
             boxes[where[int(p)]] = g.cell_boxes[r, c].float()
     masks = []
     for k in range(first.n_image_tokens):
@@ -155,4 +158,6 @@ def grid_boxes(image_size: tuple[int, int], rows: int, cols: int | None = None) 
     if rows < 1 or cols < 1:
         raise ValueError(f"a region grid needs at least 1 x 1 cells, got {rows} x {cols}")
     w, h = image_size
-    return [(c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows) for r in range(rows) for c in range(cols)]
+    return [
+        (c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows) for r in range(rows) for c in range(cols)
+    ]

@@ -73,8 +73,15 @@ def plot_function_head_maps(
     names = _functions(result, functions)
     cols = max(1, min(columns, len(names)))
     rows = math.ceil(len(names) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, shared_xaxes=True, shared_yaxes=True,
-                        horizontal_spacing=0.03, vertical_spacing=0.08)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=names,
+        shared_xaxes=True,
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
+        vertical_spacing=0.08,
+    )
     tables = {f: result.scores(f, metric, source) for f in names}  # type: ignore[arg-type]
     zmin = min(float(t.min()) for t in tables.values())
     zmax = max(float(t.max()) for t in tables.values())
@@ -82,19 +89,35 @@ def plot_function_head_maps(
     for i, f in enumerate(names):
         row, col = i // cols + 1, i % cols + 1
         fig.add_trace(
-            go.Heatmap(z=tables[f].numpy(), x=np.arange(result.n_heads), y=np.arange(result.n_layers),
-                       zmin=zmin, zmax=zmax, colorscale="Viridis", showscale=i == 0, name=f,
-                       colorbar={"title": {"text": label}},
-                       hovertemplate=f"{f}<br>layer %{{y}}, head %{{x}}<br>{label} %{{z:.3f}}<extra></extra>"),
-            row=row, col=col,
+            go.Heatmap(
+                z=tables[f].numpy(),
+                x=np.arange(result.n_heads),
+                y=np.arange(result.n_layers),
+                zmin=zmin,
+                zmax=zmax,
+                colorscale="Viridis",
+                showscale=i == 0,
+                name=f,
+                colorbar={"title": {"text": label}},
+                hovertemplate=f"{f}<br>layer %{{y}}, head %{{x}}<br>{label} %{{z:.3f}}<extra></extra>",
+            ),
+            row=row,
+            col=col,
         )
         if mark_selected:
             heads = result.functional_heads(f, metric=metric, source=source, **selection)  # type: ignore[arg-type]
             fig.add_trace(
-                go.Scatter(x=[h for _, h in heads], y=[layer for layer, _ in heads], mode="markers",
-                           marker={"symbol": "circle-open", "color": "red", "size": 8}, name=f"{f} (selected)",
-                           showlegend=False, hoverinfo="skip"),
-                row=row, col=col,
+                go.Scatter(
+                    x=[h for _, h in heads],
+                    y=[layer for layer, _ in heads],
+                    mode="markers",
+                    marker={"symbol": "circle-open", "color": "red", "size": 8},
+                    name=f"{f} (selected)",
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                row=row,
+                col=col,
             )
     fig.update_xaxes(title_text="head", row=rows)
     fig.update_yaxes(title_text="layer", col=1)
@@ -127,8 +150,12 @@ def plot_heads_per_layer(
         counts = result.layer_distribution(f, **selection).float()
         y = counts / counts.sum().clamp_min(1) if normalize else counts
         fig.add_trace(go.Bar(x=np.arange(result.n_layers), y=y.numpy(), name=f))
-    fig.update_layout(barmode="group", title=title or "Functional heads per layer", xaxis_title="layer",
-                      yaxis_title="fraction of the function's heads" if normalize else "heads")
+    fig.update_layout(
+        barmode="group",
+        title=title or "Functional heads per layer",
+        xaxis_title="layer",
+        yaxis_title="fraction of the function's heads" if normalize else "heads",
+    )
     return fig
 
 
@@ -141,16 +168,29 @@ def plot_function_overlap(result: ProbeResult, *, title: str | None = None, **se
     jaccard = result.overlap(**selection).numpy()
     names = list(result.functions)
     fig = go.Figure(
-        go.Heatmap(z=jaccard, x=names, y=names, zmin=0, zmax=1, colorscale="Blues",
-                   text=np.round(jaccard, 2), texttemplate="%{text}", colorbar={"title": {"text": "Jaccard"}},
-                   hovertemplate="%{y} / %{x}<br>Jaccard %{z:.3f}<extra></extra>")
+        go.Heatmap(
+            z=jaccard,
+            x=names,
+            y=names,
+            zmin=0,
+            zmax=1,
+            colorscale="Blues",
+            text=np.round(jaccard, 2),
+            texttemplate="%{text}",
+            colorbar={"title": {"text": "Jaccard"}},
+            hovertemplate="%{y} / %{x}<br>Jaccard %{z:.3f}<extra></extra>",
+        )
     )
     fig.update_layout(title=title or "Overlap of functional heads (Jaccard)", yaxis_autorange="reversed")
     return fig
 
 
 def plot_sorted_scores(
-    result: ProbeResult, function: str, *, metric: str = "balanced_accuracy", source: str | None = None,
+    result: ProbeResult,
+    function: str,
+    *,
+    metric: str = "balanced_accuracy",
+    source: str | None = None,
     title: str | None = None,
 ) -> go.Figure:
     """A function's head scores sorted in decreasing order, with the elbow marked.
@@ -161,11 +201,15 @@ def plot_sorted_scores(
     """
     curve = torch.sort(result.scores(function, metric, source).flatten(), descending=True).values  # type: ignore[arg-type]
     elbow = elbow_index(curve)
-    fig = go.Figure(go.Scatter(x=np.arange(curve.numel()), y=curve.numpy(), mode="lines+markers", name=function,
-                               marker={"size": 4}))
+    fig = go.Figure(
+        go.Scatter(x=np.arange(curve.numel()), y=curve.numpy(), mode="lines+markers", name=function, marker={"size": 4})
+    )
     fig.add_vline(x=elbow, line_dash="dash", annotation_text=f"elbow: {max(elbow, 1)} heads")
-    fig.update_layout(title=title or f"{function}: sorted head scores", xaxis_title="rank",
-                      yaxis_title=_METRIC_LABELS.get(metric, metric))
+    fig.update_layout(
+        title=title or f"{function}: sorted head scores",
+        xaxis_title="rank",
+        yaxis_title=_METRIC_LABELS.get(metric, metric),
+    )
     return fig
 
 
@@ -204,9 +248,11 @@ def plot_function_interventions(
     fig = make_subplots(rows=1, cols=len(scopes), subplot_titles=[_SCOPE_TITLES[s] for s in scopes], shared_yaxes=True)
     colours = {"baseline": "#7f7f7f", "functional": "#d62728", "random": "#1f77b4"}
     for col, scope in enumerate(scopes, start=1):
-        bars = [("baseline", [r[f"baseline_{scope}"] for r in rows], None),
-                ("functional", [r[f"functional_{scope}"] for r in rows], None),
-                ("random", [r[f"random_{scope}_mean"] for r in rows], [r[f"random_{scope}_std"] for r in rows])]
+        bars = [
+            ("baseline", [r[f"baseline_{scope}"] for r in rows], None),
+            ("functional", [r[f"functional_{scope}"] for r in rows], None),
+            ("random", [r[f"random_{scope}_mean"] for r in rows], [r[f"random_{scope}_std"] for r in rows]),
+        ]
         for name, y, err in bars:
             label = {"baseline": "no intervention", "functional": "functional heads",
                      "random": "random heads (mean ± std)"}[name]  # fmt: skip

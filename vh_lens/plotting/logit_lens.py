@@ -55,7 +55,9 @@ def plot_rank_per_layer(
                 name="interquartile range",
             ),
             go.Scatter(x=layers, y=rank.mean(1).tolist(), mode="lines+markers", name="mean", line={"color": "#1f77b4"}),
-            go.Scatter(x=layers, y=median.tolist(), mode="lines", name="median", line={"color": "#1f77b4", "dash": "dash"}),
+            go.Scatter(
+                x=layers, y=median.tolist(), mode="lines", name="median", line={"color": "#1f77b4", "dash": "dash"}
+            ),
         ]
     )
     fig.update_layout(

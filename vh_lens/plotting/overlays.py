@@ -132,7 +132,9 @@ def plot_attention_overlays(
     n_heads = len(heads)
     for row in rows:
         if row.values.ndim != 3 or row.values.shape[0] != n_heads:
-            raise ValueError(f"row {row.label!r}: values must be [{n_heads}, rows, cols], got {tuple(row.values.shape)}")
+            raise ValueError(
+                f"row {row.label!r}: values must be [{n_heads}, rows, cols], got {tuple(row.values.shape)}"
+            )
         if row.image is not None and row.cell_boxes is None:
             raise ValueError(f"row {row.label!r}: an image needs cell_boxes")
         if row.panel_labels is not None and len(row.panel_labels) != n_heads:
@@ -228,7 +230,9 @@ def plot_prompt_comparison(
         ``n_layers * n_heads`` points and the diagonal).
     """
     if (plain.n_layers, plain.n_heads) != (visual.n_layers, visual.n_heads):
-        raise ValueError(f"the scans differ in shape: {plain.n_layers}x{plain.n_heads} vs {visual.n_layers}x{visual.n_heads}")
+        raise ValueError(
+            f"the scans differ in shape: {plain.n_layers}x{plain.n_heads} vs {visual.n_layers}x{visual.n_heads}"
+        )
     if metric not in plain.mean:
         raise ValueError(f"metric must be one of {', '.join(plain.mean)}, got {metric!r}")
     label = metric.replace("_", " ")

@@ -151,8 +151,9 @@ def plot_effect_on_image(
             row=1,
             col=i + 1,
         )
-        fig.update_yaxes(autorange="reversed", scaleanchor="x" if i == 0 else f"x{i + 1}", showticklabels=False,
-                         row=1, col=i + 1)
+        fig.update_yaxes(
+            autorange="reversed", scaleanchor="x" if i == 0 else f"x{i + 1}", showticklabels=False, row=1, col=i + 1
+        )
         fig.update_xaxes(showticklabels=False, row=1, col=i + 1)
     fig.update_layout(
         title=title or f"{result.method} patching of {result.activation} at layer {layer}, per {result.grid[:-1]}",
@@ -180,8 +181,14 @@ def plot_attribution_vs_activation(
     lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
     fig = go.Figure(
         [
-            go.Scatter(x=x, y=y, mode="markers", text=text, name="cells",
-                       hovertemplate="%{text}<br>patching %{x:.4g}<br>attribution %{y:.4g}<extra></extra>"),
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="markers",
+                text=text,
+                name="cells",
+                hovertemplate="%{text}<br>patching %{x:.4g}<br>attribution %{y:.4g}<extra></extra>",
+            ),
             go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "grey"}, name="y = x"),
         ]
     )

@@ -16,8 +16,8 @@ from PIL import Image
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from vh_lens.data.sample import load_rgb
 from vh_lens.core.layout import ImageGrid, TokenLayout
+from vh_lens.data.sample import load_rgb
 from vh_lens.visual_heads.scores import STAGES, VisualHeadScores, check_metric, stage_layers
 
 _LABELS = {
@@ -92,7 +92,9 @@ def plot_weight_vs_concentration(
             y=scores.concentration.flatten().numpy(),
             mode="markers",
             marker={
-                "color": layers, "colorscale": "Viridis", "showscale": True,
+                "color": layers,
+                "colorscale": "Viridis",
+                "showscale": True,
                 "colorbar": {"title": {"text": "layer"}},
             },
             customdata=np.stack([layers, heads], axis=1),
@@ -237,10 +239,12 @@ def plot_head_attention_on_image(
     if normalize:
         values = values / values.sum(dim=(1, 2), keepdim=True).clamp(min=1e-12)
     boxes = g.cell_boxes.to(torch.float64)
-    if not (torch.equal(boxes[..., 0], boxes[:1, :, 0].expand_as(boxes[..., 0]))
-            and torch.equal(boxes[..., 2], boxes[:1, :, 2].expand_as(boxes[..., 2]))
-            and torch.equal(boxes[..., 1], boxes[:, :1, 1].expand_as(boxes[..., 1]))
-            and torch.equal(boxes[..., 3], boxes[:, :1, 3].expand_as(boxes[..., 3]))):
+    if not (
+        torch.equal(boxes[..., 0], boxes[:1, :, 0].expand_as(boxes[..., 0]))
+        and torch.equal(boxes[..., 2], boxes[:1, :, 2].expand_as(boxes[..., 2]))
+        and torch.equal(boxes[..., 1], boxes[:, :1, 1].expand_as(boxes[..., 1]))
+        and torch.equal(boxes[..., 3], boxes[:, :1, 3].expand_as(boxes[..., 3]))
+    ):
         raise ValueError("the grid's cell boxes do not form an axis-aligned lattice")
     width, height = pil.size
     scale = min(1.0, max_side / max(width, height))
@@ -271,9 +275,11 @@ def plot_head_attention_on_image(
             row=1,
             col=i + 1,
         )
-        fig.update_yaxes(autorange="reversed", scaleanchor="x" if i == 0 else f"x{i + 1}", showticklabels=False,
-                         row=1, col=i + 1)
+        fig.update_yaxes(
+            autorange="reversed", scaleanchor="x" if i == 0 else f"x{i + 1}", showticklabels=False, row=1, col=i + 1
+        )
         fig.update_xaxes(showticklabels=False, row=1, col=i + 1)
-    fig.update_layout(title=title or "attention of chosen heads over the image patches", height=360,
-                      width=max(360, 300 * n))
+    fig.update_layout(
+        title=title or "attention of chosen heads over the image patches", height=360, width=max(360, 300 * n)
+    )
     return fig

@@ -67,7 +67,9 @@ def prompt_pair(
     if not isinstance(other, VisualHeadScores):
         other = VisualHeadScores.load(_scores_folder(Path(other)))
     if (scores.n_layers, scores.n_heads) != (other.n_layers, other.n_heads):
-        raise ValueError(f"the scans differ in shape: {scores.n_layers}x{scores.n_heads} vs {other.n_layers}x{other.n_heads}")
+        raise ValueError(
+            f"the scans differ in shape: {scores.n_layers}x{scores.n_heads} vs {other.n_layers}x{other.n_heads}"
+        )
     models = (scores.metadata.get("model"), other.metadata.get("model"))
     if None not in models and models[0] != models[1]:
         raise ValueError(f"the scans are of different models: {models[0]} and {models[1]}")
@@ -83,7 +85,9 @@ def prompt_pair(
     flags = (_has_visual_prompt(scores), _has_visual_prompt(other))
     if flags[0] == flags[1]:
         which = "both" if flags[0] else "neither"
-        raise ValueError(f"{which} of the scans has the visual prompt (metadata 'visual_prompt' or 'data'); need one plain, one visual")
+        raise ValueError(
+            f"{which} of the scans has the visual prompt (metadata 'visual_prompt' or 'data'); need one plain, one visual"
+        )
     return (other, scores) if flags[0] else (scores, other)
 
 
@@ -111,7 +115,9 @@ def check_lens(lens: Any, n_layers: int) -> None:
         raise ValueError(f"the logit-lens result has {lens.n_layers} layers, the scanned model {n_layers}")
 
 
-def load_companions(compare: str | os.PathLike[str] | None = None, lens: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def load_companions(
+    compare: str | os.PathLike[str] | None = None, lens: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """``{"compare": VisualHeadScores, "lens": LogitLensResult}`` (those named) from their output folders.
 
     Args:

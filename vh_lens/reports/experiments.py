@@ -116,7 +116,10 @@ def write_probe_report(
         plotlyjs: ``"file"``, ``"cdn"`` or ``"inline"``.
     """
     named = dict(figures) if isinstance(figures, Mapping) else {f"figure-{i + 1}": f for i, f in enumerate(figures)}
-    out = [Table(titles.get(name, name), header, rows, name=name.replace("_", "-")) for name, (header, rows) in tables.items()]
+    out = [
+        Table(titles.get(name, name), header, rows, name=name.replace("_", "-"))
+        for name, (header, rows) in tables.items()
+    ]
     if report is not None:
         rows = report.to_rows()
         header = ["function", "n_heads", "baseline_own", "functional_own", "random_own_mean", "baseline_other",

@@ -168,4 +168,3 @@ def _link(parent: Path, quiet: bool) -> Path | None:
 def _is_own_index(path: Path) -> bool:
     info = page_info(path)
     return info is not None and info[1] == "index"
-

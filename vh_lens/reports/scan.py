@@ -24,10 +24,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
-from vh_lens.core.hooks import act_name
 
-from vh_lens.data.sample import Sample
+from vh_lens.core.hooks import act_name
 from vh_lens.core.layout import TokenLayout
+from vh_lens.data.sample import Sample
 from vh_lens.plotting.overlays import OverlayRow, plot_attention_overlays, plot_prompt_comparison
 from vh_lens.plotting.visual_heads import (
     plot_head_attention_on_image,

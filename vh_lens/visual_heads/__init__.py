@@ -41,10 +41,19 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vh_lens.visual_heads.scan import scan_visual_heads, ScanConfig
-    from vh_lens.visual_heads.hooks import visual_head_hooks, visual_head_qk_hooks
-    from vh_lens.visual_heads.metrics import head_metrics, detection_score, default_layer_fn, HEAD_METRICS
     from vh_lens.visual_heads.accumulator import ScoreAccumulator
-    from vh_lens.visual_heads.scores import VisualHeadScores, METRICS, STAGES, stage_layers, stage_of, pearson, emd_layers, layer_distribution
-    from vh_lens.visual_heads.masking import masking_experiment, MaskingConfig
+    from vh_lens.visual_heads.hooks import visual_head_hooks, visual_head_qk_hooks
+    from vh_lens.visual_heads.masking import MaskingConfig, masking_experiment
     from vh_lens.visual_heads.masking_result import MaskingResult, MaskingRow
+    from vh_lens.visual_heads.metrics import HEAD_METRICS, default_layer_fn, detection_score, head_metrics
+    from vh_lens.visual_heads.scan import ScanConfig, scan_visual_heads
+    from vh_lens.visual_heads.scores import (
+        METRICS,
+        STAGES,
+        VisualHeadScores,
+        emd_layers,
+        layer_distribution,
+        pearson,
+        stage_layers,
+        stage_of,
+    )

@@ -88,8 +88,12 @@ class ScoreAccumulator:
             raise ValueError(f"metrics must be [batch, {self.n_heads}], got {tuple(shape)}")
         if any(v.shape != shape for v in values.values()):
             raise ValueError("all metrics of one add() must share a shape")
-        self._merge_layer(layer, shape[0], {m: v.mean(0) for m, v in values.items()},
-                          {m: ((v - v.mean(0)) ** 2).sum(0) for m, v in values.items()})
+        self._merge_layer(
+            layer,
+            shape[0],
+            {m: v.mean(0) for m, v in values.items()},
+            {m: ((v - v.mean(0)) ** 2).sum(0) for m, v in values.items()},
+        )
         if self.keep_per_sample:
             self._chunks[layer].append(values)
 
@@ -111,8 +115,9 @@ class ScoreAccumulator:
         for layer in range(self.n_layers):
             n_b = int(other._n[layer])
             if n_b:
-                self._merge_layer(layer, n_b, {m: other._mean[m][layer] for m in METRICS},
-                                  {m: other._m2[m][layer] for m in METRICS})
+                self._merge_layer(
+                    layer, n_b, {m: other._mean[m][layer] for m in METRICS}, {m: other._m2[m][layer] for m in METRICS}
+                )
                 self._chunks[layer].extend(other._chunks[layer])
 
     @property

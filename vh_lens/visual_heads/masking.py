@@ -33,13 +33,13 @@ from typing import Any
 from torch import Tensor
 
 from vh_lens import engine
-from vh_lens.distributed import samples_per_rank
-from vh_lens.sweep import run_conditions_batched, run_conditions_shared_prefix
 from vh_lens.analysis.interventions import HeadMeans, ablate_heads, head_means
 from vh_lens.core.config import ExperimentConfig, check_choice, check_ints, resolve_config
 from vh_lens.core.hooks import Head
 from vh_lens.data.sample import Sample
+from vh_lens.distributed import samples_per_rank
 from vh_lens.evaluation.scoring import AccuracyReducer, EvalMethod, check_eval_options
+from vh_lens.sweep import run_conditions_batched, run_conditions_shared_prefix
 from vh_lens.visual_heads.masking_result import ABLATIONS, CSV_COLUMNS, MaskingResult, MaskingRow
 from vh_lens.visual_heads.scores import METRICS, STAGES, VisualHeadScores, stage_layers
 

@@ -390,5 +390,3 @@ class MaskingResult:
         if not path.is_file():
             raise FileNotFoundError(f"no saved MaskingResult at {directory}: {_JSON_FILE} missing")
         return cls.from_json(read_json(path, what="MaskingResult", version=1))  # issue 14: version checked
-
-

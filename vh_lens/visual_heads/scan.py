@@ -113,7 +113,11 @@ def _write_checkpoint(directory: Path, acc: ScoreAccumulator, config: Mapping[st
     name = f"state-{count:010d}.safetensors"
     save_tensors(directory / name, acc.state_dict(), {"count": str(count)})
     info = {
-        "format": _CKPT_FORMAT, "format_version": _CKPT_VERSION, "count": count, "state_file": name, "config": dict(config),
+        "format": _CKPT_FORMAT,
+        "format_version": _CKPT_VERSION,
+        "count": count,
+        "state_file": name,
+        "config": dict(config),
         "fingerprint": fingerprint,
     }
     write_json(directory / _CKPT_JSON, info, indent=2, sort_keys=True)
@@ -330,7 +334,9 @@ def scan_visual_heads(
         raise ValueError("answer_tokens is only used with query='answer_token'")
     qk_ok = qk_hooks_supported(getattr(model, "lm", None))
     if conf.attention == "qk" and not qk_ok:
-        raise ValueError("attention='qk' needs a model with .lm, a rotary causal backbone (Llama, Mistral, Qwen2, Phi-3)")
+        raise ValueError(
+            "attention='qk' needs a model with .lm, a rotary causal backbone (Llama, Mistral, Qwen2, Phi-3)"
+        )
     use_qk = conf.attention == "qk" or (conf.attention == "auto" and qk_ok)
     tokens = None if answer_tokens is None else [int(t) for t in torch.as_tensor(answer_tokens).flatten().tolist()]
     acc = ScoreAccumulator(

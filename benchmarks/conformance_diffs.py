@@ -1,4 +1,4 @@
-"""Max differences of every conformance case (tests/test_conformance.py) to Hugging Face: float32, and
+"""Max differences of every conformance case (tests/core/test_conformance.py) to Hugging Face: float32, and
 float64 against the patched float64 reference. Run: python benchmarks/conformance_diffs.py"""
 
 import sys

@@ -3,7 +3,7 @@
 Usage:
     python scripts/toy_findings.py [--n 96] [--ks 2 4 8 16 24] [--accuracy-n 400]
 
-Prints the model's accuracy per question family on fresh samples (seed 4242, as tests/test_toy.py),
+Prints the model's accuracy per question family on fresh samples (seed 4242, as tests/toy/test_toy.py),
 the top heads per stage, paper A's masking table (each stage's top-k heads against k
 random heads of the same stage), the same over all layers (the findings test's comparison), and
 the logit lens at the answer query.

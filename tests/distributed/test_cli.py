@@ -163,7 +163,7 @@ def test_lens_command_under_torchrun_splits_and_equals_one_process(files) -> Non
 
 def test_probe_command_under_torchrun_splits_and_equals_one_process(tmp_path) -> None:
     from conftest import (
-        tiny_pair,  # tests/conftest.py, as tests/test_cli_probe.py imports it
+        tiny_pair,  # tests/conftest.py, as tests/commands/test_cli_probe.py imports it
     )
     from test_functional import write_cogqa_file
 

@@ -1,5 +1,5 @@
 """``vh-lens scan --compare`` (the plain vs visual-prompt pair) and ``--lens`` (rank traces) on the
-tiny checkpoint's files of ``tests/test_cli_scan.py``; the folders side by side are linked."""
+tiny checkpoint's files of ``tests/commands/test_cli_scan.py``; the folders side by side are linked."""
 
 from __future__ import annotations
 

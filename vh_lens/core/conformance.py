@@ -153,9 +153,9 @@ def _feature_strategy_next(value, config) -> str | None:
 
 # --------------------------------------------------------------------------- the table
 
-_T = "tests/test_conformance.py::test_honoured_field_matches_hugging_face"
-_FAMILY = "tests/test_model.py::test_logits_and_patterns_match_hugging_face"
-_ONEVISION_TILES = "tests/test_onevision.py::test_onevision_downsampled_tiles_match_hugging_face"
+_T = "tests/core/test_conformance.py::test_honoured_field_matches_hugging_face"
+_FAMILY = "tests/core/test_model.py::test_logits_and_patterns_match_hugging_face"
+_ONEVISION_TILES = "tests/core/test_onevision.py::test_onevision_downsampled_tiles_match_hugging_face"
 _HF = "Hugging Face module"
 _EVAL = "no effect in eval: Hugging Face applies dropout only in training, TransformerLens has none"
 

@@ -7,7 +7,7 @@ output bias, centre writing weights (which TransformerLens skips for RMS norm). 
 arithmetic runs on one group of tensors at a time (a half layer, or the unembedding), block by
 block of rows, in a working dtype (float64 for float64 models, float32 otherwise), and each block
 is written into the model's parameter: no copy of the state dict and no whole-matrix temporary.
-``tests/test_loading.py`` checks the result against ``ProcessWeights`` itself.
+``tests/core/test_loading.py`` checks the result against ``ProcessWeights`` itself.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Runs and inputs checked up front: fingerprints, resume refusal, --skip-bad, one-step publishing,
 permissions, code in a checkpoint, 16-bit images, one-line errors. (The catalogue of bad inputs is
-``tests/test_catalogue.py``.)"""
+``tests/commands/test_catalogue.py``.)"""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from vh_lens.core.io import check_published, publish, recover_publish, write_jso
 from vh_lens.data import load_rgb
 from vh_lens.visual_heads.scores import VisualHeadScores
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -135,7 +135,7 @@ def test_version(capsys) -> None:
 
 
 def test_python_dash_m_runs_the_cli() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-m", "vh_lens", "--version"], capture_output=True, text=True, env=env,
                           cwd=root, timeout=120, check=False)  # fmt: skip

@@ -277,7 +277,7 @@ def test_every_honoured_row_is_exercised():
     """Every row whose proof is the parametrised test above has at least one case."""
     exercised = {r for c in CASES for r in c.rules}
     for key, rule in FIELD_RULES.items():
-        if rule.test == "tests/test_conformance.py::test_honoured_field_matches_hugging_face":
+        if rule.test == "tests/core/test_conformance.py::test_honoured_field_matches_hugging_face":
             assert key in exercised, f"{key}: no case"
         if rule.status == "honoured":
             assert rule.test, f"{key}: honoured without a test"

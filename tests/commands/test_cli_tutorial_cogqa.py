@@ -16,7 +16,7 @@ from test_functional import write_cogqa_file
 
 from vh_lens.data.cogvision import load_cogvision, subquestion_samples
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "tutorials" / "04_functional_heads.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "tutorials" / "04_functional_heads.ipynb"
 
 
 def _cells() -> tuple[str, str]:

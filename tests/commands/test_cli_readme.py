@@ -16,7 +16,7 @@ import pytest
 
 from vh_lens.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 TINY = {
     "demo-data": ["--n-samples", "12", "--n-cog", "12"],
     "scan": ["--limit", "12", "--no-progress"],

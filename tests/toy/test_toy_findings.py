@@ -19,7 +19,7 @@ from vh_lens.data.shapes import shapes
 from vh_lens.toy import format_question
 
 # The pointer questions (super, general), which the shipped model answers (~100%; object counting
-# ~96%, see tests/test_toy.py).
+# ~96%, see tests/toy/test_toy.py).
 COUNTING = ("count_super", "count_general")
 MARGIN = 0.30  # top-k ablation must cost at least 30 points more accuracy than random-k ablation
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 
@@ -18,16 +20,18 @@ def test_shards_are_contiguous_cover_everything_and_balanced(n: int, world: int)
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
+@pytest.mark.unchecked_arguments  # passes a float and a bool on purpose: the function's own error
 def test_shard_range_refuses_bad_arguments() -> None:
     for args in ((5, 2, 2), (5, -1, 2), (-1, 0, 1), (5, 0, 0), (5.0, 0, 1), (True, 0, 1)):
         with pytest.raises(ValueError):
             distributed.shard_range(*args)
 
 
+@pytest.mark.unchecked_arguments  # also passes an iterator on purpose: the function's own error
 def test_shard_is_lazy_and_one_process_is_everything() -> None:
     reads: list[int] = []
 
-    class Items:
+    class Items(Sequence):  # a lazy sequence: reading an item is recorded
         def __len__(self):
             return 5
 

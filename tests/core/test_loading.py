@@ -266,7 +266,7 @@ def test_block_processing_matches_process_weights_on_whole_state_dict(family, fl
     weights of TransformerLens' ProcessWeights.process_weights on the whole converted state dict."""
     from transformer_lens.weight_processing import ProcessWeights
 
-    from vh_lens.core.loading import _outer_groups, convert_layer
+    from vh_lens.core.backbone import _outer_groups, convert_layer
     from vh_lens.core.tensor_source import TensorSource
 
     hf, processor = tiny_pair(*family)

@@ -1,5 +1,6 @@
-"""The core every experiment stands on: loading a checkpoint (``loading``, ``conformance``, ``tensor_source``,
-``processing``, ``fingerprint``, ``onevision``), the model and its batches (``model``), which position is
+"""The core every experiment stands on: loading a checkpoint (``loading``, ``checkpoint_config``,
+``backbone``, ``conformance``, ``tensor_source``, ``processing``, ``fingerprint``, ``onevision``), the model
+(``model``) and its batches (``batch``), which position is
 what (``layout``, ``image_tokens``, ``geometry``), fast paths (``fast_attention``), prompts (``prompts``,
 ``tokenizer``), TransformerLens-native images (``tl_native``), the hook vocabulary (``hooks``), experiment
 settings (``config``) and result files (``io``).

@@ -7,7 +7,7 @@ Fields that cannot change the forward (bookkeeping, token ids, initialisation) a
 no row names, is refused when it differs from the class default (computed from the config class
 itself); an attribute the class does not declare at all (an extra key of ``config.json``) is
 refused outright. :func:`check_conformance` applies the table to a LLaVA config and its text and
-vision sub-configs; ``vh_lens.core.loading.check_config`` calls it on every load path.
+vision sub-configs; ``vh_lens.core.checkpoint_config.check_config`` calls it on every load path.
 
 :func:`attention_windows`, :func:`attention_biases` and :func:`tl_activation` turn the honoured
 fields into what the conversion needs, so the decision and its use cannot drift apart.

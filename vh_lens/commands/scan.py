@@ -41,8 +41,6 @@ exits with status 1 and a one-line message listing the bad items by file and lin
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,6 +55,15 @@ from vh_lens.commands._inputs import (
     check_n_ctx,
     model_path,
 )
+from vh_lens.commands.scan_output import (
+    REPORT,
+    SCORES,
+    finish_interrupted,
+    prepare_checkpoint,
+    publish_outputs,
+    run_settings,
+    scan_summary,
+)
 
 FORMATS = ("looktwice", "vip-pointqa", "jsonl")
 QUESTIONS = ("general", "object", "super")
@@ -66,14 +73,6 @@ DEFAULT_OUT = Path("vh_lens_report")
 DEFAULT_N_SAMPLES = 240
 """Generated samples of the no-argument main job (80 per counting question type)."""
 RANDOM_MODEL_NOTE = "demo on a random-weight model: no findings"
-
-_RUN_FILE = "run.json"
-_INPUTS_FILE = "inputs.json"
-_JOURNAL = ".scan-publish.json"
-_STALE = (".scan-*.partial", ".scan-*.old", ".scan-publish.json.*.old", "..scan-publish.json.*.tmp")
-_SCORES = "scores"
-_REPORT = "report.html"
-_CHECKPOINT = "checkpoint"
 
 
 def register(subparsers: Any) -> None:
@@ -319,131 +318,6 @@ def load_demo_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
 # Output folder
 
 
-def _run_settings(args: argparse.Namespace, demo: bool, model_name: str) -> dict[str, Any]:
-    """What a checkpoint must share with the run that continues it (not batch size, limit, device)."""
-    settings: dict[str, Any] = {
-        "query": args.query, "detection_weight": args.detection_weight, "min_overlap": args.min_overlap,
-        "keep_per_sample": args.keep_per_sample, "dtype": args.dtype,
-    }  # fmt: skip
-    if demo:
-        return settings | {"model": model_name, "data": "shapes", "seed": args.seed, "question": args.question}
-    return settings | {
-        "model": str(args.model.resolve()), "data": str(args.data.resolve()), "format": args.format,
-        "images": None if args.images is None else str(args.images.resolve()), "question": args.question,
-        "visual_prompt": args.visual_prompt,
-    }  # fmt: skip
-
-
-def prepare_checkpoint(
-    out: Path,
-    settings: Mapping[str, Any],
-    *,
-    overwrite: bool,
-    demo: bool,
-    n_samples: int,
-    inputs: Mapping[str, Any] | None = None,
-) -> Path:
-    """Create ``out/checkpoint`` for this run, or check that the one there belongs to it.
-
-    Args:
-        out: the output folder.
-        settings: what the checkpoint must share with this run (:func:`_run_settings`).
-        overwrite: discard a checkpoint that does not belong to this run.
-        demo: the demo's checkpoint is simply replaced when it does not belong.
-        n_samples: the samples of this run.
-        inputs: the fingerprints of what this run reads
-            (:func:`vh_lens.commands._inputs.input_fingerprint`); a checkpoint whose saved
-            fingerprints differ (the same paths, other contents) is refused.
-
-    Raises:
-        ValueError: the checkpoint there was written by a run with other settings or other
-            input files, or has already seen more samples than this run has (not for the demo,
-            whose checkpoint is simply replaced).
-    """
-    from vh_lens.commands._inputs import changed_inputs
-
-    ckpt = out / _CHECKPOINT
-    run_file = ckpt / _RUN_FILE
-    inputs_file = ckpt / _INPUTS_FILE
-    saved = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
-    wanted = json.loads(json.dumps(dict(settings)))
-    problem = None
-    if ckpt.exists() and saved is None and any(ckpt.iterdir()):
-        problem = f"{ckpt} holds files of an unknown run"
-    elif saved is not None and saved != wanted:
-        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-        diff |= {k: (v, None) for k, v in saved.items() if k not in wanted}
-        problem = f"{ckpt} is a checkpoint of a run with other settings (then, now): {diff}"
-    elif (
-        saved is not None and inputs is not None and (ckpt / "checkpoint.json").is_file() and not inputs_file.is_file()
-    ):
-        problem = f"{ckpt} does not record what its run read (written by an older vh_lens), so it cannot be checked"
-    elif saved is not None and inputs is not None and inputs_file.is_file():
-        changes = changed_inputs(json.loads(inputs_file.read_text(encoding="utf-8")), dict(inputs))
-        if changes:
-            shown = ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "")
-            problem = f"the inputs changed since {ckpt} was written: {shown}"
-    if problem is None:
-        seen = _checkpoint_count(ckpt)
-        if seen is not None and seen > n_samples:
-            problem = f"{ckpt} has already seen {seen} samples but this run has only {n_samples} (a smaller --limit?)"
-    if problem is not None and (overwrite or demo):
-        print(f"vh-lens scan: starting afresh: {problem}", file=sys.stderr)
-        shutil.rmtree(ckpt)
-        problem = None
-    if problem is not None:
-        raise ValueError(f"{problem}; pass --overwrite to start afresh, or choose another --out")
-    if overwrite and ckpt.exists():
-        shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    from vh_lens.core.io import write_json
-
-    write_json(run_file, wanted, indent=2, sort_keys=True)
-    if inputs is not None:
-        write_json(inputs_file, dict(inputs), indent=1, sort_keys=True)
-    return ckpt
-
-
-def _checkpoint_count(ckpt: Path) -> int | None:
-    info = ckpt / "checkpoint.json"
-    if not info.is_file():
-        return None
-    try:
-        return int(json.loads(info.read_text(encoding="utf-8"))["count"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{info} is unreadable ({err}); pass --overwrite to start afresh") from err
-
-
-def _publish(out: Path, write: Any) -> None:
-    """Write the final files into a temporary folder inside ``out``, then move them into place in one step.
-
-    ``write(tmp)`` creates ``tmp/scores/`` and ``tmp/report.html``; they replace the ones in
-    ``out`` together (:func:`vh_lens.core.io.publish`): a failure leaves the previous pair, a kill
-    between the renames is finished by the next run (:func:`finish_interrupted`).
-    """
-    from vh_lens.core.io import make_temp_dir, publish
-
-    tmp = make_temp_dir(out, ".scan-", ".partial")
-    try:
-        write(tmp)
-        pages = [(p, out / p.name) for p in sorted(tmp.glob("*")) if p.name.endswith((".html", ".js"))]
-        publish([(tmp / _SCORES, out / _SCORES), *pages], out / _JOURNAL)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    from vh_lens.reports.outputs import link_output_folder
-
-    link_output_folder(out)  # sibling output folders' pages linked, their parent's index.html
-
-
-def finish_interrupted(out: Path) -> None:
-    """Finish a publish that a killed run left half done; delete temporary folders of killed runs."""
-    from vh_lens.core.io import recover_publish, remove_stale
-
-    if recover_publish(out / _JOURNAL):
-        print(f"vh-lens scan: finished publishing the result of an interrupted run in {out}", file=sys.stderr)
-    remove_stale(out, _STALE)
-
-
 # --------------------------------------------------------------------------------------------
 # The command
 
@@ -457,20 +331,6 @@ def _figure_sample(samples: Sequence[Any]) -> Any:
                 return sample
             first_image = first_image or sample
     return first_image
-
-
-def _summary(scores: Any, k: int) -> str:
-    from vh_lens.visual_heads.scores import STAGES, stage_layers
-
-    lines = [f"top heads by detection score over {scores.count} samples (layer.head score):"]
-    for stage in STAGES:
-        span = stage_layers(stage, scores.n_layers)
-        if not len(span):
-            continue
-        heads = scores.top_heads(min(k, len(span) * scores.n_heads), stage)
-        cells = " ".join(f"L{layer}.H{head} {float(scores.detection[layer, head]):.3f}" for layer, head in heads)
-        lines.append(f"  {stage:>5} (layers {span.start}-{span.stop - 1}): {cells}")
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -540,7 +400,7 @@ def _run(args: argparse.Namespace, demo: bool, companions: Mapping[str, Any]) ->
         metadata["note"] = note
     check_companions(companions, n_layers=int(model.cfg.n_layers), n_heads=int(model.cfg.n_heads),
                      count=len(samples), metadata=metadata)  # fmt: skip
-    settings = _run_settings(args, demo, model_name)
+    settings = run_settings(args, demo, model_name)
 
     def setup() -> Path:
         out.mkdir(parents=True, exist_ok=True)
@@ -564,18 +424,18 @@ def _run(args: argparse.Namespace, demo: bool, companions: Mapping[str, Any]) ->
         return 130
 
     def write(tmp: Path) -> None:
-        scores.save(tmp / _SCORES)
+        scores.save(tmp / SCORES)
         pair = prompt_pair(scores, companions["compare"]) if "compare" in companions else None
-        write_scan_report(scores, tmp / _REPORT, model=model, samples=samples, k=args.top_k, note=note,
+        write_scan_report(scores, tmp / REPORT, model=model, samples=samples, k=args.top_k, note=note,
                           prompt_pair=pair, lens=companions.get("lens"), plotlyjs=args.plotlyjs)  # fmt: skip
 
     if not ctx.is_main:  # every rank holds the merged scores; rank 0 writes them
         return 0
-    _publish(out, write)
-    print(_summary(scores, min(args.top_k, 5)))
+    publish_outputs(out, write)
+    print(scan_summary(scores, min(args.top_k, 5)))
     if note is not None:
         print(f"NOTE: {note} (the toy checkpoint is not installed).")
-    print(f"wrote {out / _SCORES} and {out / _REPORT}", file=sys.stderr)
+    print(f"wrote {out / SCORES} and {out / REPORT}", file=sys.stderr)
     return 0
 
 

@@ -57,6 +57,7 @@ from vh_lens.engine_types import (
 )
 
 __all__ = [
+    "BASELINE",
     "LOCAL",
     "Condition",
     "LocalWorld",

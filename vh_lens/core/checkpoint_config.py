@@ -151,7 +151,7 @@ def check_no_remote_code(folder: Path) -> None:
 
 
 def _rope(text_config: PretrainedConfig) -> dict:
-    """TransformerLens rotary settings of a checked text config (see ``conformance._rope_parameters``)."""
+    """TransformerLens rotary settings of a checked text config (see ``conformance_rules._rope_parameters``)."""
     params = dict(getattr(text_config, "rope_parameters", None) or {})
     theta = params.get("rope_theta", getattr(text_config, "rope_theta", 10000.0))
     out: dict = {"rotary_base": float(theta)}

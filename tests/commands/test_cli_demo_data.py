@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -40,12 +39,11 @@ def _pixels(image) -> np.ndarray:
 
 
 def test_demo_data_writes_every_format(demo) -> None:
-    cog = importlib.util.find_spec("vh_lens.data.cogvision_shapes") is not None  # its writer keeps its own folder
     assert sorted(p.name for p in demo.iterdir()) == sorted([
         "README.md", "cogvision.json", "images", "looktwice.json", "plain", "pointqa_twice.json",
-        "pope_shapes.jsonl", "questions.jsonl", *(["cogvision_images"] if cog else []),
+        "pope_shapes.jsonl", "questions.jsonl", "cogvision_images",
     ])  # fmt: skip
-    assert ("fallback" in (demo / "README.md").read_text()) is not cog
+    assert "vh_lens.data.cogvision_shapes" in (demo / "README.md").read_text()
     assert not [p for p in demo.parent.iterdir() if p.name.startswith(".")]  # published in one step
     readme = (demo / "README.md").read_text()
     for name in ("questions.jsonl", "looktwice.json", "pointqa_twice.json", "pope_shapes.jsonl", "cogvision.json"):
